@@ -1,0 +1,143 @@
+//! The PulseHub plugin SDK for Rust.
+//!
+//! A plugin is a type that implements [`Plugin`]: it is built once per
+//! instance from the manifest's `[config]` table and then called once per
+//! event. [`plugin!`] turns such a type into a component exporting the
+//! `pulsehub:plugin/enricher@0.1.0` world; the batch loop, the bindings and
+//! the per-instance state are handled here.
+//!
+//! ```ignore
+//! use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update};
+//!
+//! struct Counter;
+//!
+//! impl Plugin for Counter {
+//!     fn init(_config: &Config) -> Result<Self, String> {
+//!         Ok(Counter)
+//!     }
+//!     fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError> {
+//!         Ok(vec![Update::Increment(("clicks".into(), 1))])
+//!     }
+//! }
+//!
+//! pulsehub_plugin_sdk::plugin!(Counter);
+//! ```
+//!
+//! The same type runs natively too ([`run_batch`]), which is how plugins are
+//! unit-tested and how the benches measure the native floor.
+
+/// The generated bindings of the `enricher` world (used by [`plugin!`]).
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "enricher",
+        pub_export_macro: true,
+        export_macro_name: "export_enricher",
+        default_bindings_module: "pulsehub_plugin_sdk::bindings",
+    });
+}
+
+pub use bindings::pulsehub::plugin::host::{LogLevel, log};
+pub use bindings::pulsehub::plugin::types::Value;
+pub use bindings::{EnrichError, Event, Guest, Update};
+
+/// The `[config]` table of the plugin's manifest, as handed to `init`.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    entries: Vec<(String, String)>,
+}
+
+impl Config {
+    pub fn new(entries: Vec<(String, String)>) -> Self {
+        Self { entries }
+    }
+
+    /// The value of `key`, if the manifest sets it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Parses `key` with [`str::parse`], or returns `default` when it is not
+    /// set. The error names the key and the bad value, for `init` to return.
+    pub fn parse_or<T: std::str::FromStr>(&self, key: &str, default: T) -> Result<T, String>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|e| format!("config key `{key}`: cannot use {raw:?}: {e}")),
+        }
+    }
+}
+
+/// An enrichment plugin, written one event at a time.
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin's state for a new instance. An error refuses the plugin.
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// The updates one event makes to its user's profile.
+    fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError>;
+}
+
+/// Runs `plugin` over a batch, one result per event in order: what the
+/// exported `enrich` does inside the component.
+pub fn run_batch<P: Plugin>(
+    plugin: &mut P,
+    events: &[Event],
+) -> Vec<Result<Vec<Update>, EnrichError>> {
+    events.iter().map(|event| plugin.enrich(event)).collect()
+}
+
+/// Exports a [`Plugin`] type as the component's `enricher` world.
+///
+/// Only expands on `wasm32`, so several plugin crates can be linked into one
+/// native test or bench binary without clashing export names.
+#[macro_export]
+macro_rules! plugin {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __pulsehub_plugin_export {
+            use super::*;
+            use $crate::Plugin as _;
+
+            ::std::thread_local! {
+                static STATE: ::std::cell::RefCell<Option<$plugin>> =
+                    const { ::std::cell::RefCell::new(None) };
+            }
+
+            struct Export;
+
+            impl $crate::Guest for Export {
+                fn init(config: Vec<(String, String)>) -> Result<(), String> {
+                    let plugin = <$plugin>::init(&$crate::Config::new(config))?;
+                    STATE.with(|state| *state.borrow_mut() = Some(plugin));
+                    Ok(())
+                }
+
+                fn enrich(
+                    events: Vec<$crate::Event>,
+                ) -> Vec<Result<Vec<$crate::Update>, $crate::EnrichError>> {
+                    STATE.with(|state| match state.borrow_mut().as_mut() {
+                        Some(plugin) => $crate::run_batch(plugin, &events),
+                        None => events
+                            .iter()
+                            .map(|_| {
+                                Err($crate::EnrichError::Internal(
+                                    "enrich called before init".into(),
+                                ))
+                            })
+                            .collect(),
+                    })
+                }
+            }
+
+            $crate::export_enricher!(Export);
+        }
+    };
+}
