@@ -1,0 +1,167 @@
+//! The plugin chain: every loaded plugin run over a batch of events.
+//!
+//! [`Chain`] holds the set of active plugin versions behind an `ArcSwap`, so
+//! loading, replacing or removing a plugin is one atomic pointer swap. Each
+//! worker owns a [`ChainWorker`], which picks up the current set at the start
+//! of every batch: a batch runs entirely on the versions it started with.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::event::Event;
+use crate::merge::{Merger, ProfileChanges};
+use crate::plugin::{LoadError, Plugin, PluginError, PluginInstance, Runtime};
+
+/// The active plugins, sorted by name.
+pub type PluginSet = Vec<Arc<Plugin>>;
+
+/// The set of active plugins, shared by every worker.
+pub struct Chain {
+    runtime: Runtime,
+    active: ArcSwap<PluginSet>,
+    /// Serialises changes, so the ownership check and the swap are one step.
+    writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").field("active", &self.active.load()).finish()
+    }
+}
+
+/// What a batch produced: merged profile changes, and each plugin failure on
+/// an event (those events' other plugins still contributed).
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    pub changes: ProfileChanges,
+    pub errors: Vec<PluginError>,
+}
+
+impl Chain {
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        Arc::new(Self {
+            runtime,
+            active: ArcSwap::from_pointee(Vec::new()),
+            writer: Mutex::new(()),
+        })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The active plugins now.
+    pub fn plugins(&self) -> Arc<PluginSet> {
+        self.active.load_full()
+    }
+
+    /// Activates `plugin`, replacing the active version of the same name,
+    /// which is returned. Refused, with nothing changed, when another plugin
+    /// already writes one of its attributes.
+    pub fn insert(&self, plugin: Arc<Plugin>) -> Result<Option<Arc<Plugin>>, LoadError> {
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.active.load_full();
+        for other in current.iter().filter(|p| p.name() != plugin.name()) {
+            if let Some(attribute) = plugin.manifest.writes.intersection(&other.manifest.writes).next() {
+                return Err(LoadError::OwnershipClash {
+                    plugin: plugin.name().to_owned(),
+                    attribute: attribute.clone(),
+                    owner: other.name().to_owned(),
+                });
+            }
+        }
+        let mut next: PluginSet = current.iter().filter(|p| p.name() != plugin.name()).cloned().collect();
+        let previous = current.iter().find(|p| p.name() == plugin.name()).cloned();
+        next.push(plugin);
+        next.sort_by(|a, b| a.name().cmp(b.name()));
+        self.active.store(Arc::new(next));
+        Ok(previous)
+    }
+
+    /// Deactivates the plugin called `name`, returning it.
+    pub fn remove(&self, name: &str) -> Option<Arc<Plugin>> {
+        let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.active.load_full();
+        let removed = current.iter().find(|p| p.name() == name).cloned()?;
+        let next: PluginSet = current.iter().filter(|p| p.name() != name).cloned().collect();
+        self.active.store(Arc::new(next));
+        Some(removed)
+    }
+
+    /// A worker with its own instances, for one thread.
+    pub fn worker(self: &Arc<Self>) -> ChainWorker {
+        ChainWorker {
+            chain: self.clone(),
+            set: Arc::new(Vec::new()),
+            instances: Vec::new(),
+        }
+    }
+}
+
+/// One worker's instances of the active plugins.
+pub struct ChainWorker {
+    chain: Arc<Chain>,
+    /// The set the instances belong to.
+    set: Arc<PluginSet>,
+    instances: Vec<PluginInstance>,
+}
+
+impl ChainWorker {
+    /// Runs every active plugin over `events` (each plugin sees only the
+    /// kinds it subscribes to) and merges the updates per user.
+    pub fn run(&mut self, events: &[Event]) -> BatchOutcome {
+        self.refresh();
+        let mut merger = Merger::new(events);
+        let mut errors = Vec::new();
+        let mut selected: Vec<usize> = Vec::with_capacity(events.len());
+        let mut batch: Vec<&Event> = Vec::with_capacity(events.len());
+        for instance in &mut self.instances {
+            let plugin = instance.plugin().clone();
+            selected.clear();
+            selected.extend((0..events.len()).filter(|&i| plugin.manifest.events.matches(&events[i].kind)));
+            if selected.is_empty() {
+                continue;
+            }
+            batch.clear();
+            batch.extend(selected.iter().map(|&i| &events[i]));
+            let handle = merger.plugin(plugin.name(), &plugin.version);
+            for (&index, result) in selected.iter().zip(instance.enrich(&batch)) {
+                let merged = result.and_then(|updates| {
+                    merger.add(handle, index, updates).map_err(|(kind, message)| PluginError {
+                        plugin: plugin.name().to_owned(),
+                        version: plugin.version.clone(),
+                        event_id: events[index].id.clone(),
+                        kind,
+                        message,
+                    })
+                });
+                if let Err(error) = merged {
+                    errors.push(error);
+                }
+            }
+        }
+        BatchOutcome {
+            changes: merger.finish(),
+            errors,
+        }
+    }
+
+    /// Follows the chain's active set: keeps the instances of unchanged
+    /// plugins, starts fresh ones for new versions.
+    fn refresh(&mut self) {
+        let current = self.chain.plugins();
+        if Arc::ptr_eq(&current, &self.set) {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.instances);
+        self.instances = current
+            .iter()
+            .map(|plugin| match old.iter().position(|i| Arc::ptr_eq(i.plugin(), plugin)) {
+                Some(at) => old.swap_remove(at),
+                None => PluginInstance::new(self.chain.runtime.clone(), plugin.clone()),
+            })
+            .collect();
+        self.set = current;
+    }
+}

@@ -1,0 +1,17 @@
+//! The commands of the `pulsehub` binary.
+
+pub mod plugin;
+
+/// Logs go to stderr (stdout carries command output), filtered by
+/// `PULSEHUB_LOG` (default `info`), as text or, with
+/// `PULSEHUB_LOG_FORMAT=json`, as JSON lines.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PULSEHUB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("PULSEHUB_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,205 @@
+//! The event as PulseHub sees it, and its decoding from the wire format
+//! (contract §3: one JSON object per event).
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Longest `user_id` or `event_type`, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// One user action, decoded and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: String,
+    pub user_id: String,
+    pub kind: String,
+    /// Milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: i64,
+    pub user_agent: Option<String>,
+    pub url: Option<String>,
+    /// The `properties` object as JSON text, `{}` when absent.
+    pub properties: String,
+}
+
+/// Why an event was refused: a bad event, never an infrastructure problem.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("not a JSON event object: {0}")]
+    Json(String),
+    #[error("field `{field}`: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> EventError {
+    EventError::Field {
+        field,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow)]
+    event_id: Option<std::borrow::Cow<'a, str>>,
+    user_id: Option<serde_json::Value>,
+    event_type: Option<serde_json::Value>,
+    timestamp: Option<serde_json::Value>,
+    user_agent: Option<serde_json::Value>,
+    url: Option<serde_json::Value>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+}
+
+impl Event {
+    /// Decodes one event from its JSON text. `fallback_id` becomes the event's
+    /// id when the producer sent none; it must be stable for the same event
+    /// (for Kafka: topic, partition and offset).
+    pub fn from_json(json: &[u8], fallback_id: impl FnOnce() -> String) -> Result<Event, EventError> {
+        let wire: WireEvent<'_> =
+            serde_json::from_slice(json).map_err(|e| EventError::Json(e.to_string()))?;
+        let id = match wire.event_id {
+            Some(id) if !id.is_empty() => bounded("event_id", id.into_owned())?,
+            Some(_) => return Err(bad("event_id", "must not be empty when present")),
+            None => fallback_id(),
+        };
+        let user_id = required_text("user_id", wire.user_id)?;
+        let kind = required_text("event_type", wire.event_type)?;
+        let timestamp_ms = timestamp(wire.timestamp)?;
+        let user_agent = optional_text("user_agent", wire.user_agent)?;
+        let url = optional_text("url", wire.url)?;
+        let properties = match wire.properties {
+            None => "{}".to_owned(),
+            Some(raw) if raw.get().trim_start().starts_with('{') => raw.get().to_owned(),
+            Some(raw) if raw.get() == "null" => "{}".to_owned(),
+            Some(_) => return Err(bad("properties", "must be a JSON object")),
+        };
+        Ok(Event {
+            id,
+            user_id,
+            kind,
+            timestamp_ms,
+            user_agent,
+            url,
+            properties,
+        })
+    }
+}
+
+fn bounded(field: &'static str, text: String) -> Result<String, EventError> {
+    if text.len() > MAX_ID_BYTES {
+        return Err(bad(field, format!("is {} bytes long; at most {MAX_ID_BYTES}", text.len())));
+    }
+    Ok(text)
+}
+
+fn required_text(field: &'static str, value: Option<serde_json::Value>) -> Result<String, EventError> {
+    match value {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => bounded(field, s),
+        Some(serde_json::Value::String(_)) => Err(bad(field, "must not be empty")),
+        None | Some(serde_json::Value::Null) => Err(bad(field, "is required")),
+        Some(_) => Err(bad(field, "must be a string")),
+    }
+}
+
+fn optional_text(
+    field: &'static str,
+    value: Option<serde_json::Value>,
+) -> Result<Option<String>, EventError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad(field, "must be a string when present")),
+    }
+}
+
+fn timestamp(value: Option<serde_json::Value>) -> Result<i64, EventError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Err(bad("timestamp", "is required")),
+        Some(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| bad("timestamp", format!("{n} is not whole milliseconds since the epoch"))),
+        Some(serde_json::Value::String(text)) => {
+            let at = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| bad("timestamp", format!("{text:?} is not RFC 3339: {e}")))?;
+            i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+                .map_err(|_| bad("timestamp", format!("{text:?} is out of range")))
+        }
+        Some(_) => Err(bad("timestamp", "must be RFC 3339 text or integer milliseconds")),
+    }
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 text (UTC, milliseconds).
+pub fn format_millis(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.format(&format).unwrap_or_else(|_| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT_EXAMPLE: &str = r#"{
+      "event_id": "0b9e2c56-8f7d-4c1e-9a43-2f1c7d3e5a10",
+      "user_id": "u-42",
+      "event_type": "page_view",
+      "timestamp": "2026-11-29T22:00:00.123Z",
+      "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+      "url": "https://shop.example/products/7",
+      "properties": { "referrer": "https://search.example/" }
+    }"#;
+
+    fn decode(json: &str) -> Result<Event, EventError> {
+        Event::from_json(json.as_bytes(), || "derived-1".to_owned())
+    }
+
+    #[test]
+    fn decodes_the_contract_example() {
+        let e = decode(CONTRACT_EXAMPLE).expect("valid");
+        assert_eq!(e.id, "0b9e2c56-8f7d-4c1e-9a43-2f1c7d3e5a10");
+        assert_eq!(e.user_id, "u-42");
+        assert_eq!(e.kind, "page_view");
+        assert_eq!(e.timestamp_ms, 1_795_989_600_123);
+        assert_eq!(e.url.as_deref(), Some("https://shop.example/products/7"));
+        assert_eq!(e.properties, r#"{ "referrer": "https://search.example/" }"#);
+        assert_eq!(format_millis(e.timestamp_ms), "2026-11-29T22:00:00.123Z");
+    }
+
+    #[test]
+    fn takes_integer_timestamps_and_derives_missing_ids() {
+        let e = decode(r#"{"user_id":"u","event_type":"click","timestamp":1700000000000}"#)
+            .expect("valid");
+        assert_eq!(e.id, "derived-1");
+        assert_eq!(e.timestamp_ms, 1_700_000_000_000);
+        assert_eq!(e.properties, "{}");
+        assert_eq!(e.user_agent, None);
+    }
+
+    #[test]
+    fn refuses_bad_events_naming_the_field() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let cases = [
+            (r#"{"event_type":"c","timestamp":1}"#.to_owned(), "user_id"),
+            (r#"{"user_id":"","event_type":"c","timestamp":1}"#.to_owned(), "user_id"),
+            (format!(r#"{{"user_id":"{long}","event_type":"c","timestamp":1}}"#), "user_id"),
+            (r#"{"user_id":"u","event_type":7,"timestamp":1}"#.to_owned(), "event_type"),
+            (r#"{"user_id":"u","event_type":"c"}"#.to_owned(), "timestamp"),
+            (r#"{"user_id":"u","event_type":"c","timestamp":"yesterday"}"#.to_owned(), "timestamp"),
+            (r#"{"user_id":"u","event_type":"c","timestamp":1.5}"#.to_owned(), "timestamp"),
+            (r#"{"user_id":"u","event_type":"c","timestamp":1,"url":3}"#.to_owned(), "url"),
+            (r#"{"user_id":"u","event_type":"c","timestamp":1,"properties":[1]}"#.to_owned(), "properties"),
+            (r#"{"event_id":"","user_id":"u","event_type":"c","timestamp":1}"#.to_owned(), "event_id"),
+        ];
+        for (json, field) in cases {
+            match decode(&json) {
+                Err(EventError::Field { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                other => panic!("{json}: expected a bad `{field}`, got {other:?}"),
+            }
+        }
+        assert!(matches!(decode("not json"), Err(EventError::Json(_))));
+        assert!(matches!(decode("[1,2]"), Err(EventError::Json(_))));
+    }
+}

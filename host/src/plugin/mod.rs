@@ -1,0 +1,22 @@
+//! The plugin runtime: WebAssembly components under `pulsehub:plugin@0.1.0`,
+//! run on wasmtime inside a sandbox.
+//!
+//! - [`Runtime`]: one per process; owns the wasmtime engine, the linker and
+//!   the epoch ticker that enforces CPU-time budgets, and loads plugins.
+//! - [`Plugin`]: one loaded, validated plugin version, compiled once and
+//!   pre-linked, shared by every worker.
+//! - [`PluginInstance`]: one worker's live instance of a plugin, reused
+//!   across batches and rebuilt after any trap.
+
+mod bindings;
+mod error;
+mod instance;
+mod limits;
+mod manifest;
+mod runtime;
+
+pub use error::{ErrorKind, LoadError, PluginError};
+pub use instance::PluginInstance;
+pub use limits::{HostLimits, PluginLimits};
+pub use manifest::{FieldMask, Manifest, ManifestError, ManifestLimits, Subscription};
+pub use runtime::{Plugin, Runtime, RuntimeError};
