@@ -1,0 +1,239 @@
+//! `chaos`: a test fixture that misbehaves on demand, for the host's tests
+//! and benches.
+//!
+//! What it does is chosen by the event's `kind`:
+//!
+//! | kind         | result                                                        |
+//! |--------------|---------------------------------------------------------------|
+//! | `count`      | `Increment(chaos_count, 1)`                                   |
+//! | `echo`       | `Set(chaos_text, Text(event.properties))`                     |
+//! | `trap`       | panics; with `panic = "abort"` that is a wasm trap            |
+//! | `spin`       | loops forever (for timeouts / epoch interruption)             |
+//! | `alloc`      | allocates 1 MiB chunks forever (for memory limits)            |
+//! | `flood`      | 10 000 × `Increment(chaos_count, 1)`                          |
+//! | `big`        | `Set(chaos_text, Text(1 MiB of 'x'))`                         |
+//! | `undeclared` | `Set(not_declared, Integer(1))`, an attribute not in `writes` |
+//! | `fail`       | `Err(InvalidEvent("chaos: fail requested"))`                  |
+//! | `log`        | logs one line through the host, returns no update             |
+//! | anything else| no update (the "empty plugin" of the benches)                 |
+//!
+//! Config keys read by `init`: `fail-init = "true"` refuses the plugin;
+//! `init-alloc-mb = "N"` allocates and touches N MiB, kept for the life of
+//! the instance, so a memory limit can refuse `init`.
+
+use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update, Value};
+
+/// Updates returned for a `flood` event.
+pub const FLOOD_UPDATES: usize = 10_000;
+/// Length of the text returned for a `big` event.
+pub const BIG_TEXT_BYTES: usize = 1 << 20;
+/// The line a `log` event writes to the host's log.
+pub const LOG_MESSAGE: &str = "chaos: hello from the plugin";
+
+const MIB: usize = 1 << 20;
+/// Touch one byte per wasm page (64 KiB) and per native page (4 KiB).
+const TOUCH_STRIDE: usize = 4096;
+
+pub struct Chaos {
+    /// The `init-alloc-mb` ballast, kept alive for the life of the instance.
+    ballast: Vec<u8>,
+}
+
+impl Chaos {
+    /// Bytes held since `init` (`init-alloc-mb` MiB).
+    pub fn ballast_len(&self) -> usize {
+        self.ballast.len()
+    }
+}
+
+/// Allocates `bytes` and writes to every page, so the memory is really used.
+fn touched(bytes: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; bytes];
+    for i in (0..buf.len()).step_by(TOUCH_STRIDE) {
+        buf[i] = 1;
+    }
+    core::hint::black_box(&mut buf);
+    buf
+}
+
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = x.wrapping_add(1);
+        core::hint::black_box(&mut x);
+    }
+}
+
+fn alloc_forever() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        chunks.push(touched(MIB));
+        core::hint::black_box(&mut chunks);
+    }
+}
+
+fn log_hello() {
+    #[cfg(target_arch = "wasm32")]
+    pulsehub_plugin_sdk::log(pulsehub_plugin_sdk::LogLevel::Info, LOG_MESSAGE);
+}
+
+impl Plugin for Chaos {
+    fn init(config: &Config) -> Result<Self, String> {
+        if config.get("fail-init") == Some("true") {
+            return Err("chaos: init failed as configured".to_owned());
+        }
+        let mb: usize = config.parse_or("init-alloc-mb", 0)?;
+        let bytes = mb
+            .checked_mul(MIB)
+            .ok_or_else(|| format!("config key `init-alloc-mb`: {mb} MiB is too large"))?;
+        Ok(Self {
+            ballast: touched(bytes),
+        })
+    }
+
+    fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError> {
+        Ok(match event.kind.as_str() {
+            "count" => vec![Update::Increment(("chaos_count".to_owned(), 1))],
+            "echo" => vec![Update::Set((
+                "chaos_text".to_owned(),
+                Value::Text(event.properties.clone()),
+            ))],
+            "trap" => panic!("chaos: trap requested"),
+            "spin" => spin(),
+            "alloc" => alloc_forever(),
+            "flood" => (0..FLOOD_UPDATES)
+                .map(|_| Update::Increment(("chaos_count".to_owned(), 1)))
+                .collect(),
+            "big" => vec![Update::Set((
+                "chaos_text".to_owned(),
+                Value::Text("x".repeat(BIG_TEXT_BYTES)),
+            ))],
+            "undeclared" => vec![Update::Set(("not_declared".to_owned(), Value::Integer(1)))],
+            "fail" => {
+                return Err(EnrichError::InvalidEvent(
+                    "chaos: fail requested".to_owned(),
+                ));
+            }
+            "log" => {
+                log_hello();
+                Vec::new()
+            }
+            _ => Vec::new(),
+        })
+    }
+}
+
+pulsehub_plugin_sdk::plugin!(Chaos);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str) -> Event {
+        Event {
+            id: "e-1".into(),
+            user_id: "u-1".into(),
+            kind: kind.into(),
+            timestamp_ms: 0,
+            user_agent: None,
+            url: None,
+            properties: r#"{"a":1}"#.into(),
+        }
+    }
+
+    fn config(entries: &[(&str, &str)]) -> Config {
+        Config::new(
+            entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn chaos() -> Chaos {
+        Chaos::init(&Config::default()).expect("init")
+    }
+
+    #[test]
+    fn init_fails_when_configured() {
+        let err = Chaos::init(&config(&[("fail-init", "true")])).err();
+        assert_eq!(err.as_deref(), Some("chaos: init failed as configured"));
+        assert!(Chaos::init(&config(&[("fail-init", "false")])).is_ok());
+    }
+
+    #[test]
+    fn init_allocates_ballast() {
+        let plugin = Chaos::init(&config(&[("init-alloc-mb", "3")])).expect("init");
+        assert_eq!(plugin.ballast_len(), 3 * MIB);
+        assert_eq!(chaos().ballast_len(), 0);
+        assert!(Chaos::init(&config(&[("init-alloc-mb", "lots")])).is_err());
+    }
+
+    #[test]
+    fn count() {
+        let out = chaos().enrich(&event("count")).expect("count");
+        assert!(matches!(&out[..], [Update::Increment((name, 1))] if name == "chaos_count"));
+    }
+
+    #[test]
+    fn echo() {
+        let out = chaos().enrich(&event("echo")).expect("echo");
+        assert!(matches!(
+            &out[..],
+            [Update::Set((name, Value::Text(text)))] if name == "chaos_text" && text == r#"{"a":1}"#
+        ));
+    }
+
+    #[test]
+    fn flood() {
+        let out = chaos().enrich(&event("flood")).expect("flood");
+        assert_eq!(out.len(), FLOOD_UPDATES);
+        assert!(
+            out.iter()
+                .all(|u| matches!(u, Update::Increment((name, 1)) if name == "chaos_count"))
+        );
+    }
+
+    #[test]
+    fn big() {
+        let out = chaos().enrich(&event("big")).expect("big");
+        assert!(matches!(
+            &out[..],
+            [Update::Set((name, Value::Text(text)))]
+                if name == "chaos_text" && text.len() == BIG_TEXT_BYTES && text.bytes().all(|b| b == b'x')
+        ));
+    }
+
+    #[test]
+    fn undeclared() {
+        let out = chaos().enrich(&event("undeclared")).expect("undeclared");
+        assert!(
+            matches!(&out[..], [Update::Set((name, Value::Integer(1)))] if name == "not_declared")
+        );
+    }
+
+    #[test]
+    fn fail() {
+        let err = chaos().enrich(&event("fail")).err();
+        assert!(
+            matches!(err, Some(EnrichError::InvalidEvent(msg)) if msg == "chaos: fail requested")
+        );
+    }
+
+    #[test]
+    fn log_and_unknown_kinds_return_nothing() {
+        let mut plugin = chaos();
+        for kind in ["log", "page_view", "", "COUNT"] {
+            assert!(
+                plugin.enrich(&event(kind)).expect(kind).is_empty(),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "chaos: trap requested")]
+    fn trap_panics() {
+        let _ = chaos().enrich(&event("trap"));
+    }
+}

@@ -1,0 +1,43 @@
+//! `cargo xtask test`: everything CI checks, in the order a developer wants
+//! to hear about failures: plugins build, formatting, lints, tests, benches
+//! compile.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Each step is a cargo command run from the workspace root.
+const STEPS: &[&[&str]] = &[
+    &["fmt", "--all", "--", "--check"],
+    &[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ],
+    // Release, like the benches: tests compile real components with
+    // Cranelift, which is many times faster optimised, and the benches then
+    // reuse the same build.
+    &["test", "--workspace", "--release"],
+    &["bench", "--workspace", "--no-run"],
+];
+
+pub fn run(root: &Path) -> Result<()> {
+    crate::plugins::build_all(root)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    for step in STEPS {
+        println!("xtask: cargo {}", step.join(" "));
+        let status = Command::new(&cargo)
+            .args(*step)
+            .current_dir(root)
+            .status()
+            .with_context(|| format!("cannot run cargo {}", step.join(" ")))?;
+        if !status.success() {
+            bail!("`cargo {}` failed ({status})", step.join(" "));
+        }
+    }
+    Ok(())
+}
