@@ -26,7 +26,9 @@ pub struct Chain {
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chain").field("active", &self.active.load()).finish()
+        f.debug_struct("Chain")
+            .field("active", &self.active.load())
+            .finish()
     }
 }
 
@@ -63,7 +65,12 @@ impl Chain {
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.active.load_full();
         for other in current.iter().filter(|p| p.name() != plugin.name()) {
-            if let Some(attribute) = plugin.manifest.writes.intersection(&other.manifest.writes).next() {
+            if let Some(attribute) = plugin
+                .manifest
+                .writes
+                .intersection(&other.manifest.writes)
+                .next()
+            {
                 return Err(LoadError::OwnershipClash {
                     plugin: plugin.name().to_owned(),
                     attribute: attribute.clone(),
@@ -71,7 +78,11 @@ impl Chain {
                 });
             }
         }
-        let mut next: PluginSet = current.iter().filter(|p| p.name() != plugin.name()).cloned().collect();
+        let mut next: PluginSet = current
+            .iter()
+            .filter(|p| p.name() != plugin.name())
+            .cloned()
+            .collect();
         let previous = current.iter().find(|p| p.name() == plugin.name()).cloned();
         next.push(plugin);
         next.sort_by(|a, b| a.name().cmp(b.name()));
@@ -84,7 +95,11 @@ impl Chain {
         let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.active.load_full();
         let removed = current.iter().find(|p| p.name() == name).cloned()?;
-        let next: PluginSet = current.iter().filter(|p| p.name() != name).cloned().collect();
+        let next: PluginSet = current
+            .iter()
+            .filter(|p| p.name() != name)
+            .cloned()
+            .collect();
         self.active.store(Arc::new(next));
         Some(removed)
     }
@@ -119,7 +134,9 @@ impl ChainWorker {
         for instance in &mut self.instances {
             let plugin = instance.plugin().clone();
             selected.clear();
-            selected.extend((0..events.len()).filter(|&i| plugin.manifest.events.matches(&events[i].kind)));
+            selected.extend(
+                (0..events.len()).filter(|&i| plugin.manifest.events.matches(&events[i].kind)),
+            );
             if selected.is_empty() {
                 continue;
             }
@@ -128,13 +145,15 @@ impl ChainWorker {
             let handle = merger.plugin(plugin.name(), &plugin.version);
             for (&index, result) in selected.iter().zip(instance.enrich(&batch)) {
                 let merged = result.and_then(|updates| {
-                    merger.add(handle, index, updates).map_err(|(kind, message)| PluginError {
-                        plugin: plugin.name().to_owned(),
-                        version: plugin.version.clone(),
-                        event_id: events[index].id.clone(),
-                        kind,
-                        message,
-                    })
+                    merger
+                        .add(handle, index, updates)
+                        .map_err(|(kind, message)| PluginError {
+                            plugin: plugin.name().to_owned(),
+                            version: plugin.version.clone(),
+                            event_id: events[index].id.clone(),
+                            kind,
+                            message,
+                        })
                 });
                 if let Err(error) = merged {
                     errors.push(error);
@@ -157,10 +176,12 @@ impl ChainWorker {
         let mut old = std::mem::take(&mut self.instances);
         self.instances = current
             .iter()
-            .map(|plugin| match old.iter().position(|i| Arc::ptr_eq(i.plugin(), plugin)) {
-                Some(at) => old.swap_remove(at),
-                None => PluginInstance::new(self.chain.runtime.clone(), plugin.clone()),
-            })
+            .map(
+                |plugin| match old.iter().position(|i| Arc::ptr_eq(i.plugin(), plugin)) {
+                    Some(at) => old.swap_remove(at),
+                    None => PluginInstance::new(self.chain.runtime.clone(), plugin.clone()),
+                },
+            )
             .collect();
         self.set = current;
     }

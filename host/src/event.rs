@@ -54,7 +54,10 @@ impl Event {
     /// Decodes one event from its JSON text. `fallback_id` becomes the event's
     /// id when the producer sent none; it must be stable for the same event
     /// (for Kafka: topic, partition and offset).
-    pub fn from_json(json: &[u8], fallback_id: impl FnOnce() -> String) -> Result<Event, EventError> {
+    pub fn from_json(
+        json: &[u8],
+        fallback_id: impl FnOnce() -> String,
+    ) -> Result<Event, EventError> {
         let wire: WireEvent<'_> =
             serde_json::from_slice(json).map_err(|e| EventError::Json(e.to_string()))?;
         let id = match wire.event_id {
@@ -87,12 +90,18 @@ impl Event {
 
 fn bounded(field: &'static str, text: String) -> Result<String, EventError> {
     if text.len() > MAX_ID_BYTES {
-        return Err(bad(field, format!("is {} bytes long; at most {MAX_ID_BYTES}", text.len())));
+        return Err(bad(
+            field,
+            format!("is {} bytes long; at most {MAX_ID_BYTES}", text.len()),
+        ));
     }
     Ok(text)
 }
 
-fn required_text(field: &'static str, value: Option<serde_json::Value>) -> Result<String, EventError> {
+fn required_text(
+    field: &'static str,
+    value: Option<serde_json::Value>,
+) -> Result<String, EventError> {
     match value {
         Some(serde_json::Value::String(s)) if !s.is_empty() => bounded(field, s),
         Some(serde_json::Value::String(_)) => Err(bad(field, "must not be empty")),
@@ -115,16 +124,23 @@ fn optional_text(
 fn timestamp(value: Option<serde_json::Value>) -> Result<i64, EventError> {
     match value {
         None | Some(serde_json::Value::Null) => Err(bad("timestamp", "is required")),
-        Some(serde_json::Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| bad("timestamp", format!("{n} is not whole milliseconds since the epoch"))),
+        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(|| {
+            bad(
+                "timestamp",
+                format!("{n} is not whole milliseconds since the epoch"),
+            )
+        }),
         Some(serde_json::Value::String(text)) => {
-            let at = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| bad("timestamp", format!("{text:?} is not RFC 3339: {e}")))?;
+            let at =
+                time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| bad("timestamp", format!("{text:?} is not RFC 3339: {e}")))?;
             i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
                 .map_err(|_| bad("timestamp", format!("{text:?} is out of range")))
         }
-        Some(_) => Err(bad("timestamp", "must be RFC 3339 text or integer milliseconds")),
+        Some(_) => Err(bad(
+            "timestamp",
+            "must be RFC 3339 text or integer milliseconds",
+        )),
     }
 }
 
@@ -183,15 +199,42 @@ mod tests {
         let long = "x".repeat(MAX_ID_BYTES + 1);
         let cases = [
             (r#"{"event_type":"c","timestamp":1}"#.to_owned(), "user_id"),
-            (r#"{"user_id":"","event_type":"c","timestamp":1}"#.to_owned(), "user_id"),
-            (format!(r#"{{"user_id":"{long}","event_type":"c","timestamp":1}}"#), "user_id"),
-            (r#"{"user_id":"u","event_type":7,"timestamp":1}"#.to_owned(), "event_type"),
-            (r#"{"user_id":"u","event_type":"c"}"#.to_owned(), "timestamp"),
-            (r#"{"user_id":"u","event_type":"c","timestamp":"yesterday"}"#.to_owned(), "timestamp"),
-            (r#"{"user_id":"u","event_type":"c","timestamp":1.5}"#.to_owned(), "timestamp"),
-            (r#"{"user_id":"u","event_type":"c","timestamp":1,"url":3}"#.to_owned(), "url"),
-            (r#"{"user_id":"u","event_type":"c","timestamp":1,"properties":[1]}"#.to_owned(), "properties"),
-            (r#"{"event_id":"","user_id":"u","event_type":"c","timestamp":1}"#.to_owned(), "event_id"),
+            (
+                r#"{"user_id":"","event_type":"c","timestamp":1}"#.to_owned(),
+                "user_id",
+            ),
+            (
+                format!(r#"{{"user_id":"{long}","event_type":"c","timestamp":1}}"#),
+                "user_id",
+            ),
+            (
+                r#"{"user_id":"u","event_type":7,"timestamp":1}"#.to_owned(),
+                "event_type",
+            ),
+            (
+                r#"{"user_id":"u","event_type":"c"}"#.to_owned(),
+                "timestamp",
+            ),
+            (
+                r#"{"user_id":"u","event_type":"c","timestamp":"yesterday"}"#.to_owned(),
+                "timestamp",
+            ),
+            (
+                r#"{"user_id":"u","event_type":"c","timestamp":1.5}"#.to_owned(),
+                "timestamp",
+            ),
+            (
+                r#"{"user_id":"u","event_type":"c","timestamp":1,"url":3}"#.to_owned(),
+                "url",
+            ),
+            (
+                r#"{"user_id":"u","event_type":"c","timestamp":1,"properties":[1]}"#.to_owned(),
+                "properties",
+            ),
+            (
+                r#"{"event_id":"","user_id":"u","event_type":"c","timestamp":1}"#.to_owned(),
+                "event_id",
+            ),
         ];
         for (json, field) in cases {
             match decode(&json) {

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "pulsehub", version, about = "Real-time customer profiles enriched by sandboxed WebAssembly plugins")]
+#[command(
+    name = "pulsehub",
+    version,
+    about = "Real-time customer profiles enriched by sandboxed WebAssembly plugins"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

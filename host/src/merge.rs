@@ -5,10 +5,10 @@
 //! per user per batch instead of one per event. The merged change keeps the
 //! provenance of the event that decided it.
 
-use std::collections::{BTreeMap, HashMap};
 use crate::event::Event;
 use crate::plugin::ErrorKind;
 use crate::update::{Op, Update};
+use std::collections::{BTreeMap, HashMap};
 
 /// Who decided an attribute's value: the plugin and version, and the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,12 @@ impl<'a> Merger<'a> {
     /// cannot be merged (for instance a `max` of a text into a number, or a
     /// `set` on an attribute that this batch increments), none is added and
     /// the error says why.
-    pub fn add(&mut self, plugin: usize, event: usize, updates: Vec<Update>) -> Result<(), (ErrorKind, String)> {
+    pub fn add(
+        &mut self,
+        plugin: usize,
+        event: usize,
+        updates: Vec<Update>,
+    ) -> Result<(), (ErrorKind, String)> {
         let events = self.events;
         let user = events[event].user_id.as_str();
         let attributes = self.pending.entry(user).or_default();
@@ -82,7 +87,14 @@ impl<'a> Merger<'a> {
             match attributes.get_mut(&update.attribute) {
                 Some(existing) => combine(existing, update.op, plugin, event, events),
                 None => {
-                    attributes.insert(update.attribute, Pending { op: update.op, plugin, event });
+                    attributes.insert(
+                        update.attribute,
+                        Pending {
+                            op: update.op,
+                            plugin,
+                            event,
+                        },
+                    );
                 }
             }
         }
@@ -103,7 +115,13 @@ impl<'a> Merger<'a> {
                         event_id: event.id.clone(),
                         event_time_ms: event.timestamp_ms,
                     };
-                    (attribute, AttributeChange { op: pending.op, provenance })
+                    (
+                        attribute,
+                        AttributeChange {
+                            op: pending.op,
+                            provenance,
+                        },
+                    )
                 })
                 .collect();
             changes.insert(user.to_owned(), merged);
@@ -179,7 +197,10 @@ mod tests {
     }
 
     fn up(attribute: &str, op: Op) -> Update {
-        Update { attribute: attribute.into(), op }
+        Update {
+            attribute: attribute.into(),
+            op,
+        }
     }
 
     fn text(s: &str) -> Value {
@@ -198,8 +219,15 @@ mod tests {
 
     #[test]
     fn set_keeps_the_latest_event_whatever_the_order() {
-        let events = [event("a", "u", 30), event("b", "u", 10), event("c", "u", 20)];
-        let updates: Vec<_> = ["x", "y", "z"].iter().map(|v| vec![up("device", Op::Set(text(v)))]).collect();
+        let events = [
+            event("a", "u", 30),
+            event("b", "u", 10),
+            event("c", "u", 20),
+        ];
+        let updates: Vec<_> = ["x", "y", "z"]
+            .iter()
+            .map(|v| vec![up("device", Op::Set(text(v)))])
+            .collect();
         for order in [[0, 1, 2], [2, 1, 0], [1, 0, 2]] {
             let changes = merge(&events, &order, &updates);
             let change = &changes["u"]["device"];
@@ -212,13 +240,24 @@ mod tests {
     #[test]
     fn set_ties_go_to_the_later_event_in_the_batch() {
         let events = [event("a", "u", 5), event("b", "u", 5)];
-        let updates = vec![vec![up("d", Op::Set(text("first")))], vec![up("d", Op::Set(text("second")))]];
-        assert_eq!(merge(&events, &[1, 0], &updates)["u"]["d"].op, Op::Set(text("second")));
+        let updates = vec![
+            vec![up("d", Op::Set(text("first")))],
+            vec![up("d", Op::Set(text("second")))],
+        ];
+        assert_eq!(
+            merge(&events, &[1, 0], &updates)["u"]["d"].op,
+            Op::Set(text("second"))
+        );
     }
 
     #[test]
     fn increments_sum_and_max_min_keep_extremes_per_user() {
-        let events = [event("a", "u1", 1), event("b", "u2", 2), event("c", "u1", 3), event("d", "u1", 2)];
+        let events = [
+            event("a", "u1", 1),
+            event("b", "u2", 2),
+            event("c", "u1", 3),
+            event("d", "u1", 2),
+        ];
         let updates: Vec<_> = events
             .iter()
             .map(|e| {
@@ -244,8 +283,14 @@ mod tests {
     #[test]
     fn increments_saturate_instead_of_wrapping() {
         let events = [event("a", "u", 1), event("b", "u", 2)];
-        let updates = vec![vec![up("n", Op::Increment(i64::MAX))], vec![up("n", Op::Increment(5))]];
-        assert_eq!(merge(&events, &[0, 1], &updates)["u"]["n"].op, Op::Increment(i64::MAX));
+        let updates = vec![
+            vec![up("n", Op::Increment(i64::MAX))],
+            vec![up("n", Op::Increment(5))],
+        ];
+        assert_eq!(
+            merge(&events, &[0, 1], &updates)["u"]["n"].op,
+            Op::Increment(i64::MAX)
+        );
     }
 
     #[test]
@@ -253,11 +298,33 @@ mod tests {
         let events = [event("a", "u", 1), event("b", "u", 2), event("c", "u", 3)];
         let mut merger = Merger::new(&events);
         let p = merger.plugin("p", "1.0.0");
-        merger.add(p, 0, vec![up("n", Op::Increment(1)), up("m", Op::Max(Value::Integer(1)))]).expect("first");
-        let mixed = merger.add(p, 1, vec![up("ok", Op::Set(text("kept?"))), up("n", Op::Set(Value::Integer(9)))]);
-        assert_eq!(mixed.expect_err("set after increment").0, ErrorKind::InvalidOutput);
+        merger
+            .add(
+                p,
+                0,
+                vec![
+                    up("n", Op::Increment(1)),
+                    up("m", Op::Max(Value::Integer(1))),
+                ],
+            )
+            .expect("first");
+        let mixed = merger.add(
+            p,
+            1,
+            vec![
+                up("ok", Op::Set(text("kept?"))),
+                up("n", Op::Set(Value::Integer(9))),
+            ],
+        );
+        assert_eq!(
+            mixed.expect_err("set after increment").0,
+            ErrorKind::InvalidOutput
+        );
         let types = merger.add(p, 2, vec![up("m", Op::Max(text("z")))]);
-        assert_eq!(types.expect_err("text vs integer").0, ErrorKind::InvalidOutput);
+        assert_eq!(
+            types.expect_err("text vs integer").0,
+            ErrorKind::InvalidOutput
+        );
         let changes = merger.finish();
         // The refused event added nothing, not even its valid update.
         assert!(!changes["u"].contains_key("ok"));

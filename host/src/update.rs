@@ -116,20 +116,35 @@ mod tests {
 
     #[test]
     fn compares_like_types_and_numbers_only() {
-        assert_eq!(Value::Integer(2).compare(&Value::Float(1.5)), Some(Ordering::Greater));
-        assert_eq!(Value::Text("a".into()).compare(&Value::Text("b".into())), Some(Ordering::Less));
+        assert_eq!(
+            Value::Integer(2).compare(&Value::Float(1.5)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            Value::Text("a".into()).compare(&Value::Text("b".into())),
+            Some(Ordering::Less)
+        );
         assert_eq!(Value::Timestamp(5).compare(&Value::Integer(5)), None);
         assert_eq!(Value::Float(f64::NAN).compare(&Value::Float(1.0)), None);
     }
 
     #[test]
     fn renders_updates_as_json() {
-        let set = Update { attribute: "seen".into(), op: Op::Max(Value::Timestamp(0)) };
+        let set = Update {
+            attribute: "seen".into(),
+            op: Op::Max(Value::Timestamp(0)),
+        };
         assert_eq!(
             set.to_json(),
             json!({"op": "max", "attribute": "seen", "type": "timestamp", "value": "1970-01-01T00:00:00.000Z"})
         );
-        let inc = Update { attribute: "n".into(), op: Op::Increment(-2) };
-        assert_eq!(inc.to_json(), json!({"op": "increment", "attribute": "n", "delta": -2}));
+        let inc = Update {
+            attribute: "n".into(),
+            op: Op::Increment(-2),
+        };
+        assert_eq!(
+            inc.to_json(),
+            json!({"op": "increment", "attribute": "n", "delta": -2})
+        );
     }
 }

@@ -8,7 +8,9 @@ pub mod plugin;
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PULSEHUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("PULSEHUB_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {

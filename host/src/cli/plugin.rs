@@ -42,7 +42,11 @@ pub enum PluginCommand {
 
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PluginCommand::Run { plugin, manifest, events } => run_events(&plugin, manifest, &events),
+        PluginCommand::Run {
+            plugin,
+            manifest,
+            events,
+        } => run_events(&plugin, manifest, &events),
         PluginCommand::Check { plugin, manifest } => check(&plugin, manifest),
     }
 }
@@ -74,11 +78,17 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
     .filter(|(on, _)| *on)
     .map(|(_, name)| *name)
     .collect();
-    println!("ok: {} {} is a valid pulsehub:plugin@0.1.0 enricher", m.name, plugin.version);
+    println!(
+        "ok: {} {} is a valid pulsehub:plugin@0.1.0 enricher",
+        m.name, plugin.version
+    );
     println!("description: {}", m.description);
     println!("sha256:      {}", plugin.sha256);
     println!("events:      {events}");
-    println!("writes:      {}", m.writes.iter().cloned().collect::<Vec<_>>().join(", "));
+    println!(
+        "writes:      {}",
+        m.writes.iter().cloned().collect::<Vec<_>>().join(", ")
+    );
     println!("fields:      kind, timestamp, {}", fields.join(", "));
     println!(
         "limits:      memory {} MiB, {} ms per event, {} updates per event, {} bytes per string",
@@ -88,15 +98,30 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
         limits.max_string_bytes
     );
     let keys: Vec<&str> = m.config.iter().map(|(k, _)| k.as_str()).collect();
-    println!("config:      {}", if keys.is_empty() { "(none)".to_owned() } else { keys.join(", ") });
+    println!(
+        "config:      {}",
+        if keys.is_empty() {
+            "(none)".to_owned()
+        } else {
+            keys.join(", ")
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_events(component: &Path, manifest: Option<PathBuf>, path: &Path) -> anyhow::Result<ExitCode> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+fn run_events(
+    component: &Path,
+    manifest: Option<PathBuf>,
+    path: &Path,
+) -> anyhow::Result<ExitCode> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let (runtime, plugin) = load(component, manifest)?;
     let mut instance = PluginInstance::new(runtime, plugin.clone());
-    let source = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let source = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut out = BufWriter::new(std::io::stdout().lock());
 
     // Lines are read and printed in order; decodable events are batched, a
@@ -104,7 +129,8 @@ fn run_events(component: &Path, manifest: Option<PathBuf>, path: &Path) -> anyho
     let mut pending: Vec<Event> = Vec::with_capacity(BATCH);
     for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
         let number = number + 1;
-        let line = line.with_context(|| format!("cannot read line {number} of {}", path.display()))?;
+        let line =
+            line.with_context(|| format!("cannot read line {number} of {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -135,7 +161,10 @@ fn flush(
     pending: &mut Vec<Event>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let subscribed: Vec<&Event> = pending.iter().filter(|e| plugin.manifest.events.matches(&e.kind)).collect();
+    let subscribed: Vec<&Event> = pending
+        .iter()
+        .filter(|e| plugin.manifest.events.matches(&e.kind))
+        .collect();
     let mut results = instance.enrich(&subscribed).into_iter();
     for event in pending.iter() {
         let line = if !plugin.manifest.events.matches(&event.kind) {

@@ -9,5 +9,5 @@ wasmtime::component::bindgen!({
     ownership: Borrowing { duplicate_if_necessary: false },
 });
 
-pub use pulsehub::plugin::host::LogLevel;
-pub use pulsehub::plugin::types::Value;
+pub use self::pulsehub::plugin::host::LogLevel;
+pub use self::pulsehub::plugin::types::Value;

@@ -80,10 +80,13 @@ impl PluginInstance {
         let live = match &mut self.live {
             Some(live) => live,
             None => {
-                let (store, bindings) = self
-                    .runtime
-                    .instantiate(&self.plugin)
-                    .map_err(|reason| (ErrorKind::Internal, format!("cannot start an instance: {reason}")))?;
+                let (store, bindings) =
+                    self.runtime.instantiate(&self.plugin).map_err(|reason| {
+                        (
+                            ErrorKind::Internal,
+                            format!("cannot start an instance: {reason}"),
+                        )
+                    })?;
                 self.live.insert(Live {
                     store,
                     bindings,
@@ -100,13 +103,18 @@ impl PluginInstance {
                 user_id: if mask.user_id { &e.user_id } else { "" },
                 kind: &e.kind,
                 timestamp_ms: e.timestamp_ms,
-                user_agent: if mask.user_agent { e.user_agent.as_deref() } else { None },
+                user_agent: if mask.user_agent {
+                    e.user_agent.as_deref()
+                } else {
+                    None
+                },
                 url: if mask.url { e.url.as_deref() } else { None },
                 properties: if mask.properties { &e.properties } else { "{}" },
             })
             .collect();
 
-        live.store.set_epoch_deadline(ticks(limits.timeout_ms, events.len()));
+        live.store
+            .set_epoch_deadline(ticks(limits.timeout_ms, events.len()));
         let outcome = live.bindings.call_enrich(&mut live.store, &params);
         live.events += events.len() as u64;
         match outcome {
@@ -117,7 +125,11 @@ impl PluginInstance {
                 .collect()),
             Ok(results) => Err((
                 ErrorKind::InvalidOutput,
-                format!("returned {} results for {} events", results.len(), events.len()),
+                format!(
+                    "returned {} results for {} events",
+                    results.len(),
+                    events.len()
+                ),
             )),
             Err(error) => {
                 let failure = describe_failure(&live.store, &error, limits.timeout_ms);
@@ -153,7 +165,10 @@ impl PluginInstance {
         }
         updates
             .into_iter()
-            .map(|update| self.convert(update).map_err(|failure| self.error(event, failure)))
+            .map(|update| {
+                self.convert(update)
+                    .map_err(|failure| self.error(event, failure))
+            })
             .collect()
     }
 

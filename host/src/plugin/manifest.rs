@@ -144,16 +144,26 @@ fn validate(raw: RawManifest) -> Result<Manifest, ManifestError> {
     check_identifier("name", &raw.name, |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
     })?;
-    let version = semver::Version::parse(&raw.version)
-        .map_err(|e| invalid("version", format!("{:?} is not a semantic version: {e}", raw.version)))?;
+    let version = semver::Version::parse(&raw.version).map_err(|e| {
+        invalid(
+            "version",
+            format!("{:?} is not a semantic version: {e}", raw.version),
+        )
+    })?;
 
     let events = if raw.events.iter().any(|e| e == "*") {
         if raw.events.len() > 1 {
-            return Err(invalid("events", "\"*\" already means every kind; list nothing beside it"));
+            return Err(invalid(
+                "events",
+                "\"*\" already means every kind; list nothing beside it",
+            ));
         }
         Subscription::All
     } else if raw.events.is_empty() {
-        return Err(invalid("events", "must list at least one event kind, or \"*\""));
+        return Err(invalid(
+            "events",
+            "must list at least one event kind, or \"*\"",
+        ));
     } else {
         for kind in &raw.events {
             check_identifier("events", kind, |c| !c.is_control() && !c.is_whitespace())?;
@@ -194,7 +204,10 @@ fn validate(raw: RawManifest) -> Result<Manifest, ManifestError> {
             other => {
                 return Err(invalid(
                     "config",
-                    format!("`{key}` must be a string, number or boolean, not a {}", other.type_str()),
+                    format!(
+                        "`{key}` must be a string, number or boolean, not a {}",
+                        other.type_str()
+                    ),
                 ));
             }
         };
@@ -219,7 +232,10 @@ fn check_identifier(
     allowed: impl Fn(char) -> bool,
 ) -> Result<(), ManifestError> {
     if value.is_empty() || value.len() > MAX_NAME_LEN {
-        return Err(invalid(key, format!("{value:?} must be 1 to {MAX_NAME_LEN} characters")));
+        return Err(invalid(
+            key,
+            format!("{value:?} must be 1 to {MAX_NAME_LEN} characters"),
+        ));
     }
     if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
         let rule = match key {
@@ -250,7 +266,10 @@ fn field_mask(list: &[String]) -> Result<FieldMask, ManifestError> {
             other => {
                 return Err(invalid(
                     "fields",
-                    format!("unknown event field {other:?} (known: {})", EVENT_FIELDS.join(", ")),
+                    format!(
+                        "unknown event field {other:?} (known: {})",
+                        EVENT_FIELDS.join(", ")
+                    ),
                 ));
             }
         };
@@ -309,7 +328,10 @@ mod tests {
         assert_eq!(m.limits.memory_mb, Some(16));
         assert_eq!(
             m.config,
-            vec![("cache-size".into(), "4096".into()), ("strict".into(), "true".into())]
+            vec![
+                ("cache-size".into(), "4096".into()),
+                ("strict".into(), "true".into())
+            ]
         );
     }
 
@@ -322,16 +344,31 @@ mod tests {
     #[test]
     fn names_the_bad_key() {
         let cases = [
-            (GOOD.replace("device-classifier", "Device_Classifier"), "name"),
+            (
+                GOOD.replace("device-classifier", "Device_Classifier"),
+                "name",
+            ),
             (GOOD.replace("\"1.2.0\"", "\"1.2\""), "version"),
             (GOOD.replace("events = [\"*\"]", "events = []"), "events"),
-            (GOOD.replace("events = [\"*\"]", "events = [\"*\", \"click\"]"), "events"),
-            (GOOD.replace("[\"device_type\", \"os_family\"]", "[]"), "writes"),
+            (
+                GOOD.replace("events = [\"*\"]", "events = [\"*\", \"click\"]"),
+                "events",
+            ),
+            (
+                GOOD.replace("[\"device_type\", \"os_family\"]", "[]"),
+                "writes",
+            ),
             (GOOD.replace("\"os_family\"]", "\"device_type\"]"), "writes"),
             (GOOD.replace("\"os_family\"]", "\"OS family\"]"), "writes"),
             (GOOD.replace("[\"user_agent\"]", "[\"cookies\"]"), "fields"),
-            (GOOD.replace("memory-mb = 16", "memory-mb = 0"), "limits.memory-mb"),
-            (GOOD.replace("strict = true", "nested = { a = 1 }"), "config"),
+            (
+                GOOD.replace("memory-mb = 16", "memory-mb = 0"),
+                "limits.memory-mb",
+            ),
+            (
+                GOOD.replace("strict = true", "nested = { a = 1 }"),
+                "config",
+            ),
         ];
         for (text, key) in cases {
             assert_eq!(key_of(parse(&text).expect_err(key)), key, "{text}");

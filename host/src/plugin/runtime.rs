@@ -33,7 +33,9 @@ struct Inner {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("limits", &self.inner.limits).finish()
+        f.debug_struct("Runtime")
+            .field("limits", &self.inner.limits)
+            .finish()
     }
 }
 
@@ -95,7 +97,11 @@ impl Runtime {
             plugin: name.clone(),
             reason: format!("{e:#}"),
         };
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(world_error)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(world_error)?;
         let pre = EnricherPre::new(pre).map_err(world_error)?;
         let plugin = Arc::new(Plugin {
             limits: PluginLimits::new(&self.inner.limits, &manifest),
@@ -106,16 +112,20 @@ impl Runtime {
             pre,
         });
         // Proves the plugin starts; the instance is dropped, workers make their own.
-        self.instantiate(&plugin).map_err(|reason| LoadError::Init {
-            plugin: plugin.manifest.name.clone(),
-            version: plugin.version.clone(),
-            reason,
-        })?;
+        self.instantiate(&plugin)
+            .map_err(|reason| LoadError::Init {
+                plugin: plugin.manifest.name.clone(),
+                version: plugin.version.clone(),
+                reason,
+            })?;
         Ok(plugin)
     }
 
     /// A new store and instance of `plugin`, `init`-ed with its config.
-    pub(crate) fn instantiate(&self, plugin: &Plugin) -> Result<(Store<HostState>, Enricher), String> {
+    pub(crate) fn instantiate(
+        &self,
+        plugin: &Plugin,
+    ) -> Result<(Store<HostState>, Enricher), String> {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -161,7 +171,10 @@ pub(crate) fn describe_failure(
     use super::ErrorKind;
     if store.data().limiter.exceeded {
         let limit = store.data().limiter.limit_mb();
-        return (ErrorKind::Memory, format!("exceeded its linear memory limit of {limit} MiB"));
+        return (
+            ErrorKind::Memory,
+            format!("exceeded its linear memory limit of {limit} MiB"),
+        );
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => (
