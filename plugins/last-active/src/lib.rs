@@ -41,7 +41,11 @@ mod tests {
             properties: "{}".into(),
         };
         let out = plugin.enrich(&event).expect("enrich");
-        assert!(matches!(&out[0], Update::Max((n, Value::Timestamp(1_764_453_600_123))) if n == "last_active_at"));
-        assert!(matches!(&out[1], Update::Min((n, Value::Timestamp(1_764_453_600_123))) if n == "first_seen_at"));
+        assert!(
+            matches!(&out[0], Update::Max((n, Value::Timestamp(1_764_453_600_123))) if n == "last_active_at")
+        );
+        assert!(
+            matches!(&out[1], Update::Min((n, Value::Timestamp(1_764_453_600_123))) if n == "first_seen_at")
+        );
     }
 }

@@ -137,7 +137,7 @@ macro_rules! plugin {
                 }
             }
 
-            $crate::export_enricher!(Export);
+            $crate::bindings::export_enricher!(Export);
         }
     };
 }
