@@ -358,8 +358,8 @@ fn the_built_in_chain_builds_profiles() {
     assert_eq!(u1["first_seen_at"].op, Op::Min(Value::Timestamp(1_000)));
     assert_eq!(u1["first_seen_at"].provenance.event_id, "b");
     assert_eq!(u1["device_type"].op, Op::Set(Value::Text("mobile".into())));
-    assert_eq!(u1["device_type"].provenance.plugin, "device-classifier");
-    assert_eq!(u1["device_type"].provenance.plugin_version, "1.0.0");
+    assert_eq!(&*u1["device_type"].provenance.plugin, "device-classifier");
+    assert_eq!(&*u1["device_type"].provenance.plugin_version, "1.0.0");
     let u2 = &outcome.changes["u-2"];
     assert_eq!(u2["page_views"].op, Op::Increment(1));
     assert!(!u2.contains_key("device_type"), "no User-Agent, no device");
@@ -409,7 +409,7 @@ fn a_worker_picks_up_a_new_version_at_the_next_batch() {
     let mut worker = chain.worker();
     let batch = [event("a", "u", "count", 1)];
     assert_eq!(
-        worker.run(&batch).changes["u"]["chaos_count"]
+        &*worker.run(&batch).changes["u"]["chaos_count"]
             .provenance
             .plugin_version,
         "0.1.0"
@@ -421,7 +421,7 @@ fn a_worker_picks_up_a_new_version_at_the_next_batch() {
         .insert(rt.load(v2, &bytes).expect("v2 loads"))
         .expect("swap");
     assert_eq!(
-        worker.run(&batch).changes["u"]["chaos_count"]
+        &*worker.run(&batch).changes["u"]["chaos_count"]
             .provenance
             .plugin_version,
         "0.2.0"

@@ -8,13 +8,17 @@
 use crate::event::Event;
 use crate::plugin::ErrorKind;
 use crate::update::{Op, Update};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 
 /// Who decided an attribute's value: the plugin and version, and the event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provenance {
-    pub plugin: String,
-    pub plugin_version: String,
+    pub plugin: Arc<str>,
+    pub plugin_version: Arc<str>,
     pub event_id: String,
     /// The event's time, milliseconds since the Unix epoch.
     pub event_time_ms: i64,
@@ -46,8 +50,11 @@ struct Pending {
 pub struct Merger<'a> {
     events: &'a [Event],
     /// (name, version) of each registered plugin.
-    plugins: Vec<(String, String)>,
-    pending: HashMap<&'a str, HashMap<String, Pending>>,
+    plugins: Vec<(Arc<str>, Arc<str>)>,
+    // Fx rather than SipHash: the keys are user ids and attribute names of
+    // one batch, hashed several times per event; no untrusted party picks
+    // enough keys per batch to make collisions a cost.
+    pending: FxHashMap<&'a str, FxHashMap<String, Pending>>,
 }
 
 impl<'a> Merger<'a> {
@@ -55,13 +62,13 @@ impl<'a> Merger<'a> {
         Self {
             events,
             plugins: Vec::new(),
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
         }
     }
 
     /// Registers a plugin whose updates will be added; returns its handle.
     pub fn plugin(&mut self, name: &str, version: &str) -> usize {
-        self.plugins.push((name.to_owned(), version.to_owned()));
+        self.plugins.push((name.into(), version.into()));
         self.plugins.len() - 1
     }
 
@@ -84,17 +91,16 @@ impl<'a> Merger<'a> {
             }
         }
         for update in updates {
-            match attributes.get_mut(&update.attribute) {
-                Some(existing) => combine(existing, update.op, plugin, event, events),
-                None => {
-                    attributes.insert(
-                        update.attribute,
-                        Pending {
-                            op: update.op,
-                            plugin,
-                            event,
-                        },
-                    );
+            match attributes.entry(update.attribute) {
+                Entry::Occupied(mut slot) => {
+                    combine(slot.get_mut(), update.op, plugin, event, events)
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(Pending {
+                        op: update.op,
+                        plugin,
+                        event,
+                    });
                 }
             }
         }
