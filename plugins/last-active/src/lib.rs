@@ -32,13 +32,8 @@ mod tests {
     fn emits_max_and_min_of_the_event_time() {
         let mut plugin = LastActive::init(&Config::default()).expect("init");
         let event = Event {
-            id: "e-1".into(),
-            user_id: "u-1".into(),
-            kind: "click".into(),
             timestamp_ms: 1_764_453_600_123,
-            user_agent: None,
-            url: None,
-            properties: "{}".into(),
+            ..pulsehub_plugin_sdk::test_event("click")
         };
         let out = plugin.enrich(&event).expect("enrich");
         assert!(

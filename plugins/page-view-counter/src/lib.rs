@@ -26,18 +26,7 @@ pulsehub_plugin_sdk::plugin!(PageViewCounter);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(kind: &str) -> Event {
-        Event {
-            id: "e-1".into(),
-            user_id: "u-1".into(),
-            kind: kind.into(),
-            timestamp_ms: 0,
-            user_agent: None,
-            url: None,
-            properties: "{}".into(),
-        }
-    }
+    use pulsehub_plugin_sdk::test_event as event;
 
     #[test]
     fn counts_page_views_only() {

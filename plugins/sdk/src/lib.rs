@@ -6,7 +6,7 @@
 //! `pulsehub:plugin/enricher@0.1.0` world; the batch loop, the bindings and
 //! the per-instance state are handled here.
 //!
-//! ```ignore
+//! ```
 //! use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update};
 //!
 //! struct Counter;
@@ -83,6 +83,21 @@ pub trait Plugin: Sized + 'static {
 
     /// The updates one event makes to its user's profile.
     fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError>;
+}
+
+/// An event of `kind` for unit tests: id `e-1`, user `u-1`, time 0, no
+/// User-Agent or URL, properties `{}`. Adjust fields with struct update
+/// syntax: `Event { timestamp_ms: 5, ..test_event("click") }`.
+pub fn test_event(kind: &str) -> Event {
+    Event {
+        id: "e-1".into(),
+        user_id: "u-1".into(),
+        kind: kind.into(),
+        timestamp_ms: 0,
+        user_agent: None,
+        url: None,
+        properties: "{}".into(),
+    }
 }
 
 /// Runs `plugin` over a batch, one result per event in order: what the

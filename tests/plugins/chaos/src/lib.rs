@@ -131,13 +131,8 @@ mod tests {
 
     fn event(kind: &str) -> Event {
         Event {
-            id: "e-1".into(),
-            user_id: "u-1".into(),
-            kind: kind.into(),
-            timestamp_ms: 0,
-            user_agent: None,
-            url: None,
             properties: r#"{"a":1}"#.into(),
+            ..pulsehub_plugin_sdk::test_event(kind)
         }
     }
 

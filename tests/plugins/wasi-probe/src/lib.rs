@@ -140,15 +140,7 @@ mod tests {
 
     #[test]
     fn reports_every_declared_attribute() {
-        let event = Event {
-            id: "e-1".into(),
-            user_id: "u-1".into(),
-            kind: "anything".into(),
-            timestamp_ms: 0,
-            user_agent: None,
-            url: None,
-            properties: "{}".into(),
-        };
+        let event = pulsehub_plugin_sdk::test_event("anything");
         let out = WasiProbe.enrich(&event).expect("enrich");
         let names: Vec<&str> = out
             .iter()
