@@ -113,8 +113,8 @@ impl PluginInstance {
             })
             .collect();
 
-        live.store
-            .set_epoch_deadline(ticks(limits.timeout_ms, events.len()));
+        let budget = ticks(limits.timeout_ms, events.len()).min(ticks(limits.max_batch_time_ms, 1));
+        live.store.set_epoch_deadline(budget);
         let outcome = live.bindings.call_enrich(&mut live.store, &params);
         live.events += events.len() as u64;
         match outcome {

@@ -15,6 +15,11 @@ pub struct HostLimits {
     pub default_timeout_ms: u32,
     /// The largest CPU-time budget per event.
     pub max_timeout_ms: u32,
+    /// The most CPU time one batch call may take, whatever its size. A batch
+    /// gets `timeout × events` up to this; past it the batch is retried event
+    /// by event (each with its own budget), so one spinning event stalls its
+    /// batch for at most this long.
+    pub max_batch_time_ms: u32,
     /// Time allowed for `init` on a new instance.
     pub init_timeout_ms: u32,
     /// Most updates one event may produce in one plugin.
@@ -32,6 +37,7 @@ impl Default for HostLimits {
             max_memory_mb: 256,
             default_timeout_ms: 20,
             max_timeout_ms: 1_000,
+            max_batch_time_ms: 250,
             init_timeout_ms: 5_000,
             max_updates_per_event: 64,
             max_string_bytes: 4_096,
@@ -45,6 +51,7 @@ impl Default for HostLimits {
 pub struct PluginLimits {
     pub memory_bytes: usize,
     pub timeout_ms: u32,
+    pub max_batch_time_ms: u32,
     pub init_timeout_ms: u32,
     pub max_updates_per_event: usize,
     pub max_string_bytes: usize,
@@ -67,6 +74,7 @@ impl PluginLimits {
         Self {
             memory_bytes: memory_mb as usize * 1024 * 1024,
             timeout_ms,
+            max_batch_time_ms: host.max_batch_time_ms.max(timeout_ms),
             init_timeout_ms: host.init_timeout_ms,
             max_updates_per_event: host.max_updates_per_event,
             max_string_bytes: host.max_string_bytes,
