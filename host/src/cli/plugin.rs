@@ -66,18 +66,7 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
         Subscription::All => "* (every kind)".to_owned(),
         Subscription::Kinds(kinds) => kinds.iter().cloned().collect::<Vec<_>>().join(", "),
     };
-    let f = m.fields;
-    let fields: Vec<&str> = [
-        (f.id, "id"),
-        (f.user_id, "user_id"),
-        (f.user_agent, "user_agent"),
-        (f.url, "url"),
-        (f.properties, "properties"),
-    ]
-    .iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, name)| *name)
-    .collect();
+    let fields = m.fields.names();
     println!(
         "ok: {} {} is a valid pulsehub:plugin@0.1.0 enricher",
         m.name, plugin.version

@@ -69,6 +69,23 @@ impl FieldMask {
         url: true,
         properties: true,
     };
+
+    /// The names of the fields handed over, in [`EVENT_FIELDS`] order.
+    pub fn names(&self) -> Vec<&'static str> {
+        let on = [
+            self.id,
+            self.user_id,
+            self.user_agent,
+            self.url,
+            self.properties,
+        ];
+        EVENT_FIELDS
+            .iter()
+            .zip(on)
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect()
+    }
 }
 
 /// The optional `[limits]` table; the host caps both values.
@@ -325,6 +342,7 @@ mod tests {
         assert_eq!(m.events, Subscription::All);
         assert!(m.writes.contains("os_family"));
         assert!(m.fields.user_agent && !m.fields.url && !m.fields.id);
+        assert_eq!(m.fields.names(), ["user_agent"]);
         assert_eq!(m.limits.memory_mb, Some(16));
         assert_eq!(
             m.config,
