@@ -37,7 +37,9 @@ impl std::fmt::Debug for Chain {
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
     pub changes: ProfileChanges,
-    pub errors: Vec<PluginError>,
+    /// Per-event plugin failures: the index of the event in the batch, and
+    /// the error. The event's other plugins' updates still count.
+    pub errors: Vec<(usize, PluginError)>,
 }
 
 impl Chain {
@@ -156,7 +158,7 @@ impl ChainWorker {
                         })
                 });
                 if let Err(error) = merged {
-                    errors.push(error);
+                    errors.push((index, error));
                 }
             }
         }

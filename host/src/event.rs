@@ -89,6 +89,10 @@ impl Event {
 }
 
 fn bounded(field: &'static str, text: String) -> Result<String, EventError> {
+    // Ids become keys in PostgreSQL, Redis and Kafka; NUL fits none of them well.
+    if text.contains('\0') {
+        return Err(bad(field, "must not contain a NUL character"));
+    }
     if text.len() > MAX_ID_BYTES {
         return Err(bad(
             field,

@@ -12,10 +12,26 @@
 //! - [`update`]: attribute values and the operations plugins apply to them.
 //! - [`merge`]: the commutative updates of a batch folded into one change per
 //!   user and attribute, with provenance.
+//! - [`profile`]: a user's profile with per-attribute provenance, and how
+//!   merged changes apply to it.
+//! - [`store`]: the traits behind which PostgreSQL, Redis, Kafka and the
+//!   embedded backends sit, and their implementations.
+//! - [`source`]: partitioned logs read in batches into parallel lanes.
+//! - [`kafka`]: the Kafka source, dead-letter sink and publisher.
+//! - [`pipeline`]: decode → plugin chain → merge → commit, per lane.
+//! - [`api`]: the REST API (axum).
+//! - [`config`]: file + environment configuration (contract §6).
 //! - `main.rs` and `cli`: the `pulsehub` binary.
 
+pub mod api;
 pub mod chain;
+pub mod config;
 pub mod event;
+pub mod kafka;
 pub mod merge;
+pub mod pipeline;
 pub mod plugin;
+pub mod profile;
+pub mod source;
+pub mod store;
 pub mod update;

@@ -1,12 +1,15 @@
 //! Attribute values and the updates plugins make to them, in the host's own
 //! types (the generated bindings stay inside [`crate::plugin`]).
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::event::format_millis;
 
-/// The value of one profile attribute.
-#[derive(Debug, Clone, PartialEq)]
+/// The value of one profile attribute. Stored as
+/// `{"type": "integer", "value": 17}` (timestamps as milliseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
 pub enum Value {
     Text(String),
     Integer(i64),

@@ -195,6 +195,11 @@ impl PluginInstance {
                     text.len()
                 ),
             )),
+            // Stores keep text in PostgreSQL, which has no room for NUL.
+            Some(Value::Text(text)) if text.contains('\0') => Err((
+                ErrorKind::InvalidOutput,
+                format!("set `{attribute}` to a text containing a NUL character"),
+            )),
             Some(Value::Float(f)) if !f.is_finite() => Err((
                 ErrorKind::InvalidOutput,
                 format!("set `{attribute}` to {f}; floats must be finite"),

@@ -1,0 +1,186 @@
+//! The small traits the pipeline and the API work against, so that the
+//! production backends (PostgreSQL, Redis, Kafka) and the embedded one are the
+//! same program with different parts.
+//!
+//! - [`ProfileStore`]: the system of record. Commits a batch's profile
+//!   changes together with the consumer offsets they came from, atomically.
+//! - [`ProfileCache`]: the hot copy (Redis), written through after commits.
+//! - [`DeadLetterSink`]: where bad events go, acknowledged before offsets move.
+//! - [`EventPublisher`]: where `POST /api/v1/events` puts events (the topic,
+//!   or the embedded inbox).
+//! - [`EventArchive`]: the raw-event archive, idempotent by event id.
+//!
+//! Every error of these traits is infrastructure trouble: the caller retries
+//! with backoff and moves no offset. Bad data never reaches them.
+
+pub mod embedded;
+pub mod postgres;
+pub mod reader;
+pub mod redis;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use crate::merge::ProfileChanges;
+use crate::profile::Profile;
+
+/// A backend failed (unreachable, timed out, refused the statement). Always
+/// retryable from the pipeline's point of view.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StoreError(#[from] pub anyhow::Error);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The offsets one batch consumed from one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetRange {
+    pub partition: i32,
+    /// The next offset the store held when the batch was read (`None`: the
+    /// store had no row for this partition). The commit is refused as
+    /// [`CommitOutcome::Stale`] when the store holds anything else, because
+    /// then another consumer has moved the partition meanwhile.
+    pub expected: Option<i64>,
+    /// The offset after the batch's last record: the next one to read.
+    pub next: i64,
+}
+
+/// One batch's result, written in one transaction.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// Consumer group and topic the offsets belong to.
+    pub group: &'a str,
+    pub topic: &'a str,
+    pub changes: &'a ProfileChanges,
+    pub offsets: &'a [OffsetRange],
+    /// Wall-clock time of the commit, for `created_at`/`updated_at`.
+    pub now_ms: i64,
+}
+
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// Written. The profiles the batch changed, as they are now (absolute
+    /// values, for the write-through to the cache).
+    Applied(Vec<Profile>),
+    /// Nothing written: the stored offsets are not the `expected` ones.
+    /// The caller reloads them and drops the records already applied.
+    Stale,
+}
+
+#[async_trait]
+pub trait ProfileStore: Send + Sync + 'static {
+    /// Applies `commit.changes` to the stored profiles with
+    /// [`Profile::apply`] and moves the offsets, all or nothing.
+    async fn commit(&self, commit: Commit<'_>) -> StoreResult<CommitOutcome>;
+
+    /// The next offset to read for each partition of `topic` that `group`
+    /// has committed.
+    async fn offsets(&self, group: &str, topic: &str) -> StoreResult<HashMap<i32, i64>>;
+
+    async fn profile(&self, user_id: &str) -> StoreResult<Option<Profile>>;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait ProfileCache: Send + Sync + 'static {
+    /// Stores absolute profiles; a cached copy with a higher
+    /// [`Profile::revision`] is kept instead.
+    async fn put(&self, profiles: &[Profile]) -> StoreResult<()>;
+    async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>>;
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Why an event could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The event broke the wire format (contract §3).
+    BadEvent { detail: String },
+    /// A plugin failed on this event.
+    PluginError {
+        plugin: String,
+        plugin_version: String,
+        /// [`crate::plugin::ErrorKind`] name, e.g. `trap`.
+        kind: String,
+        detail: String,
+    },
+}
+
+impl DeadReason {
+    /// `bad-event` or `plugin-error`: the `pulsehub-reason` header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeadReason::BadEvent { .. } => "bad-event",
+            DeadReason::PluginError { .. } => "plugin-error",
+        }
+    }
+
+    pub fn detail(&self) -> &str {
+        match self {
+            DeadReason::BadEvent { detail } | DeadReason::PluginError { detail, .. } => detail,
+        }
+    }
+}
+
+/// A bad event with where it came from and why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// The original message value, byte for byte.
+    pub payload: Vec<u8>,
+    /// The event id when the event could be decoded.
+    pub event_id: Option<String>,
+    pub reason: DeadReason,
+}
+
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync + 'static {
+    /// Returns once every letter is durably stored (acknowledged).
+    async fn send(&self, letters: &[DeadLetter]) -> StoreResult<()>;
+}
+
+/// One event for the ingest path: the message key (user id) and its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingEvent {
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+#[async_trait]
+pub trait EventPublisher: Send + Sync + 'static {
+    /// Returns once every event is durably accepted, in order per key.
+    async fn publish(&self, events: &[OutgoingEvent]) -> StoreResult<()>;
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A decoded event for the archive, with its origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchivedEvent {
+    pub event_id: String,
+    pub user_id: String,
+    pub event_type: String,
+    pub event_time_ms: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The original JSON text.
+    pub payload: String,
+}
+
+#[async_trait]
+pub trait EventArchive: Send + Sync + 'static {
+    /// Inserts the events; an event id already archived is skipped.
+    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()>;
+}
+
+/// Reads a profile for the API: the hot copy when there is one, else the
+/// store ([`reader::ProfileReader`]).
+#[async_trait]
+pub trait ProfileLookup: Send + Sync + 'static {
+    async fn lookup(&self, user_id: &str) -> StoreResult<Option<Profile>>;
+}
