@@ -12,33 +12,41 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-/// Environment variable → key in the file.
-pub const ENV_KEYS: &[(&str, &str)] = &[
-    ("PULSEHUB_HTTP_ADDR", "http.addr"),
-    ("PULSEHUB_HTTP_MAX_BODY_BYTES", "http.max_body_bytes"),
-    ("PULSEHUB_HTTP_TIMEOUT_MS", "http.timeout_ms"),
-    ("PULSEHUB_PLUGIN_DIR", "plugins.dir"),
-    ("PULSEHUB_KAFKA_BROKERS", "kafka.brokers"),
-    ("PULSEHUB_KAFKA_TOPIC", "kafka.topic"),
-    ("PULSEHUB_KAFKA_GROUP", "kafka.group"),
-    ("PULSEHUB_KAFKA_ARCHIVE_GROUP", "kafka.archive_group"),
-    ("PULSEHUB_KAFKA_DLQ_TOPIC", "kafka.dlq_topic"),
-    ("PULSEHUB_DATABASE_URL", "database.url"),
+/// How an environment variable's text is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Number,
+    Flag,
+}
+
+/// Environment variable → key in the file, and how its text is read.
+pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    ("PULSEHUB_HTTP_ADDR", "http.addr", Kind::Text),
+    ("PULSEHUB_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", Kind::Number),
+    ("PULSEHUB_HTTP_TIMEOUT_MS", "http.timeout_ms", Kind::Number),
+    ("PULSEHUB_PLUGIN_DIR", "plugins.dir", Kind::Text),
+    ("PULSEHUB_KAFKA_BROKERS", "kafka.brokers", Kind::Text),
+    ("PULSEHUB_KAFKA_TOPIC", "kafka.topic", Kind::Text),
+    ("PULSEHUB_KAFKA_GROUP", "kafka.group", Kind::Text),
+    ("PULSEHUB_KAFKA_ARCHIVE_GROUP", "kafka.archive_group", Kind::Text),
+    ("PULSEHUB_KAFKA_DLQ_TOPIC", "kafka.dlq_topic", Kind::Text),
+    ("PULSEHUB_DATABASE_URL", "database.url", Kind::Text),
     (
         "PULSEHUB_DATABASE_MAX_CONNECTIONS",
         "database.max_connections",
     ),
-    ("PULSEHUB_DATABASE_MIGRATE", "database.migrate"),
-    ("PULSEHUB_REDIS_URL", "redis.url"),
-    ("PULSEHUB_REDIS_TTL_SECS", "redis.ttl_secs"),
-    ("PULSEHUB_REDIS_KEY_PREFIX", "redis.key_prefix"),
-    ("PULSEHUB_DATA_DIR", "embedded.data_dir"),
-    ("PULSEHUB_PIPELINE_LANES", "pipeline.lanes"),
-    ("PULSEHUB_BATCH_MAX_EVENTS", "pipeline.batch_max_events"),
-    ("PULSEHUB_BATCH_MAX_WAIT_MS", "pipeline.batch_max_wait_ms"),
-    ("PULSEHUB_ADMIN_TOKEN", "admin.token"),
-    ("PULSEHUB_LOG", "log.filter"),
-    ("PULSEHUB_LOG_FORMAT", "log.format"),
+    ("PULSEHUB_DATABASE_MIGRATE", "database.migrate", Kind::Flag),
+    ("PULSEHUB_REDIS_URL", "redis.url", Kind::Text),
+    ("PULSEHUB_REDIS_TTL_SECS", "redis.ttl_secs", Kind::Number),
+    ("PULSEHUB_REDIS_KEY_PREFIX", "redis.key_prefix", Kind::Text),
+    ("PULSEHUB_DATA_DIR", "embedded.data_dir", Kind::Text),
+    ("PULSEHUB_PIPELINE_LANES", "pipeline.lanes", Kind::Number),
+    ("PULSEHUB_BATCH_MAX_EVENTS", "pipeline.batch_max_events", Kind::Number),
+    ("PULSEHUB_BATCH_MAX_WAIT_MS", "pipeline.batch_max_wait_ms", Kind::Number),
+    ("PULSEHUB_ADMIN_TOKEN", "admin.token", Kind::Text),
+    ("PULSEHUB_LOG", "log.filter", Kind::Text),
+    ("PULSEHUB_LOG_FORMAT", "log.format", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -289,24 +297,24 @@ impl Config {
             .filter(|(name, _)| name.starts_with("PULSEHUB_"))
             .collect();
         for (name, _) in &vars {
-            if name != "PULSEHUB_CONFIG" && !ENV_KEYS.iter().any(|(known, _)| known == name) {
+            if name != "PULSEHUB_CONFIG" && !ENV_KEYS.iter().any(|(known, ..)| known == name) {
                 return Err(ConfigError::Invalid(format!(
                     "unknown environment variable {name}; known: {}",
                     ENV_KEYS
                         .iter()
-                        .map(|(n, _)| *n)
+                        .map(|(n, ..)| *n)
                         .collect::<Vec<_>>()
                         .join(", ")
                 )));
             }
         }
-        for (name, key) in ENV_KEYS {
+        for &(name, key, kind) in ENV_KEYS {
             if let Some((_, value)) = vars.iter().find(|(n, _)| n == name) {
                 // Empty means unset, so `PULSEHUB_REDIS_URL=` turns the cache off.
                 if value.is_empty() {
                     continue;
                 }
-                let data = Serialized::default(key, env_value(value));
+                let data = Serialized::default(key, env_value(value, kind));
                 figment = figment.merge(data);
             }
         }
@@ -407,17 +415,20 @@ impl Config {
     }
 }
 
-/// Environment values are text; numbers and booleans are passed typed so that
-/// `PULSEHUB_REDIS_TTL_SECS=60` fills a number.
-fn env_value(value: &str) -> figment::value::Value {
+/// Environment values are text; numbers and flags are passed typed so that
+/// `PULSEHUB_REDIS_TTL_SECS=60` fills a number, and a text key keeps digits
+/// as text (an all-digit token stays a token). Text that does not read as
+/// its kind is passed on as text, and extraction names the key.
+fn env_value(value: &str, kind: Kind) -> figment::value::Value {
     use figment::value::Value;
-    if let Ok(n) = value.parse::<u64>() {
-        return Value::from(n);
-    }
-    match value {
-        "true" => Value::from(true),
-        "false" => Value::from(false),
-        _ => Value::from(value.to_owned()),
+    match kind {
+        Kind::Number => value
+            .parse::<u64>()
+            .map_or_else(|_| Value::from(value.to_owned()), Value::from),
+        Kind::Flag => value
+            .parse::<bool>()
+            .map_or_else(|_| Value::from(value.to_owned()), Value::from),
+        Kind::Text => Value::from(value.to_owned()),
     }
 }
 
@@ -454,11 +465,13 @@ mod tests {
             vars(&[
                 ("PULSEHUB_KAFKA_TOPIC", "from-env"),
                 ("PULSEHUB_REDIS_TTL_SECS", "60"),
+                ("PULSEHUB_KAFKA_GROUP", "12345"),
             ]),
         )
         .expect("valid");
         assert_eq!(config.kafka.topic, "from-env");
         assert_eq!(config.redis.ttl_secs, 60);
+        assert_eq!(config.kafka.group, "12345", "digits stay text for a text key");
         assert_eq!(config.kafka.brokers.as_deref(), Some("a:9092"));
         assert_eq!(config.mode(), Mode::Services);
     }

@@ -19,16 +19,27 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run PulseHub: with no backend configured, everything in one process
+    /// with an embedded store; else the chosen role against Kafka,
+    /// PostgreSQL and Redis.
+    Run(cli::run::RunArgs),
+    /// Apply the PostgreSQL migrations (also done at start-up unless
+    /// `database.migrate = false`).
+    Migrate(cli::run::MigrateArgs),
     /// Work with plugin packages (NAME.wasm + NAME.toml).
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
 }
 
 fn main() -> ExitCode {
-    cli::init_logging();
     let args = Args::parse();
     let outcome = match args.command {
-        Command::Plugin(command) => cli::plugin::run(command),
+        Command::Run(args) => cli::run::run(args),
+        Command::Migrate(args) => cli::run::migrate(args),
+        Command::Plugin(command) => {
+            cli::init_logging();
+            cli::plugin::run(command)
+        }
     };
     match outcome {
         Ok(code) => code,

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in the order a developer wants
-//! to hear about failures: plugins build, formatting, lints, tests, benches
-//! compile.
+//! to hear about failures: plugins build, services up, formatting, lints,
+//! tests, benches compile.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,6 +27,17 @@ const STEPS: &[&[&str]] = &[
 
 pub fn run(root: &Path) -> Result<()> {
     crate::plugins::build_all(root)?;
+    // The integration tests talk to a real PostgreSQL, Redis and Kafka-protocol
+    // broker; this starts whichever is not running (and installs the broker).
+    println!("xtask: scripts/services.sh");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/services.sh"))
+        .current_dir(root)
+        .status()
+        .context("cannot run scripts/services.sh")?;
+    if !status.success() {
+        bail!("scripts/services.sh failed ({status}): the test services are not available");
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for step in STEPS {
         println!("xtask: cargo {}", step.join(" "));

@@ -1,6 +1,7 @@
 //! The commands of the `pulsehub` binary.
 
 pub mod plugin;
+pub mod run;
 
 /// Logs go to stderr (stdout carries command output), filtered by
 /// `PULSEHUB_LOG` (default `info`), as text or, with

@@ -1,0 +1,438 @@
+//! `pulsehub run` and `pulsehub migrate`: the service itself.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use pulsehub::api::{self, ApiLimits, AppState};
+use pulsehub::chain::Chain;
+use pulsehub::config::{Config, LogFormat, Mode};
+use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource};
+use pulsehub::pipeline::{EnrichTargets, Pipeline, batch_limits};
+use pulsehub::plugin::{HostLimits, Runtime};
+use pulsehub::source::Source;
+use pulsehub::store::embedded::EmbeddedStore;
+use pulsehub::store::postgres::PgStore;
+use pulsehub::store::reader::ProfileReader;
+use pulsehub::store::redis::RedisCache;
+use pulsehub::store::{
+    DeadLetterSink, EventArchive, EventPublisher, OutgoingEvent, ProfileCache, ProfileStore,
+};
+
+/// The embedded inbox's consumer groups.
+const EMBEDDED_ENRICH_GROUP: &str = "enrich";
+const EMBEDDED_ARCHIVE_GROUP: &str = "archive";
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// What this process runs: everything, or one role of a scaled install.
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    role: Role,
+    /// Configuration file (TOML); the PULSEHUB_* variables override it.
+    #[arg(long, env = "PULSEHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Ingest the events of this NDJSON file (one event per line) at start-up.
+    #[arg(long)]
+    events: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// Configuration file (TOML); the PULSEHUB_* variables override it.
+    #[arg(long, env = "PULSEHUB_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// Every role in one process.
+    All,
+    /// Consume events, run the plugins, commit profiles.
+    Enrich,
+    /// Archive raw events in PostgreSQL.
+    Archive,
+    /// Serve the REST API.
+    Api,
+}
+
+impl Role {
+    fn enrich(self) -> bool {
+        matches!(self, Role::All | Role::Enrich)
+    }
+    fn archive(self) -> bool {
+        matches!(self, Role::All | Role::Archive)
+    }
+    fn api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pulsehub-io")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, args))
+}
+
+pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    init_logging(&config);
+    let Some(url) = config.database.url.as_deref() else {
+        bail!("configuration key `database.url` (PULSEHUB_DATABASE_URL) is not set: nothing to migrate");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let store = PgStore::connect(url, 1).await?;
+        store.migrate().await?;
+        tracing::info!("database migrated");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// What one process runs, wired to its backends.
+struct Parts {
+    store: Arc<dyn ProfileStore>,
+    cache: Option<Arc<dyn ProfileCache>>,
+    publisher: Arc<dyn EventPublisher>,
+    enrich: Option<(Arc<dyn Source>, String, Arc<dyn DeadLetterSink>)>,
+    archive: Option<(Arc<dyn Source>, Arc<dyn EventArchive>)>,
+    lanes: usize,
+    description: String,
+}
+
+async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let role = args.role;
+    let chain = Chain::new(Runtime::new(HostLimits::default())?);
+    if role.enrich() {
+        load_plugins(&chain, &config.plugins.dir)?;
+    }
+    let parts = match config.mode() {
+        Mode::Embedded => embedded(&config, role)?,
+        Mode::Services => services(&config, role).await?,
+    };
+    let stop = CancellationToken::new();
+    let limits = batch_limits(
+        config.pipeline.batch_max_events,
+        config.pipeline.batch_max_wait_ms,
+    );
+    let mut pipelines = Vec::new();
+    if let Some((source, group, dead_letters)) = parts.enrich {
+        let targets = EnrichTargets {
+            store: parts.store.clone(),
+            cache: parts.cache.clone(),
+            dead_letters,
+        };
+        let pipeline = Pipeline::enrich(
+            source,
+            &group,
+            &chain,
+            targets,
+            parts.lanes,
+            limits,
+            Handle::current(),
+        )?;
+        pipelines.push(pipeline);
+    }
+    if let Some((source, archive)) = parts.archive {
+        pipelines.push(Pipeline::archive(
+            source,
+            archive,
+            parts.lanes,
+            limits,
+            Handle::current(),
+        )?);
+    }
+    // A pipeline whose source fails stops the process.
+    for pipeline in &pipelines {
+        let (failed, stop) = (pipeline.stop_token(), stop.clone());
+        tokio::spawn(async move {
+            failed.cancelled().await;
+            stop.cancel();
+        });
+    }
+
+    if let Some(file) = &args.events {
+        let count = ingest_file(file, parts.publisher.as_ref()).await?;
+        tracing::info!(file = %file.display(), events = count, "ingested the events file");
+    }
+
+    let mut api_task = None;
+    if role.api() {
+        let listener = tokio::net::TcpListener::bind(config.http.addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {} (configuration key `http.addr`, PULSEHUB_HTTP_ADDR)",
+                    config.http.addr
+                )
+            })?;
+        let address = listener.local_addr()?;
+        let state = AppState {
+            profiles: Arc::new(ProfileReader::new(parts.store.clone(), parts.cache.clone())),
+            store: parts.store.clone(),
+            cache: parts.cache.clone(),
+            publisher: parts.publisher.clone(),
+            chain: chain.clone(),
+            limits: ApiLimits {
+                max_body_bytes: config.http.max_body_bytes,
+                timeout: Duration::from_millis(config.http.timeout_ms),
+                max_events_per_request: 10_000,
+            },
+        };
+        tracing::info!(
+            "PulseHub is running ({}); API on http://{address}/api/v1 \
+             (try: curl http://{address}/api/v1/profiles/u-42)",
+            parts.description
+        );
+        api_task = Some(tokio::spawn(api::serve(listener, state, stop.clone())));
+    } else {
+        tracing::info!("PulseHub is running ({})", parts.description);
+    }
+
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutting down"),
+        () = stop.cancelled() => tracing::error!("a pipeline stopped; shutting down"),
+    }
+    let failed = stop.is_cancelled();
+    stop.cancel();
+    if let Some(task) = api_task {
+        match task.await {
+            Ok(Err(error)) => tracing::error!("API server: {error:#}"),
+            Err(error) => tracing::error!("API server task: {error}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    tokio::task::spawn_blocking(move || pipelines.into_iter().for_each(Pipeline::shutdown))
+        .await
+        .context("stopping the pipelines")?;
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
+    let dir = &config.embedded.data_dir;
+    let store = EmbeddedStore::open(dir)
+        .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
+    let enrich = role.enrich().then(|| {
+        let source: Arc<dyn Source> = Arc::new(store.source(EMBEDDED_ENRICH_GROUP));
+        let dead: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
+        (source, EMBEDDED_ENRICH_GROUP.to_owned(), dead)
+    });
+    let archive = role.archive().then(|| {
+        let source: Arc<dyn Source> = Arc::new(store.source(EMBEDDED_ARCHIVE_GROUP));
+        let archive: Arc<dyn EventArchive> = Arc::new(store.clone());
+        (source, archive)
+    });
+    Ok(Parts {
+        store: Arc::new(store.clone()),
+        cache: None,
+        publisher: Arc::new(store),
+        enrich,
+        archive,
+        // The inbox is one partition, hence one lane.
+        lanes: 1,
+        description: format!("embedded, data in {}", dir.display()),
+    })
+}
+
+async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
+    let (Some(brokers), Some(url)) = (&config.kafka.brokers, &config.database.url) else {
+        bail!("services mode needs `kafka.brokers` and `database.url`");
+    };
+    let store = PgStore::connect(url, config.database.max_connections).await?;
+    if config.database.migrate {
+        with_patience("migrating the database", || store.migrate()).await?;
+    }
+    let store: Arc<PgStore> = Arc::new(store);
+    let cache: Option<Arc<dyn ProfileCache>> = match &config.redis.url {
+        Some(url) => Some(Arc::new(
+            RedisCache::connect(
+                url,
+                &config.redis.key_prefix,
+                Duration::from_secs(config.redis.ttl_secs),
+            )
+            .await?,
+        )),
+        None => None,
+    };
+    let kafka = &config.kafka;
+    let enrich = if role.enrich() {
+        let offsets: Arc<dyn ProfileStore> = store.clone();
+        let source: Arc<dyn Source> = Arc::new(KafkaSource::new(
+            brokers,
+            &kafka.topic,
+            &kafka.group,
+            Some((offsets, Handle::current())),
+        )?);
+        let dead: Arc<dyn DeadLetterSink> =
+            Arc::new(KafkaDeadLetters::new(brokers, &kafka.dlq_topic())?);
+        Some((source, kafka.group.clone(), dead))
+    } else {
+        None
+    };
+    let archive = if role.archive() {
+        let source: Arc<dyn Source> = Arc::new(KafkaSource::new(
+            brokers,
+            &kafka.topic,
+            &kafka.archive_group,
+            None,
+        )?);
+        let archive: Arc<dyn EventArchive> = store.clone();
+        Some((source, archive))
+    } else {
+        None
+    };
+    Ok(Parts {
+        store,
+        cache,
+        publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.topic)?),
+        enrich,
+        archive,
+        lanes: config.lanes(),
+        description: format!(
+            "topic {} on {brokers}, group {}",
+            kafka.topic, kafka.group
+        ),
+    })
+}
+
+/// Retries a start-up step for up to a minute, so that PulseHub may start
+/// before its database does.
+async fn with_patience<F, Fut>(what: &str, mut step: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    loop {
+        match step().await {
+            Ok(()) => return Ok(()),
+            Err(error) if started.elapsed() < Duration::from_secs(60) => {
+                tracing::warn!("{what} failed, retrying: {error:#}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(error) => return Err(error.context(format!("{what} (gave up after 60 s)"))),
+        }
+    }
+}
+
+/// Loads every `NAME.wasm` + `NAME.toml` pair of `dir` into the chain.
+fn load_plugins(chain: &Chain, dir: &Path) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "reading the plugin directory {} (configuration key `plugins.dir`, \
+             PULSEHUB_PLUGIN_DIR); build the built-in plugins with `cargo xtask plugins`",
+            dir.display()
+        )
+    })?;
+    let mut components: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    components.sort();
+    for component in &components {
+        let manifest = component.with_extension("toml");
+        let plugin = chain
+            .runtime()
+            .load_files(component, &manifest)
+            .with_context(|| format!("loading plugin {}", component.display()))?;
+        tracing::info!(
+            plugin = plugin.name(),
+            version = %plugin.version,
+            "plugin loaded"
+        );
+        chain.insert(plugin)?;
+    }
+    if components.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "no plugins found: profiles will stay empty (build them with `cargo xtask plugins`)"
+        );
+    }
+    Ok(())
+}
+
+/// Publishes every non-empty line of an NDJSON file, in chunks. Lines that
+/// are not valid events are published too: the pipeline sends them to the
+/// dead letters with the reason, as it would for any producer.
+async fn ingest_file(file: &Path, publisher: &dyn EventPublisher) -> anyhow::Result<usize> {
+    let text = tokio::fs::read(file)
+        .await
+        .with_context(|| format!("reading events file {}", file.display()))?;
+    let mut count = 0;
+    let mut chunk = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let key = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("user_id")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        chunk.push(OutgoingEvent {
+            key,
+            payload: line.to_vec(),
+        });
+        if chunk.len() == 1_000 {
+            count += chunk.len();
+            publisher.publish(&std::mem::take(&mut chunk)).await?;
+        }
+    }
+    if !chunk.is_empty() {
+        count += chunk.len();
+        publisher.publish(&chunk).await?;
+    }
+    Ok(count)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
