@@ -1,1 +1,140 @@
-//! (in progress)
+//! The REST API (contract §5), on axum.
+//!
+//! - [`router`] builds the whole application from an [`AppState`], so tests
+//!   drive it with `oneshot` and no socket; [`serve`] runs it on a listener
+//!   until a shutdown token fires.
+//! - `profiles`, `events`, `plugins` and `health`: one module per resource.
+//! - [`Problem`]: every error answer, as RFC 9457 problem details, including
+//!   the ones axum and tower-http produce on their own (unknown route or
+//!   method, body limit, timeout).
+//! - `openapi`: the OpenAPI 3.1 document of all of the above, served at
+//!   `/api/v1/openapi.json`.
+
+mod events;
+mod health;
+mod openapi;
+mod plugins;
+mod problem;
+mod profiles;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::chain::Chain;
+use crate::config::HttpConfig;
+use crate::store::{EventPublisher, ProfileCache, ProfileLookup, ProfileStore};
+
+pub use openapi::ApiDoc;
+pub use problem::{EventFailure, PROBLEM_CONTENT_TYPE, Problem};
+
+/// What one request may cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Largest request body, in bytes; larger ones are answered 413.
+    pub max_body_bytes: usize,
+    /// Time for one whole request; past it the answer is a 503 problem.
+    pub timeout: Duration,
+    /// Most events one `POST /api/v1/events` may carry; more are answered 413.
+    pub max_events_per_request: usize,
+}
+
+impl ApiLimits {
+    pub const DEFAULT_MAX_EVENTS_PER_REQUEST: usize = 10_000;
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self::from(&HttpConfig::default())
+    }
+}
+
+impl From<&HttpConfig> for ApiLimits {
+    fn from(http: &HttpConfig) -> Self {
+        Self {
+            max_body_bytes: http.max_body_bytes,
+            timeout: Duration::from_millis(http.timeout_ms),
+            max_events_per_request: Self::DEFAULT_MAX_EVENTS_PER_REQUEST,
+        }
+    }
+}
+
+/// Everything the handlers work with.
+#[derive(Clone)]
+pub struct AppState {
+    /// Reads profiles: the hot copy when there is one, else the store.
+    pub profiles: Arc<dyn ProfileLookup>,
+    /// The system of record, pinged by `/readyz`.
+    pub store: Arc<dyn ProfileStore>,
+    /// The hot copy, pinged by `/readyz` when there is one.
+    pub cache: Option<Arc<dyn ProfileCache>>,
+    /// Where `POST /api/v1/events` puts events.
+    pub publisher: Arc<dyn EventPublisher>,
+    /// The loaded plugins, listed by `GET /api/v1/plugins`.
+    pub chain: Arc<Chain>,
+    pub limits: ApiLimits,
+}
+
+/// The whole REST API.
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits.clone();
+    Router::new()
+        .route("/api/v1/profiles/{user_id}", get(profiles::get_profile))
+        // `{user_id}` never matches an empty segment; answer that as the bad
+        // id it is rather than as an unknown route.
+        .route("/api/v1/profiles/", get(profiles::empty_user_id))
+        .route("/api/v1/events", axum::routing::post(events::ingest))
+        .route("/api/v1/plugins", get(plugins::list))
+        .route("/api/v1/plugins/{name}", get(plugins::get_one))
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(problem::route_not_found)
+        // One limit for every route, enforced before the body is read when
+        // `Content-Length` tells, and while streaming otherwise.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        // Answers 503 with an empty body; `problem::finish` turns it into a
+        // problem saying which limit was hit.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            problem::finish,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets the
+/// requests in flight finish (each is bounded by [`ApiLimits::timeout`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = listener
+        .local_addr()
+        .context("the REST API listener has no local address")?;
+    tracing::info!(%address, "REST API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .with_context(|| format!("the REST API server on {address} failed"))?;
+    tracing::info!(%address, "REST API stopped");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Fakes of the store traits, each as healthy or as broken as a test needs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::profile::Profile;
+use crate::store::{
+    Commit, CommitOutcome, EventPublisher, OutgoingEvent, ProfileCache, ProfileLookup,
+    ProfileStore, StoreError, StoreResult,
+};
+
+/// How a backend answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Ping {
+    Up,
+    /// Fails with this message.
+    Down(&'static str),
+    /// Never answers.
+    Hangs,
+}
+
+impl Ping {
+    async fn answer(self) -> StoreResult<()> {
+        match self {
+            Ping::Up => Ok(()),
+            Ping::Down(message) => Err(StoreError(anyhow::anyhow!(message))),
+            Ping::Hangs => std::future::pending().await,
+        }
+    }
+}
+
+fn unused<T>() -> StoreResult<T> {
+    Err(StoreError(anyhow::anyhow!("the API never calls this")))
+}
+
+pub struct FakeStore(pub Ping);
+
+#[async_trait]
+impl ProfileStore for FakeStore {
+    async fn commit(&self, _commit: Commit<'_>) -> StoreResult<CommitOutcome> {
+        unused()
+    }
+
+    async fn offsets(&self, _group: &str, _topic: &str) -> StoreResult<HashMap<i32, i64>> {
+        unused()
+    }
+
+    async fn profile(&self, _user_id: &str) -> StoreResult<Option<Profile>> {
+        unused()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.0.answer().await
+    }
+}
+
+pub struct FakeCache(pub Ping);
+
+#[async_trait]
+impl ProfileCache for FakeCache {
+    async fn put(&self, _profiles: &[Profile]) -> StoreResult<()> {
+        unused()
+    }
+
+    async fn get(&self, _user_id: &str) -> StoreResult<Option<Profile>> {
+        unused()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.0.answer().await
+    }
+}
+
+/// Profiles by user id; or a failure, or a delay, for every lookup.
+#[derive(Default)]
+pub struct FakeLookup {
+    pub profiles: HashMap<String, Profile>,
+    pub fails_with: Option<&'static str>,
+    pub delay: Option<Duration>,
+}
+
+#[async_trait]
+impl ProfileLookup for FakeLookup {
+    async fn lookup(&self, user_id: &str) -> StoreResult<Option<Profile>> {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(message) = self.fails_with {
+            return Err(StoreError(anyhow::anyhow!(message)));
+        }
+        Ok(self.profiles.get(user_id).cloned())
+    }
+}
+
+/// Records every published event, in order; or refuses them all.
+#[derive(Default)]
+pub struct FakePublisher {
+    pub published: Mutex<Vec<OutgoingEvent>>,
+    pub fails: bool,
+    pub ping: Option<Ping>,
+}
+
+impl FakePublisher {
+    pub fn failing() -> Self {
+        Self {
+            fails: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn pinging(ping: Ping) -> Self {
+        Self {
+            ping: Some(ping),
+            ..Self::default()
+        }
+    }
+
+    pub fn published(&self) -> Vec<OutgoingEvent> {
+        self.published.lock().expect("not poisoned").clone()
+    }
+}
+
+#[async_trait]
+impl EventPublisher for FakePublisher {
+    async fn publish(&self, events: &[OutgoingEvent]) -> StoreResult<()> {
+        if self.fails {
+            return Err(StoreError(anyhow::anyhow!(
+                "broker 10.1.2.3:9092 refused: NotLeaderForPartition"
+            )));
+        }
+        self.published
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(events);
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.ping.unwrap_or(Ping::Up).answer().await
+    }
+}

@@ -1,0 +1,396 @@
+//! Profiles, plugins, the OpenAPI document, unknown routes and methods,
+//! timeouts, and serving on a socket.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use super::fakes::FakeLookup;
+use super::{Fakes, get, send};
+use crate::api::plugins::PluginInfo;
+use crate::api::problem::types;
+use crate::api::{ApiLimits, serve};
+use crate::chain::Chain;
+use crate::plugin::{HostLimits, Manifest, PluginLimits, Runtime};
+use crate::profile::{Attribute, Profile};
+use crate::update::Value;
+
+fn profile() -> Profile {
+    let mut profile = Profile::new("u-42", 1_795_989_000_000);
+    profile.updated_at_ms = 1_795_989_600_500;
+    profile.attributes.insert(
+        "page_views".into(),
+        Attribute {
+            value: Value::Integer(17),
+            plugin: "page-view-counter".into(),
+            plugin_version: "1.0.0".into(),
+            event_id: "e-9".into(),
+            event_time_ms: 1_795_989_600_123,
+        },
+    );
+    profile
+}
+
+fn with_profile() -> Fakes {
+    let mut lookup = FakeLookup::default();
+    lookup.profiles.insert("u-42".into(), profile());
+    Fakes {
+        lookup,
+        ..Fakes::default()
+    }
+}
+
+#[tokio::test]
+async fn a_profile_is_served_in_the_contract_shape() {
+    let reply = send(&with_profile().app(), get("/api/v1/profiles/u-42")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.content_type(), "application/json");
+    let body = reply.json();
+    assert_eq!(body, profile().to_api_json());
+    assert_eq!(body["attributes"]["page_views"]["value"], 17);
+    assert_eq!(
+        body["attributes"]["page_views"]["plugin"],
+        "page-view-counter"
+    );
+    assert_eq!(
+        body["attributes"]["page_views"]["updated_at"],
+        "2026-11-29T22:00:00.123Z"
+    );
+    assert_eq!(body["updated_at"], "2026-11-29T22:00:00.500Z");
+}
+
+#[tokio::test]
+async fn an_unknown_profile_is_404() {
+    let path = "/api/v1/profiles/u-7";
+    let reply = send(&with_profile().app(), get(path)).await;
+    let problem = reply.problem(StatusCode::NOT_FOUND, types::PROFILE_NOT_FOUND, path);
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("u-7"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn bad_user_ids_are_400() {
+    let app = with_profile().app();
+    let too_long = format!("/api/v1/profiles/{}", "x".repeat(257));
+    for path in [
+        "/api/v1/profiles/",
+        "/api/v1/profiles/a%00b",
+        "/api/v1/profiles/%FF",
+        &too_long,
+    ] {
+        let reply = send(&app, get(path)).await;
+        reply.problem(StatusCode::BAD_REQUEST, types::INVALID_USER_ID, path);
+    }
+    // 256 bytes is allowed (and unknown); an encoded slash is part of the id.
+    let longest = format!("/api/v1/profiles/{}", "x".repeat(256));
+    let reply = send(&app, get(&longest)).await;
+    reply.problem(StatusCode::NOT_FOUND, types::PROFILE_NOT_FOUND, &longest);
+    let reply = send(&app, get("/api/v1/profiles/a%2Fb")).await;
+    let problem = reply.problem(
+        StatusCode::NOT_FOUND,
+        types::PROFILE_NOT_FOUND,
+        "/api/v1/profiles/a%2Fb",
+    );
+    assert!(
+        problem["detail"].as_str().unwrap_or("").ends_with("a/b"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_store_is_503_with_retry_after_and_no_internals() {
+    let fakes = Fakes {
+        lookup: FakeLookup {
+            fails_with: Some("pool timed out: postgres://pulsehub:hunter2@db/pulsehub"),
+            ..FakeLookup::default()
+        },
+        ..Fakes::default()
+    };
+    let path = "/api/v1/profiles/u-42";
+    let reply = send(&fakes.app(), get(path)).await;
+    let problem = reply.problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        types::BACKEND_UNAVAILABLE,
+        path,
+    );
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert!(!reply.text.contains("hunter2"), "{problem}");
+}
+
+#[tokio::test]
+async fn a_slow_request_times_out_as_a_problem() {
+    let fakes = Fakes {
+        lookup: FakeLookup {
+            delay: Some(Duration::from_secs(30)),
+            ..FakeLookup::default()
+        },
+        limits: ApiLimits {
+            timeout: Duration::from_millis(50),
+            ..ApiLimits::default()
+        },
+        ..Fakes::default()
+    };
+    let path = "/api/v1/profiles/u-42";
+    let reply = send(&fakes.app(), get(path)).await;
+    let problem = reply.problem(StatusCode::SERVICE_UNAVAILABLE, types::TIMEOUT, path);
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("50 ms"),
+        "{problem}"
+    );
+    assert_eq!(reply.headers["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let app = Fakes::default().app();
+    let reply = send(&app, get("/api/v2/nothing")).await;
+    reply.problem(StatusCode::NOT_FOUND, "about:blank", "/api/v2/nothing");
+
+    let delete = Request::delete("/api/v1/events")
+        .body(Body::empty())
+        .expect("request");
+    let reply = send(&app, delete).await;
+    let problem = reply.problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "about:blank",
+        "/api/v1/events",
+    );
+    assert_eq!(reply.headers["allow"], "POST");
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("DELETE"),
+        "{problem}"
+    );
+}
+
+/// A component that passes for a plugin: it starts, and answers every event
+/// with no updates. Enough for the API, which only lists plugins.
+const QUIET_PLUGIN: &str = r#"
+(component
+  (core module $m
+    (memory (export "memory") 1)
+    (global $next (mut i32) (i32.const 8192))
+    (func (export "realloc") (param i32 i32) (param $align i32) (param $size i32) (result i32)
+      (local $at i32)
+      (local.set $at
+        (i32.and
+          (i32.add (global.get $next) (i32.sub (local.get $align) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get $align))))
+      (global.set $next (i32.add (local.get $at) (local.get $size)))
+      (block $fits
+        (br_if $fits (i32.le_u (global.get $next) (i32.mul (memory.size) (i32.const 65536))))
+        (drop (memory.grow
+          (i32.add (i32.const 1)
+            (i32.shr_u (i32.sub (global.get $next) (i32.mul (memory.size) (i32.const 65536)))
+                       (i32.const 16))))))
+      (local.get $at))
+    ;; `ok` is discriminant 0, and memory starts zeroed.
+    (func (export "init") (param i32 i32) (result i32) (i32.const 32))
+    ;; One `ok([])` per event: 16 zero bytes each, from offset 1024.
+    (func (export "enrich") (param i32) (param $len i32) (result i32)
+      (i32.store (i32.const 16) (i32.const 1024))
+      (i32.store (i32.const 20) (local.get $len))
+      (i32.const 16)))
+  (core instance $i (instantiate $m))
+  (alias core export $i "memory" (core memory $mem))
+  (alias core export $i "realloc" (core func $realloc))
+  (type $event' (record
+    (field "id" string) (field "user-id" string) (field "kind" string)
+    (field "timestamp-ms" s64) (field "user-agent" (option string))
+    (field "url" (option string)) (field "properties" string)))
+  (export $event "event" (type $event'))
+  (type $value' (variant
+    (case "text" string) (case "integer" s64) (case "float" f64)
+    (case "boolean" bool) (case "timestamp" s64)))
+  (export $value "value" (type $value'))
+  (type $update' (variant
+    (case "set" (tuple string $value)) (case "increment" (tuple string s64))
+    (case "max" (tuple string $value)) (case "min" (tuple string $value))))
+  (export $update "update" (type $update'))
+  (type $error' (variant (case "invalid-event" string) (case "internal" string)))
+  (export $error "enrich-error" (type $error'))
+  (func $init (param "config" (list (tuple string string))) (result (result (error string)))
+    (canon lift (core func $i "init") (memory $mem) (realloc $realloc)))
+  (export "init" (func $init))
+  (func $enrich (param "events" (list $event))
+    (result (list (result (list $update) (error $error))))
+    (canon lift (core func $i "enrich") (memory $mem) (realloc $realloc)))
+  (export "enrich" (func $enrich)))
+"#;
+
+const QUIET_MANIFEST: &str = r#"
+name = "quiet"
+version = "1.2.3"
+description = "Says nothing."
+events = ["page_view", "click"]
+writes = ["quiet_count"]
+
+[limits]
+memory-mb = 4096
+timeout-ms = 5
+"#;
+
+fn chain_with_quiet_plugin() -> std::sync::Arc<Chain> {
+    let runtime = Runtime::new(HostLimits::default()).expect("plugin runtime starts");
+    let component = wat::parse_str(QUIET_PLUGIN).expect("the test component assembles");
+    let manifest: Manifest = QUIET_MANIFEST.parse().expect("the test manifest is valid");
+    let plugin = runtime
+        .load(manifest, &component)
+        .expect("the test plugin loads");
+    let chain = Chain::new(runtime);
+    chain.insert(plugin).expect("no other plugin");
+    chain
+}
+
+#[test]
+fn plugin_info_shows_the_effective_limits() {
+    let manifest: Manifest = QUIET_MANIFEST.parse().expect("valid");
+    let limits = PluginLimits::new(&HostLimits::default(), &manifest);
+    let info = serde_json::to_value(PluginInfo::new(&manifest, &limits, "ab12")).expect("JSON");
+    assert_eq!(
+        info,
+        serde_json::json!({
+            "name": "quiet", "version": "1.2.3", "description": "Says nothing.",
+            "sha256": "ab12", "events": ["click", "page_view"], "writes": ["quiet_count"],
+            // The manifest asks for 4096 MiB; the host caps it.
+            "limits": {"memory_mb": 256, "timeout_ms": 5},
+            "state": "active"
+        })
+    );
+}
+
+#[tokio::test]
+async fn loaded_plugins_are_listed_and_shown() {
+    let chain = chain_with_quiet_plugin();
+    let sha256 = chain.plugins()[0].sha256.clone();
+    let app = Fakes {
+        chain: Some(chain),
+        ..Fakes::default()
+    }
+    .app();
+    let reply = send(&app, get("/api/v1/plugins")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let list = reply.json();
+    let plugins = list["plugins"].as_array().expect("a list");
+    assert_eq!(plugins.len(), 1, "{list}");
+    assert_eq!(plugins[0]["name"], "quiet");
+    assert_eq!(plugins[0]["version"], "1.2.3");
+    assert_eq!(plugins[0]["sha256"], sha256.as_str());
+    assert_eq!(sha256.len(), 64);
+    assert_eq!(plugins[0]["state"], "active");
+
+    let reply = send(&app, get("/api/v1/plugins/quiet")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json(), plugins[0]);
+
+    let reply = send(&app, get("/api/v1/plugins/loud")).await;
+    reply.problem(
+        StatusCode::NOT_FOUND,
+        types::PLUGIN_NOT_FOUND,
+        "/api/v1/plugins/loud",
+    );
+}
+
+#[tokio::test]
+async fn no_plugins_is_an_empty_list() {
+    let reply = send(&Fakes::default().app(), get("/api/v1/plugins")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), serde_json::json!({"plugins": []}));
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route() {
+    let app = with_profile().app();
+    let reply = send(&app, get("/api/v1/openapi.json")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let doc = reply.json();
+    assert!(
+        doc["openapi"].as_str().unwrap_or("").starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let routes = BTreeSet::from([
+        "/api/v1/profiles/{user_id}",
+        "/api/v1/events",
+        "/api/v1/plugins",
+        "/api/v1/plugins/{name}",
+        "/api/v1/openapi.json",
+        "/healthz",
+        "/readyz",
+    ]);
+    assert_eq!(paths, routes);
+    // Every documented path is routed: none answers the unknown-route problem.
+    for path in paths {
+        let uri = path.replace("{user_id}", "u-42").replace("{name}", "quiet");
+        let reply = send(&app, get(&uri)).await;
+        let unknown = reply.status == StatusCode::NOT_FOUND
+            && reply.content_type() == crate::api::PROBLEM_CONTENT_TYPE
+            && reply.json()["type"] == "about:blank";
+        assert!(!unknown, "{path} is documented but not routed");
+    }
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    for schema in [
+        "Problem",
+        "EventFailure",
+        "Profile",
+        "Attribute",
+        "Event",
+        "Plugin",
+        "Readiness",
+    ] {
+        assert!(
+            schemas.contains_key(schema),
+            "no {schema} schema: {:?}",
+            schemas.keys()
+        );
+    }
+    let problem = &doc["paths"]["/api/v1/events"]["post"]["responses"]["400"]["content"];
+    assert!(
+        problem.get("application/problem+json").is_some(),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn serves_on_a_socket_until_shut_down() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = listener.local_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, with_profile().state(), shutdown.clone()));
+    let client = reqwest::Client::new();
+    let profile: serde_json::Value = client
+        .get(format!("http://{address}/api/v1/profiles/u-42"))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(profile["user_id"], "u-42");
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("stops soon after the shutdown signal")
+        .expect("the task did not panic")
+        .expect("serve returns Ok");
+    assert!(
+        client
+            .get(format!("http://{address}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+}
