@@ -1,1 +1,477 @@
-//! (in progress)
+//! The Redis hot cache: one hash per profile, `{prefix}profile:{user_id}`
+//! with the fields `rev` ([`Profile::revision`]) and `body` (the JSON of
+//! [`Profile`]), and a TTL.
+//!
+//! Every write goes through one Lua script that keeps the copy with the higher
+//! revision, so a slow refill never overwrites a newer write-through, and
+//! replays are harmless (values are absolute, never `INCR`).
+//!
+//! Redis is allowed to be down: connections are lazy with short timeouts, so
+//! a dead Redis costs a request a second or two at most instead of hanging it.
+//! A failed [`ProfileCache::put`] would leave the previous copy behind, which
+//! is now stale, so the ids of the failed put are remembered and served as
+//! misses until a background task has repaired their keys. The repair writes
+//! a tombstone (`rev` of the failed write, empty `body`) rather than deleting
+//! the key: a refill that read the store before the failed commit then still
+//! cannot bring the stale copy back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisResult, ServerErrorKind};
+
+use super::{ProfileCache, StoreError, StoreResult};
+use crate::profile::Profile;
+
+/// How long one connection attempt and one reply may take.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the repair task looks for keys to repair.
+const REPAIR_INTERVAL: Duration = Duration::from_millis(500);
+/// Beyond this many remembered ids, everything under the prefix is flushed.
+const MAX_PENDING_IDS: usize = 100_000;
+/// Keys per `SCAN` step when flushing the prefix.
+const SCAN_COUNT: usize = 1_000;
+
+/// Writes `rev` and `body` unless the stored copy has a higher revision, and
+/// refreshes the TTL. A key of another type (not ours) is replaced. Returns 1
+/// when written, 0 when the stored copy was kept.
+const WRITE_SCRIPT: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+local stored = tonumber(redis.call('HGET', KEYS[1], 'rev'))
+if stored and stored > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'rev', ARGV[1], 'body', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+/// The Redis implementation of [`ProfileCache`].
+pub struct RedisCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: ConnectionManager,
+    prefix: String,
+    ttl_secs: u64,
+    script: redis::Script,
+    /// Ids whose cached copy may be stale. A `std` mutex: it is never held
+    /// across an await.
+    pending: Mutex<Pending>,
+}
+
+impl RedisCache {
+    /// Prepares the cache and starts its repair task. Does not fail when
+    /// Redis is down (the cache starts degraded and connects on use); fails on
+    /// a malformed URL or a TTL under one second.
+    pub async fn connect(url: &str, key_prefix: &str, ttl: Duration) -> anyhow::Result<RedisCache> {
+        let ttl_secs = ttl.as_secs();
+        anyhow::ensure!(ttl_secs >= 1, "the Redis TTL must be at least one second");
+        let client = redis::Client::open(url).context("invalid Redis URL")?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            // One attempt per request; the next request tries again.
+            .set_number_of_retries(0);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .context("creating the Redis connection manager")?;
+        let inner = Arc::new(Inner {
+            connection,
+            prefix: key_prefix.to_owned(),
+            ttl_secs,
+            script: redis::Script::new(WRITE_SCRIPT),
+            pending: Mutex::new(Pending::new(MAX_PENDING_IDS)),
+        });
+        tokio::spawn(repair_loop(Arc::downgrade(&inner)));
+        let cache = RedisCache { inner };
+        if let Err(error) = cache.ping().await {
+            tracing::warn!(
+                "Redis is not answering; the profile cache starts degraded: {:#}",
+                error.0
+            );
+        }
+        Ok(cache)
+    }
+}
+
+#[async_trait]
+impl ProfileCache for RedisCache {
+    async fn put(&self, profiles: &[Profile]) -> StoreResult<()> {
+        if profiles.is_empty() {
+            return Ok(());
+        }
+        let result = self.inner.write(profiles).await;
+        let mut pending = self.inner.pending();
+        match result {
+            Ok(()) => {
+                for profile in profiles {
+                    pending.written(&profile.user_id, profile.revision);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for profile in profiles {
+                    pending.failed(&profile.user_id, profile.revision);
+                }
+                Err(StoreError(error.context(format!(
+                    "writing {} profile(s) to Redis; their keys are repaired later",
+                    profiles.len()
+                ))))
+            }
+        }
+    }
+
+    async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>> {
+        if self.inner.pending().covers(user_id) {
+            return Ok(None);
+        }
+        let key = self.inner.key(user_id);
+        let mut connection = self.inner.connection.clone();
+        let body: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("body")
+            .query_async(&mut connection)
+            .await
+            .context("reading a profile from Redis")?;
+        // An empty body is a tombstone left by a repair.
+        let Some(body) = body.filter(|body| !body.is_empty()) else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<Profile>(&body) {
+            Ok(profile) if profile.user_id == user_id => Ok(Some(profile)),
+            parsed => {
+                let reason = match parsed {
+                    Ok(profile) => format!("it holds user {:?}", profile.user_id),
+                    Err(error) => error.to_string(),
+                };
+                tracing::warn!("dropping the unreadable cached profile {key:?}: {reason}");
+                let deleted: RedisResult<()> = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await;
+                if let Err(error) = deleted {
+                    tracing::warn!("deleting {key:?} from Redis failed: {error}");
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut connection = self.inner.connection.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .context("pinging Redis")?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn key(&self, user_id: &str) -> String {
+        format!("{}profile:{user_id}", self.prefix)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // The bookkeeping stays consistent even if a holder panicked.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn write(&self, profiles: &[Profile]) -> anyhow::Result<()> {
+        let mut entries = Vec::with_capacity(profiles.len());
+        for profile in profiles {
+            let body = serde_json::to_string(profile)
+                .with_context(|| format!("serialising profile {:?}", profile.user_id))?;
+            entries.push((self.key(&profile.user_id), profile.revision, body));
+        }
+        self.run_script(&entries).await
+    }
+
+    /// Runs the write script once per `(key, revision, body)` in one round
+    /// trip, loading the script first if Redis does not know it.
+    async fn run_script(&self, entries: &[(String, i64, String)]) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for (key, revision, body) in entries {
+            pipe.cmd("EVALSHA")
+                .arg(self.script.get_hash())
+                .arg(1)
+                .arg(key)
+                .arg(revision)
+                .arg(body)
+                .arg(self.ttl_secs)
+                .ignore();
+        }
+        let mut connection = self.connection.clone();
+        match pipe.exec_async(&mut connection).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.script
+                    .load_async(&mut connection)
+                    .await
+                    .context("loading the cache script into Redis")?;
+                // Writes are absolute and revision-guarded: running the
+                // pipeline again is harmless.
+                pipe.exec_async(&mut connection)
+                    .await
+                    .context("writing to Redis")
+            }
+            result => result.context("writing to Redis"),
+        }
+    }
+
+    /// Repairs what [`Pending`] remembers. Returns `Ok(false)` when there was
+    /// nothing to do.
+    async fn repair(&self) -> anyhow::Result<bool> {
+        let Some(work) = self.pending().work() else {
+            return Ok(false);
+        };
+        match &work {
+            Work::Flush(_) => self.flush_prefix().await?,
+            Work::Ids(ids) => {
+                let entries: Vec<_> = ids
+                    .iter()
+                    .map(|(id, revision)| (self.key(id), *revision, String::new()))
+                    .collect();
+                self.run_script(&entries).await?;
+            }
+        }
+        self.pending().repaired(work);
+        Ok(true)
+    }
+
+    /// Deletes every profile key under the prefix.
+    async fn flush_prefix(&self) -> anyhow::Result<()> {
+        let pattern = format!("{}profile:*", glob_escape(&self.prefix));
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut connection)
+                .await
+                .context("scanning the cache keys in Redis")?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .exec_async(&mut connection)
+                    .await
+                    .context("deleting cache keys in Redis")?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Every [`REPAIR_INTERVAL`], repairs the keys of failed writes once Redis
+/// answers. Ends when the cache is dropped.
+async fn repair_loop(cache: Weak<Inner>) {
+    let mut interval = tokio::time::interval(REPAIR_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        interval.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        match cache.repair().await {
+            Ok(repaired) => {
+                if repaired && failing {
+                    tracing::info!("Redis answers again; stale cached profiles repaired");
+                }
+                failing = false;
+            }
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(
+                        "repairing cached profiles failed, retrying every {} ms: {error:#}",
+                        REPAIR_INTERVAL.as_millis()
+                    );
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
+/// Escapes the glob characters of `SCAN MATCH`.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The ids whose cached copy may be stale, each with the highest revision
+/// that failed to reach Redis; or, past `capacity` ids, "everything".
+#[derive(Debug)]
+struct Pending {
+    capacity: usize,
+    ids: HashMap<String, i64>,
+    /// Set when `ids` overflowed: every key under the prefix is suspect.
+    /// The number of the latest failure since, so that a flush only clears
+    /// the failures that happened before it started.
+    flush: Option<u64>,
+    flushes: u64,
+}
+
+/// One repair to attempt: a snapshot of [`Pending`].
+#[derive(Debug, PartialEq)]
+enum Work {
+    Flush(u64),
+    Ids(Vec<(String, i64)>),
+}
+
+impl Pending {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ids: HashMap::new(),
+            flush: None,
+            flushes: 0,
+        }
+    }
+
+    fn failed(&mut self, user_id: &str, revision: i64) {
+        if self.flush.is_none() {
+            if let Some(known) = self.ids.get_mut(user_id) {
+                *known = (*known).max(revision);
+                return;
+            }
+            if self.ids.len() < self.capacity {
+                self.ids.insert(user_id.to_owned(), revision);
+                return;
+            }
+            self.ids = HashMap::new();
+        }
+        self.flushes += 1;
+        self.flush = Some(self.flushes);
+    }
+
+    /// A write of `revision` reached Redis: the cached copy is at least as
+    /// new as any failed one at or below it.
+    fn written(&mut self, user_id: &str, revision: i64) {
+        if self
+            .ids
+            .get(user_id)
+            .is_some_and(|&failed| failed <= revision)
+        {
+            self.ids.remove(user_id);
+        }
+    }
+
+    fn covers(&self, user_id: &str) -> bool {
+        self.flush.is_some() || self.ids.contains_key(user_id)
+    }
+
+    fn work(&self) -> Option<Work> {
+        if let Some(flush) = self.flush {
+            return Some(Work::Flush(flush));
+        }
+        if self.ids.is_empty() {
+            return None;
+        }
+        Some(Work::Ids(
+            self.ids
+                .iter()
+                .map(|(id, rev)| (id.clone(), *rev))
+                .collect(),
+        ))
+    }
+
+    /// `work` succeeded. Failures recorded meanwhile stay remembered.
+    fn repaired(&mut self, work: Work) {
+        match work {
+            Work::Flush(flush) => {
+                if self.flush == Some(flush) {
+                    self.flush = None;
+                }
+            }
+            Work::Ids(ids) => {
+                for (id, revision) in ids {
+                    if self.ids.get(&id) == Some(&revision) {
+                        self.ids.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_ids_are_covered_until_repaired_and_keep_the_highest_revision() {
+        let mut pending = Pending::new(10);
+        pending.failed("a", 3);
+        pending.failed("a", 2);
+        assert!(pending.covers("a"));
+        assert!(!pending.covers("b"));
+        let work = pending.work().expect("work to do");
+        assert_eq!(work, Work::Ids(vec![("a".into(), 3)]));
+        // A newer failure while the repair runs survives the repair.
+        pending.failed("a", 4);
+        pending.repaired(work);
+        assert!(pending.covers("a"));
+        let work = pending.work().expect("work to do");
+        pending.repaired(work);
+        assert!(!pending.covers("a"));
+        assert_eq!(pending.work(), None);
+    }
+
+    #[test]
+    fn a_later_successful_write_clears_an_id() {
+        let mut pending = Pending::new(10);
+        pending.failed("a", 5);
+        pending.written("a", 4);
+        assert!(pending.covers("a"), "an older write does not repair it");
+        pending.written("a", 5);
+        assert!(!pending.covers("a"));
+    }
+
+    #[test]
+    fn overflow_turns_into_a_flush_of_everything() {
+        let mut pending = Pending::new(2);
+        pending.failed("a", 1);
+        pending.failed("b", 1);
+        pending.failed("c", 1);
+        assert!(pending.covers("z"));
+        let work = pending.work().expect("work to do");
+        assert_eq!(work, Work::Flush(1));
+        // A failure while the flush runs needs another flush.
+        pending.failed("d", 1);
+        pending.repaired(work);
+        assert!(pending.covers("z"));
+        let work = pending.work().expect("work to do");
+        assert_eq!(work, Work::Flush(2));
+        pending.repaired(work);
+        assert!(!pending.covers("z"));
+        assert_eq!(pending.work(), None);
+        pending.failed("e", 1);
+        assert_eq!(pending.work(), Some(Work::Ids(vec![("e".into(), 1)])));
+    }
+
+    #[test]
+    fn glob_characters_of_the_prefix_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\:"), "a\\*b\\?\\[c\\]\\\\:");
+    }
+}
