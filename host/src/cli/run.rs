@@ -273,14 +273,18 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
     }
     let store: Arc<PgStore> = Arc::new(store);
     let cache: Option<Arc<dyn ProfileCache>> = match &config.redis.url {
-        Some(url) => Some(Arc::new(
-            RedisCache::connect(
+        Some(url) => {
+            let cache = RedisCache::connect(
                 url,
                 &config.redis.key_prefix,
                 Duration::from_secs(config.redis.ttl_secs),
             )
-            .await?,
-        )),
+            .await?;
+            if role.enrich() {
+                cache.invalidate_all();
+            }
+            Some(Arc::new(cache))
+        }
         None => None,
     };
     let kafka = &config.kafka;

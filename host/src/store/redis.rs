@@ -102,6 +102,16 @@ impl RedisCache {
     }
 }
 
+impl RedisCache {
+    /// Treats every cached profile under the prefix as stale: reads miss
+    /// until the repair task has deleted them all. The enrich role calls this
+    /// at start-up, because a crash between a commit and its write-through
+    /// leaves older copies in Redis that no later write may replace.
+    pub fn invalidate_all(&self) {
+        self.inner.pending().suspect_all();
+    }
+}
+
 #[async_trait]
 impl ProfileCache for RedisCache {
     async fn put(&self, profiles: &[Profile]) -> StoreResult<()> {
@@ -361,6 +371,13 @@ impl Pending {
             }
             self.ids = HashMap::new();
         }
+        self.flushes += 1;
+        self.flush = Some(self.flushes);
+    }
+
+    /// Every key under the prefix is suspect, whatever was remembered.
+    fn suspect_all(&mut self) {
+        self.ids = HashMap::new();
         self.flushes += 1;
         self.flush = Some(self.flushes);
     }
