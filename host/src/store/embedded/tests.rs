@@ -536,3 +536,100 @@ async fn works_on_a_multi_thread_runtime_and_from_lane_threads() {
     let profile = store.profile("u-1").await.expect("reads").expect("exists");
     assert_eq!(profile.attributes["views"].value, Value::Integer(1));
 }
+
+/// The enrich and archive pipelines on one embedded store: every event is
+/// counted once by each group, the bad one becomes a dead letter, and the
+/// inbox is emptied once both groups are past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipelines_run_on_the_embedded_store() {
+    use crate::chain::Chain;
+    use crate::pipeline::{EnrichTargets, Pipeline, batch_limits};
+    use crate::plugin::{HostLimits, Runtime};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("opens");
+    let enrich_source = Arc::new(store.source("enrich"));
+    let archive_source = Arc::new(store.source("archive"));
+    let good = |n: usize| OutgoingEvent {
+        key: format!("u-{}", n % 7),
+        payload: format!(
+            r#"{{"event_id":"e-{n}","user_id":"u-{}","event_type":"page_view","timestamp":{n}}}"#,
+            n % 7
+        )
+        .into_bytes(),
+    };
+    let mut events: Vec<OutgoingEvent> = (0..40).map(good).collect();
+    events.insert(
+        17,
+        OutgoingEvent {
+            key: "u-1".into(),
+            payload: b"not json".to_vec(),
+        },
+    );
+    store.publish(&events[..20]).await.expect("publishes");
+
+    let chain = Chain::new(Runtime::new(HostLimits::default()).expect("plugin runtime"));
+    let targets = EnrichTargets {
+        store: Arc::new(store.clone()),
+        cache: None,
+        dead_letters: Arc::new(store.clone()),
+    };
+    let limits = batch_limits(8, 10);
+    let enrich = Pipeline::enrich(
+        enrich_source,
+        "enrich",
+        &chain,
+        targets,
+        2,
+        limits,
+        Handle::current(),
+    )
+    .expect("enrich starts");
+    let archive = Pipeline::archive(
+        archive_source,
+        Arc::new(store.clone()),
+        1,
+        limits,
+        Handle::current(),
+    )
+    .expect("archive starts");
+    store.publish(&events[20..]).await.expect("publishes");
+
+    let total = i64::try_from(events.len()).expect("small");
+    let done = HashMap::from([(0, total)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let enriched = store.offsets("enrich", INBOX_TOPIC).await.expect("reads");
+        let archived = store.offsets("archive", INBOX_TOPIC).await.expect("reads");
+        if enriched == done && archived == done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "enrich at {enriched:?}, archive at {archived:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| {
+        enrich.shutdown();
+        archive.shutdown();
+    });
+
+    let letters = store.dead_letters().expect("reads");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].offset, letters[0].reason.code()),
+        (17, "bad-event")
+    );
+    assert_eq!(letters[0].payload, b"not json");
+    let txn = store.inner.db.begin_read().expect("read");
+    assert_eq!(
+        txn.open_table(ARCHIVE)
+            .expect("table")
+            .len()
+            .expect("counts"),
+        40
+    );
+    drop(txn);
+    assert!(inbox_offsets(&store).is_empty());
+}
