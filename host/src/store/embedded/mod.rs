@@ -10,8 +10,9 @@
 //!   gets, kept apart so that offsets never repeat once old entries are gone.
 //! - `profiles`: user id → JSON of [`Profile`].
 //! - `offsets`: (group, topic, partition) → next offset to read.
-//! - `dead_letters`: sequence (u64) → JSON of a [`DeadLetter`] (format in
-//!   [`rows`]).
+//! - `dead_letters`: sequence (u64) → JSON of a [`DeadLetter`]: its fields,
+//!   key and payload as text, with the exact bytes in hex only when they are
+//!   not UTF-8 (the format is documented in `rows.rs`).
 //! - `archive`: event id → JSON of an [`ArchivedEvent`].
 //!
 //! # Durability
