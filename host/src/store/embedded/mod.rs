@@ -1,0 +1,472 @@
+//! The embedded backend: every store of [`crate::store`] and the event log in
+//! one redb file, `<data_dir>/pulsehub.redb`, so that PulseHub runs as one
+//! process without Kafka, PostgreSQL or Redis and with the same pipeline.
+//!
+//! # Tables
+//! - `inbox`: offset (u64, dense from 0) → (key, payload). The log that
+//!   [`EventPublisher::publish`] appends to and [`EmbeddedSource`] reads as
+//!   topic [`INBOX_TOPIC`], partition 0.
+//! - `meta`: name → u64. `inbox.next` is the offset the next published event
+//!   gets, kept apart so that offsets never repeat once old entries are gone.
+//! - `profiles`: user id → JSON of [`Profile`].
+//! - `offsets`: (group, topic, partition) → next offset to read.
+//! - `dead_letters`: sequence (u64) → JSON of a [`DeadLetter`]: its fields,
+//!   key and payload as text, with the exact bytes in hex only when they are
+//!   not UTF-8 (the format is documented in `rows.rs`).
+//! - `archive`: event id → JSON of an [`ArchivedEvent`].
+//!
+//! # Durability
+//! Publishing, committing, dead letters and archiving commit durably (fsync)
+//! before they return, one write transaction per call. A source's own
+//! progress ([`EmbeddedSource`]'s `committed`) is written without an fsync: it
+//! becomes durable with the next durable commit, and losing it only replays
+//! idempotent archive inserts.
+//!
+//! # Inbox retention
+//! Each commit that moves a group's inbox offset deletes the inbox entries
+//! below the lowest next offset among the groups that have committed on the
+//! inbox and the groups with a source opened from this store (which count as
+//! 0 until they commit). A group that never committed and has no source open
+//! holds nothing back: started later, it begins at the oldest entry kept.
+
+mod rows;
+mod source;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_trait::async_trait;
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use crate::profile::Profile;
+use crate::store::{
+    ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, EventArchive, EventPublisher,
+    OutgoingEvent, ProfileStore, StoreError, StoreResult,
+};
+
+pub use source::EmbeddedSource;
+
+/// The file inside the data dir.
+pub const FILE_NAME: &str = "pulsehub.redb";
+/// The topic name offsets of the inbox are stored under.
+pub const INBOX_TOPIC: &str = "inbox";
+/// The inbox is a single partition.
+pub const INBOX_PARTITION: i32 = 0;
+
+const INBOX: TableDefinition<u64, (&str, &[u8])> = TableDefinition::new("inbox");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
+const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
+const DEAD_LETTERS: TableDefinition<u64, &str> = TableDefinition::new("dead_letters");
+const ARCHIVE: TableDefinition<&str, &str> = TableDefinition::new("archive");
+
+const INBOX_NEXT: &str = "inbox.next";
+
+/// The embedded store: profile store, event publisher (the inbox), dead-letter
+/// sink and event archive in one redb database. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    /// Counts publishes; a caught-up source waits for it to change.
+    published: Mutex<u64>,
+    wake: Condvar,
+    /// Groups with a source opened from this store. They hold inbox entries
+    /// back even before their first commit.
+    readers: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating it and the folder when missing) the store in
+    /// `data_dir`. Fails with a message saying the data dir is in use when
+    /// another process (or another store in this one) has it open.
+    pub fn open(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+        let path = data_dir.join(FILE_NAME);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => bail!(
+                "the data dir {} is in use: another PulseHub process has {} open \
+                 (stop it, or give this one another data dir)",
+                data_dir.display(),
+                path.display()
+            ),
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("opening the embedded store {}", path.display())));
+            }
+        };
+        // Every table exists from here on, so readers never meet a missing one.
+        let create_tables = || -> anyhow::Result<()> {
+            let txn = db.begin_write()?;
+            txn.open_table(INBOX)?;
+            txn.open_table(META)?;
+            txn.open_table(PROFILES)?;
+            txn.open_table(OFFSETS)?;
+            txn.open_table(DEAD_LETTERS)?;
+            txn.open_table(ARCHIVE)?;
+            txn.commit()?;
+            Ok(())
+        };
+        create_tables().with_context(|| format!("creating the tables of {}", path.display()))?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                published: Mutex::new(0),
+                wake: Condvar::new(),
+                readers: Mutex::new(BTreeSet::new()),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The inbox as read by consumer group `group`.
+    pub fn source(&self, group: &str) -> EmbeddedSource {
+        lock(&self.inner.readers).insert(group.to_owned());
+        EmbeddedSource::new(self.inner.clone(), group)
+    }
+
+    /// Every dead letter stored, oldest first.
+    pub fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetter>> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(DEAD_LETTERS)?;
+        let mut letters = Vec::new();
+        for entry in table.iter()? {
+            let (sequence, json) = entry?;
+            let letter = rows::LetterRow::parse(json.value())
+                .and_then(rows::LetterRow::into_letter)
+                .with_context(|| format!("dead letter {} is unreadable", sequence.value()))?;
+            letters.push(letter);
+        }
+        Ok(letters)
+    }
+
+    /// Runs `work` (redb calls, which may wait for the disk) for an async
+    /// trait method, with `what` as the error's context.
+    fn run<T>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&Inner) -> anyhow::Result<T>,
+    ) -> StoreResult<T> {
+        blocking(|| work(&self.inner)).map_err(|error| StoreError(error.context(what)))
+    }
+}
+
+/// Runs blocking work without stalling other tasks. On a multi-thread
+/// runtime it goes through `block_in_place`: a worker thread first hands its
+/// queued tasks to another one, and a lane thread inside `Handle::block_on`
+/// (how the pipeline calls the store) has nothing to hand over and just runs
+/// it. Without a runtime, or on a current-thread one (tests), it runs in
+/// place. Unlike `spawn_blocking`, the work can borrow the caller's data (a
+/// commit's changes) instead of copying it.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// Locks `mutex`; its data stays consistent even if a holder panicked
+/// (counters and a set of names), so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    fn append(&self, events: &[OutgoingEvent]) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut inbox = txn.open_table(INBOX)?;
+            let mut next = meta.get(INBOX_NEXT)?.map_or(0, |v| v.value());
+            for event in events {
+                inbox.insert(next, (event.key.as_str(), event.payload.as_slice()))?;
+                next += 1;
+            }
+            meta.insert(INBOX_NEXT, next)?;
+        }
+        txn.commit()?;
+        *lock(&self.published) += 1;
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// The publish count, to pass to [`Inner::wait_for_publish`] after reading.
+    fn publications(&self) -> u64 {
+        *lock(&self.published)
+    }
+
+    /// Waits until a publish after `seen` or until `timeout` passes.
+    fn wait_for_publish(&self, seen: u64, timeout: Duration) {
+        let guard = lock(&self.published);
+        let _unused = self
+            .wake
+            .wait_timeout_while(guard, timeout, |count| *count == seen)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    fn commit(&self, commit: &Commit<'_>) -> anyhow::Result<CommitOutcome> {
+        let txn = self.db.begin_write()?;
+        let stale = {
+            let offsets = txn.open_table(OFFSETS)?;
+            let mut stale = false;
+            for range in commit.offsets {
+                let key = (commit.group, commit.topic, range.partition);
+                let stored = offsets.get(key)?.map(|v| v.value());
+                stale |= stored != range.expected;
+            }
+            stale
+        };
+        if stale {
+            txn.abort()?;
+            return Ok(CommitOutcome::Stale);
+        }
+        let mut profiles = Vec::with_capacity(commit.changes.len());
+        {
+            let mut table = txn.open_table(PROFILES)?;
+            for (user, changes) in commit.changes {
+                let stored = table
+                    .get(user.as_str())?
+                    .map(|json| serde_json::from_str::<Profile>(json.value()));
+                let mut profile = match stored {
+                    Some(parsed) => parsed
+                        .with_context(|| format!("the stored profile of {user} is unreadable"))?,
+                    None => Profile::new(user.as_str(), commit.now_ms),
+                };
+                profile.apply(changes, commit.now_ms);
+                let json = serde_json::to_string(&profile)?;
+                table.insert(user.as_str(), json.as_str())?;
+                profiles.push(profile);
+            }
+            let mut offsets = txn.open_table(OFFSETS)?;
+            for range in commit.offsets {
+                offsets.insert((commit.group, commit.topic, range.partition), range.next)?;
+            }
+        }
+        if commit.topic == INBOX_TOPIC {
+            self.trim_inbox(&txn)?;
+        }
+        txn.commit()?;
+        Ok(CommitOutcome::Applied(profiles))
+    }
+
+    fn offsets(&self, group: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OFFSETS)?;
+        let mut offsets = HashMap::new();
+        for entry in table.range((group, topic, i32::MIN)..=(group, topic, i32::MAX))? {
+            let (key, next) = entry?;
+            offsets.insert(key.value().2, next.value());
+        }
+        Ok(offsets)
+    }
+
+    fn profile(&self, user_id: &str) -> anyhow::Result<Option<Profile>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PROFILES)?;
+        let Some(json) = table.get(user_id)? else {
+            return Ok(None);
+        };
+        let profile = serde_json::from_str(json.value())
+            .with_context(|| format!("the stored profile of {user_id} is unreadable"))?;
+        Ok(Some(profile))
+    }
+
+    /// Deletes the inbox entries every reader is past (module doc, "Inbox
+    /// retention"), inside the caller's transaction.
+    fn trim_inbox(&self, txn: &WriteTransaction) -> anyhow::Result<()> {
+        let mut waiting: BTreeSet<String> = lock(&self.readers).clone();
+        let mut lowest: Option<i64> = None;
+        {
+            let offsets = txn.open_table(OFFSETS)?;
+            for entry in offsets.iter()? {
+                let (key, next) = entry?;
+                let (group, topic, partition) = key.value();
+                if topic == INBOX_TOPIC && partition == INBOX_PARTITION {
+                    waiting.remove(group);
+                    let next = next.value();
+                    lowest = Some(lowest.map_or(next, |low| low.min(next)));
+                }
+            }
+        }
+        // A source that has not committed yet still needs everything.
+        let Some(lowest) = lowest.filter(|_| waiting.is_empty()) else {
+            return Ok(());
+        };
+        let lowest = u64::try_from(lowest).unwrap_or(0);
+        let mut inbox = txn.open_table(INBOX)?;
+        let oldest = inbox.first()?.map(|(offset, _)| offset.value());
+        if oldest.is_some_and(|oldest| oldest < lowest) {
+            inbox.retain_in(..lowest, |_, _| false)?;
+        }
+        Ok(())
+    }
+
+    /// Stores `group`'s next offsets on the inbox where they move forward;
+    /// writes nothing when none does.
+    fn advance(&self, group: &str, offsets: &[(i32, i64)]) -> anyhow::Result<()> {
+        let moves = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(OFFSETS)?;
+            let mut moves = false;
+            for &(partition, next) in offsets {
+                let stored = table
+                    .get((group, INBOX_TOPIC, partition))?
+                    .map(|v| v.value());
+                moves |= stored.is_none_or(|stored| next > stored);
+            }
+            moves
+        };
+        if !moves {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        // Progress may be lost in a crash: the group then replays idempotent
+        // work. Skipping the fsync keeps it off the archive's critical path.
+        txn.set_durability(Durability::None)?;
+        {
+            let mut table = txn.open_table(OFFSETS)?;
+            for &(partition, next) in offsets {
+                let key = (group, INBOX_TOPIC, partition);
+                let stored = table.get(key)?.map(|v| v.value());
+                if stored.is_none_or(|stored| next > stored) {
+                    table.insert(key, next)?;
+                }
+            }
+        }
+        self.trim_inbox(&txn)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn store_letters(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
+        let rows: Vec<String> = letters
+            .iter()
+            .map(|letter| serde_json::to_string(&rows::LetterRow::from_letter(letter)))
+            .collect::<Result<_, _>>()?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(DEAD_LETTERS)?;
+            let first = table.last()?.map_or(0, |(last, _)| last.value() + 1);
+            for (sequence, row) in (first..).zip(&rows) {
+                table.insert(sequence, row.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn archive(&self, events: &[ArchivedEvent]) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ARCHIVE)?;
+            for event in events {
+                if table.get(event.event_id.as_str())?.is_some() {
+                    continue;
+                }
+                let row = serde_json::to_string(&rows::EventRow::from(event))?;
+                table.insert(event.event_id.as_str(), row.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProfileStore for EmbeddedStore {
+    async fn commit(&self, commit: Commit<'_>) -> StoreResult<CommitOutcome> {
+        self.run("committing a batch to the embedded store", |inner| {
+            inner.commit(&commit)
+        })
+    }
+
+    async fn offsets(&self, group: &str, topic: &str) -> StoreResult<HashMap<i32, i64>> {
+        self.run("reading offsets from the embedded store", |inner| {
+            inner.offsets(group, topic)
+        })
+    }
+
+    async fn profile(&self, user_id: &str) -> StoreResult<Option<Profile>> {
+        self.run("reading a profile from the embedded store", |inner| {
+            inner.profile(user_id)
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run("reaching the embedded store", |inner| {
+            inner.db.begin_read()?;
+            Ok(())
+        })
+    }
+}
+
+#[async_trait]
+impl EventPublisher for EmbeddedStore {
+    async fn publish(&self, events: &[OutgoingEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.run("appending events to the embedded inbox", |inner| {
+            inner.append(events)
+        })
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for EmbeddedStore {
+    async fn send(&self, letters: &[DeadLetter]) -> StoreResult<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.run("storing dead letters in the embedded store", |inner| {
+            inner.store_letters(letters)
+        })
+    }
+}
+
+#[async_trait]
+impl EventArchive for EmbeddedStore {
+    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.run("archiving events in the embedded store", |inner| {
+            inner.archive(events)
+        })
+    }
+}
