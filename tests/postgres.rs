@@ -1,1 +1,669 @@
-//! (in progress)
+//! The PostgreSQL store against a real server: each test creates its own
+//! database `pulsehub_test_<random>` and drops it at the end.
+//!
+//! The server comes from `PULSEHUB_TEST_DATABASE_URL` (any database on it
+//! serves to create the test ones), by default the local `postgres` one.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pulsehub::merge::{AttributeChange, ProfileChanges, Provenance};
+use pulsehub::profile::Profile;
+use pulsehub::store::postgres::PgStore;
+use pulsehub::store::{
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, OffsetRange, ProfileStore, StoreResult,
+};
+use pulsehub::update::{Op, Value};
+use sqlx::{Connection, Executor, PgConnection};
+
+const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const GROUP: &str = "pulsehub-enrich";
+const TOPIC: &str = "user-activity-events";
+
+/// A fresh, migrated database, dropped when the value is.
+struct TestDb {
+    server: String,
+    name: String,
+    store: PgStore,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let server = std::env::var("PULSEHUB_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let name = format!("pulsehub_test_{:016x}", RandomState::new().hash_one(nanos));
+        let mut admin = PgConnection::connect(&server)
+            .await
+            .expect("PostgreSQL reachable at PULSEHUB_TEST_DATABASE_URL");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create the test database");
+        admin.close().await.expect("close the admin connection");
+        let store = PgStore::connect(&database_url(&server, &name), 4).expect("valid URL");
+        store.migrate().await.expect("migrations apply");
+        TestDb {
+            server,
+            name,
+            store,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot be blocked on;
+        // a thread with its own runtime does the cleanup. FORCE ends the
+        // store's pooled connections.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                let mut admin = PgConnection::connect(&server).await?;
+                admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await?;
+                admin.close().await
+            })
+        });
+        if let Ok(Err(e)) = cleanup.join() {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// `server` with its database replaced by `name`.
+fn database_url(server: &str, name: &str) -> String {
+    let (base, query) = match server.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (server, None),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..]
+        .find('/')
+        .map_or(base.len(), |i| authority + i);
+    let mut url = format!("{}/{name}", &base[..path]);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+fn change(op: Op, event_id: &str, event_time_ms: i64) -> AttributeChange {
+    AttributeChange {
+        op,
+        provenance: Provenance {
+            plugin: Arc::from("page-view-counter"),
+            plugin_version: Arc::from("1.2.0"),
+            event_id: event_id.to_owned(),
+            event_time_ms,
+        },
+    }
+}
+
+/// `(user, attribute, change)` entries as a batch's changes.
+fn changes(entries: Vec<(&str, &str, AttributeChange)>) -> ProfileChanges {
+    let mut changes = ProfileChanges::new();
+    for (user, attribute, change) in entries {
+        changes
+            .entry(user.to_owned())
+            .or_default()
+            .insert(attribute.to_owned(), change);
+    }
+    changes
+}
+
+fn range(partition: i32, expected: Option<i64>, next: i64) -> OffsetRange {
+    OffsetRange {
+        partition,
+        expected,
+        next,
+    }
+}
+
+async fn commit(
+    store: &PgStore,
+    changes: &ProfileChanges,
+    offsets: &[OffsetRange],
+    now_ms: i64,
+) -> StoreResult<CommitOutcome> {
+    store
+        .commit(Commit {
+            group: GROUP,
+            topic: TOPIC,
+            changes,
+            offsets,
+            now_ms,
+        })
+        .await
+}
+
+fn applied(outcome: CommitOutcome) -> Vec<Profile> {
+    match outcome {
+        CommitOutcome::Applied(profiles) => profiles,
+        CommitOutcome::Stale => panic!("expected the commit to apply, it was stale"),
+    }
+}
+
+fn is_stale(outcome: &CommitOutcome) -> bool {
+    matches!(outcome, CommitOutcome::Stale)
+}
+
+/// Waits until `count` statements of the test database wait for a lock.
+async fn wait_for_lock_waiters(store: &PgStore, count: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("read pg_stat_activity");
+        if waiting >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commits never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn migrating_twice_changes_nothing() {
+    let db = TestDb::new().await;
+    db.store.migrate().await.expect("second migration run");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations' ORDER BY 1",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .expect("list tables");
+    assert_eq!(tables, ["consumer_offsets", "events", "profiles"]);
+    db.store.ping().await.expect("ping");
+    assert_eq!(db.store.profile("nobody").await.expect("read"), None);
+    assert!(
+        db.store
+            .offsets(GROUP, TOPIC)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn commits_apply_every_operation_across_batches() {
+    let db = TestDb::new().await;
+    let (t1, t2) = (1_700_000_000_123, 1_700_000_060_456);
+    let first = changes(vec![
+        ("alice", "page_views", change(Op::Increment(2), "e1", 100)),
+        (
+            "alice",
+            "device",
+            change(Op::Set(Value::Text("mobile".into())), "e2", 200),
+        ),
+        (
+            "alice",
+            "last_seen",
+            change(Op::Max(Value::Timestamp(200)), "e2", 200),
+        ),
+        (
+            "alice",
+            "first_seen",
+            change(Op::Min(Value::Timestamp(100)), "e1", 100),
+        ),
+        ("bob", "page_views", change(Op::Increment(1), "e3", 150)),
+    ]);
+    let profiles = applied(
+        commit(&db.store, &first, &[range(0, None, 3)], t1)
+            .await
+            .expect("first commit"),
+    );
+    assert_eq!(
+        profiles
+            .iter()
+            .map(|p| p.user_id.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    assert_eq!(profiles[0].revision, 1);
+
+    let second = changes(vec![
+        ("alice", "page_views", change(Op::Increment(3), "e4", 90)),
+        // An older event's set and smaller max/larger min change nothing.
+        (
+            "alice",
+            "device",
+            change(Op::Set(Value::Text("desktop".into())), "e4", 90),
+        ),
+        (
+            "alice",
+            "last_seen",
+            change(Op::Max(Value::Timestamp(90)), "e4", 90),
+        ),
+        (
+            "alice",
+            "first_seen",
+            change(Op::Min(Value::Timestamp(90)), "e4", 90),
+        ),
+        ("carol", "page_views", change(Op::Increment(7), "e5", 300)),
+    ]);
+    let profiles = applied(
+        commit(&db.store, &second, &[range(0, Some(3), 5)], t2)
+            .await
+            .expect("second commit"),
+    );
+    assert_eq!(
+        profiles
+            .iter()
+            .map(|p| p.user_id.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "carol"]
+    );
+    let alice = &profiles[0];
+    assert_eq!(alice.attributes["page_views"].value, Value::Integer(5));
+    assert_eq!(alice.attributes["page_views"].event_id, "e4");
+    assert_eq!(
+        alice.attributes["device"].value,
+        Value::Text("mobile".into())
+    );
+    assert_eq!(alice.attributes["device"].event_id, "e2");
+    assert_eq!(alice.attributes["device"].event_time_ms, 200);
+    assert_eq!(alice.attributes["device"].plugin, "page-view-counter");
+    assert_eq!(alice.attributes["device"].plugin_version, "1.2.0");
+    assert_eq!(alice.attributes["last_seen"].value, Value::Timestamp(200));
+    assert_eq!(alice.attributes["first_seen"].value, Value::Timestamp(90));
+    assert_eq!(alice.attributes["first_seen"].event_id, "e4");
+    assert_eq!(alice.revision, 2);
+    assert_eq!((alice.created_at_ms, alice.updated_at_ms), (t1, t2));
+
+    let stored = db.store.profile("alice").await.expect("read alice");
+    assert_eq!(stored.as_ref(), Some(alice));
+    let bob = db.store.profile("bob").await.expect("read bob");
+    assert_eq!(bob.map(|b| b.revision), Some(1), "bob untouched by batch 2");
+
+    let (revision, created, updated): (i64, i64, i64) = sqlx::query_as(
+        "SELECT revision, (extract(epoch FROM created_at) * 1000)::bigint, \
+                (extract(epoch FROM updated_at) * 1000)::bigint \
+         FROM profiles WHERE user_id = 'alice'",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .expect("read columns");
+    assert_eq!((revision, created, updated), (2, t1, t2));
+}
+
+#[tokio::test]
+async fn offsets_are_kept_and_a_stale_commit_writes_nothing() {
+    let db = TestDb::new().await;
+    let batch = changes(vec![("u", "n", change(Op::Increment(1), "e1", 1))]);
+    applied(
+        commit(
+            &db.store,
+            &batch,
+            &[range(0, None, 10), range(3, None, 4)],
+            1,
+        )
+        .await
+        .expect("commit"),
+    );
+    let offsets = db.store.offsets(GROUP, TOPIC).await.expect("offsets");
+    assert_eq!(offsets, [(0, 10), (3, 4)].into_iter().collect());
+    assert!(
+        db.store
+            .offsets("other-group", TOPIC)
+            .await
+            .expect("offsets")
+            .is_empty()
+    );
+    let before = db.store.profile("u").await.expect("read");
+
+    let refused = [
+        // Another consumer moved partition 0 to 10, not 7.
+        vec![range(0, Some(7), 12)],
+        // A row exists where the batch expected none.
+        vec![range(0, None, 12)],
+        // No row where the batch expected one.
+        vec![range(5, Some(2), 12)],
+        // One good partition does not save a stale one.
+        vec![range(3, Some(4), 6), range(0, Some(9), 12)],
+    ];
+    for offsets in refused {
+        let outcome = commit(&db.store, &batch, &offsets, 2)
+            .await
+            .expect("commit");
+        assert!(is_stale(&outcome), "{offsets:?} should be stale");
+    }
+    assert_eq!(db.store.profile("u").await.expect("read"), before);
+    assert_eq!(
+        db.store.offsets(GROUP, TOPIC).await.expect("offsets"),
+        [(0, 10), (3, 4)].into_iter().collect()
+    );
+
+    applied(
+        commit(&db.store, &batch, &[range(0, Some(10), 11)], 3)
+            .await
+            .expect("commit"),
+    );
+    assert_eq!(
+        db.store.offsets(GROUP, TOPIC).await.expect("offsets")[&0],
+        11
+    );
+}
+
+#[tokio::test]
+async fn concurrent_commits_of_one_partition_apply_once() {
+    let db = TestDb::new().await;
+    let batch = changes(vec![("u", "n", change(Op::Increment(5), "e1", 1))]);
+    let commit_twice = |expected: Option<i64>, next: i64| {
+        let spawn = || {
+            let (store, batch) = (db.store.clone(), batch.clone());
+            tokio::spawn(
+                async move { commit(&store, &batch, &[range(0, expected, next)], 1).await },
+            )
+        };
+        (spawn(), spawn())
+    };
+    let one_applied = |a: StoreResult<CommitOutcome>, b: StoreResult<CommitOutcome>| {
+        let outcomes = [a.expect("commit a"), b.expect("commit b")];
+        assert_eq!(
+            outcomes.iter().filter(|o| is_stale(o)).count(),
+            1,
+            "{outcomes:?}"
+        );
+    };
+
+    // No row yet: both find none, the offset insert decides.
+    let (a, b) = commit_twice(None, 20);
+    one_applied(a.await.expect("task a"), b.await.expect("task b"));
+
+    // A row: both read 20 unless they wait for each other. Holding the row
+    // makes sure both are under way before either can go on.
+    let mut holder = db.store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM consumer_offsets WHERE partition = 0 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock the offset row");
+    let (a, b) = commit_twice(Some(20), 40);
+    wait_for_lock_waiters(&db.store, 2).await;
+    holder.rollback().await.expect("release the offset row");
+    one_applied(a.await.expect("task a"), b.await.expect("task b"));
+
+    // Two rounds, each counted once.
+    let profile = db.store.profile("u").await.expect("read").expect("exists");
+    assert_eq!(profile.attributes["n"].value, Value::Integer(10));
+    assert_eq!(profile.revision, 2);
+    assert_eq!(db.store.offsets(GROUP, TOPIC).await.expect("read")[&0], 40);
+}
+
+#[tokio::test]
+async fn concurrent_commits_of_one_user_from_two_partitions_both_count() {
+    let db = TestDb::new().await;
+    let first = changes(vec![("u", "n", change(Op::Increment(1), "e0", 1))]);
+    applied(
+        commit(&db.store, &first, &[range(0, None, 1)], 1)
+            .await
+            .expect("create the profile"),
+    );
+    // Hold the profile so that both commits are under way before either
+    // can finish.
+    let mut holder = db.store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM profiles WHERE user_id = 'u' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .expect("lock the profile");
+    let spawn = |partition: i32, expected: Option<i64>, delta: i64| {
+        let store = db.store.clone();
+        tokio::spawn(async move {
+            let batch = changes(vec![("u", "n", change(Op::Increment(delta), "e", 2))]);
+            commit(&store, &batch, &[range(partition, expected, 2)], 2).await
+        })
+    };
+    let (a, b) = (spawn(0, Some(1), 10), spawn(1, None, 100));
+    wait_for_lock_waiters(&db.store, 2).await;
+    holder.rollback().await.expect("release the profile");
+
+    applied(a.await.expect("task a").expect("commit a"));
+    applied(b.await.expect("task b").expect("commit b"));
+    let profile = db.store.profile("u").await.expect("read").expect("exists");
+    assert_eq!(profile.attributes["n"].value, Value::Integer(111));
+    assert_eq!(profile.revision, 3);
+}
+
+#[tokio::test]
+async fn a_concurrent_first_offset_insert_makes_the_commit_stale() {
+    let db = TestDb::new().await;
+    let mut other = db.store.pool().begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at) \
+         VALUES ($1, $2, 0, 8, now())",
+    )
+    .bind(GROUP)
+    .bind(TOPIC)
+    .execute(&mut *other)
+    .await
+    .expect("insert the other consumer's offset");
+
+    // The batch finds no row (the insert is not committed yet), then waits
+    // on that insert while adding its own.
+    let store = db.store.clone();
+    let batch = tokio::spawn(async move {
+        let changes = changes(vec![("u", "n", change(Op::Increment(1), "e1", 1))]);
+        commit(&store, &changes, &[range(0, None, 8)], 1).await
+    });
+    wait_for_lock_waiters(&db.store, 1).await;
+    other.commit().await.expect("commit the other consumer");
+
+    let outcome = batch.await.expect("task").expect("commit");
+    assert!(is_stale(&outcome), "{outcome:?}");
+    assert_eq!(db.store.profile("u").await.expect("read"), None);
+    assert_eq!(db.store.offsets(GROUP, TOPIC).await.expect("read")[&0], 8);
+}
+
+#[tokio::test]
+async fn a_profile_created_meanwhile_is_not_overwritten() {
+    let db = TestDb::new().await;
+    // Another commit creates user u's profile and holds it uncommitted.
+    let mut theirs = Profile::new("u", 1);
+    theirs.apply(
+        &changes(vec![("u", "n", change(Op::Increment(2), "e1", 1))])["u"],
+        1,
+    );
+    let mut other = db.store.pool().begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at) \
+         VALUES ('u', $1, 1, now(), now())",
+    )
+    .bind(sqlx::types::Json(&theirs))
+    .execute(&mut *other)
+    .await
+    .expect("insert the other profile");
+
+    let store = db.store.clone();
+    let batch = changes(vec![("u", "n", change(Op::Increment(3), "e2", 2))]);
+    let ours = batch.clone();
+    let task = tokio::spawn(async move { commit(&store, &ours, &[range(1, None, 1)], 2).await });
+    wait_for_lock_waiters(&db.store, 1).await;
+    other.commit().await.expect("commit the other profile");
+
+    let error = task
+        .await
+        .expect("task")
+        .expect_err("the batch must not overwrite the new profile");
+    assert!(error.to_string().contains("another commit"), "{error}");
+    assert!(
+        db.store
+            .offsets(GROUP, TOPIC)
+            .await
+            .expect("read")
+            .is_empty()
+    );
+
+    // The retry starts from the profile that is there now.
+    let profiles = applied(
+        commit(&db.store, &batch, &[range(1, None, 1)], 3)
+            .await
+            .expect("retry"),
+    );
+    assert_eq!(profiles[0].attributes["n"].value, Value::Integer(5));
+    assert_eq!(profiles[0].revision, 2);
+}
+
+fn archived(id: &str, offset: i64, payload: &str) -> ArchivedEvent {
+    ArchivedEvent {
+        event_id: id.to_owned(),
+        user_id: "u-1".to_owned(),
+        event_type: "page_view".to_owned(),
+        event_time_ms: 1_700_000_000_000 + offset,
+        topic: TOPIC.to_owned(),
+        partition: 2,
+        offset,
+        payload: payload.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn archiving_is_idempotent_and_keeps_the_payload_text() {
+    let db = TestDb::new().await;
+    // Spacing, key order, duplicate keys, escapes and a \u0000 that jsonb
+    // would refuse: all kept as sent.
+    let odd = r#"{ "type":"page_view",  "user_id" : "u-1", "p": {"b":1,"a":"x\u0000y"}, "p": 1.50e1 , "s":"caf\u00e9 ü"}"#;
+    let events = vec![
+        archived("e1", 10, odd),
+        archived("e2", 11, r#"{"id":"e2"}"#),
+        // Redelivered within the same call.
+        archived("e1", 10, odd),
+    ];
+    db.store.archive(&events).await.expect("archive");
+    db.store.archive(&events).await.expect("archive again");
+    db.store.archive(&[]).await.expect("archive nothing");
+    db.store
+        .archive(&[archived("e3", 12, "[]")])
+        .await
+        .expect("archive a later call");
+
+    let rows: Vec<(String, String, i32, i64, i64, String)> = sqlx::query_as(
+        "SELECT event_id, topic, partition, \"offset\", event_time_ms, payload::text \
+         FROM events ORDER BY event_id",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .expect("read events");
+    let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    assert_eq!(rows[0].5, odd);
+    assert_eq!(
+        (rows[0].1.as_str(), rows[0].2, rows[0].3, rows[0].4),
+        (TOPIC, 2, 10, 1_700_000_000_010)
+    );
+    let by_user: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE user_id = 'u-1'")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("count");
+    assert_eq!(by_user, 3);
+}
+
+#[tokio::test]
+async fn a_batch_of_five_thousand_users_commits() {
+    let db = TestDb::new().await;
+    let users: Vec<String> = (0..5_000).map(|i| format!("user-{i:05}")).collect();
+    let batch = |round: i64| {
+        let mut changes = ProfileChanges::new();
+        for (i, user) in users.iter().enumerate() {
+            let at = round * 1_000 + i as i64;
+            let event = format!("e-{round}-{i}");
+            changes.insert(
+                user.clone(),
+                BTreeMap::from([
+                    (
+                        "page_views".to_owned(),
+                        change(Op::Increment(3), &event, at),
+                    ),
+                    (
+                        "last_seen".to_owned(),
+                        change(Op::Max(Value::Timestamp(at)), &event, at),
+                    ),
+                    (
+                        "device".to_owned(),
+                        change(Op::Set(Value::Text("mobile".into())), &event, at),
+                    ),
+                ]),
+            );
+        }
+        changes
+    };
+    let first = batch(1);
+    let started = Instant::now();
+    let profiles = applied(
+        commit(&db.store, &first, &[range(0, None, 5_000)], 1)
+            .await
+            .expect("insert 5,000 profiles"),
+    );
+    println!("5,000 new profiles committed in {:?}", started.elapsed());
+    assert_eq!(profiles.len(), 5_000);
+
+    let second = batch(2);
+    let started = Instant::now();
+    applied(
+        commit(&db.store, &second, &[range(0, Some(5_000), 10_000)], 2)
+            .await
+            .expect("update 5,000 profiles"),
+    );
+    println!(
+        "5,000 existing profiles committed in {:?}",
+        started.elapsed()
+    );
+
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM profiles WHERE revision = 2")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("count");
+    assert_eq!(count, 5_000);
+    let last = db
+        .store
+        .profile("user-04999")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(last.attributes["page_views"].value, Value::Integer(6));
+    assert_eq!(last.attributes["last_seen"].value, Value::Timestamp(6_999));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_instead_of_hanging() {
+    assert!(PgStore::connect(DEFAULT_SERVER_URL, 0).is_err());
+    assert!(PgStore::connect("not a url", 1).is_err());
+    // Nothing listens on port 1.
+    let store = PgStore::connect("postgres://postgres@127.0.0.1:1/postgres", 1).expect("valid URL");
+    let ping = tokio::time::timeout(Duration::from_secs(30), store.ping())
+        .await
+        .expect("ping gives up within the acquire timeout");
+    assert!(ping.is_err());
+    let migrate = tokio::time::timeout(Duration::from_secs(30), store.migrate())
+        .await
+        .expect("migrate gives up within the acquire timeout");
+    let message = format!("{:#}", migrate.expect_err("no database"));
+    assert!(message.contains("migrations"), "{message}");
+}
+
+#[test]
+fn database_url_replaces_only_the_database() {
+    assert_eq!(
+        database_url("postgres://u@h:5432/postgres?sslmode=disable", "t"),
+        "postgres://u@h:5432/t?sslmode=disable"
+    );
+    assert_eq!(database_url("postgres://h", "t"), "postgres://h/t");
+}

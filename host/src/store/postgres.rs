@@ -1,1 +1,367 @@
-//! (in progress)
+//! PostgreSQL: the system of record ([`ProfileStore`]) and the raw-event
+//! archive ([`EventArchive`]).
+//!
+//! A batch is one transaction of a handful of statements however many events
+//! and users it holds: lock the batch's offset rows and check them, move the
+//! offsets, lock and read the users' profiles, apply the merged changes in
+//! Rust with [`Profile::apply`], write every profile in one multi-row
+//! statement, commit. The schema is in `migrations/`, embedded
+//! in the binary.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::merge::ProfileChanges;
+use crate::profile::Profile;
+use crate::store::{
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
+};
+
+/// How long a statement waits for a pooled connection. A database that is
+/// down then shows up as an error the caller retries, not as a hang.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// The PostgreSQL store: a connection pool, cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Prepares a pool of at most `max_connections` connections to `url`
+    /// (`postgres://...`). Connections open on first use, so this fails only
+    /// on a malformed URL; an unreachable server fails the first statement,
+    /// after at most [`ACQUIRE_TIMEOUT`].
+    pub fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
+        if max_connections == 0 {
+            bail!("database.max_connections must be at least 1");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy(url)
+            .context("reading the PostgreSQL URL")?;
+        Ok(PgStore { pool })
+    }
+
+    /// Applies the migrations the database has not seen yet; a no-op when it
+    /// is up to date. Safe to run from several processes at once (the
+    /// migrator holds an advisory lock).
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("applying the PostgreSQL migrations")
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl ProfileStore for PgStore {
+    async fn commit(&self, commit: Commit<'_>) -> StoreResult<CommitOutcome> {
+        if commit.changes.is_empty() && commit.offsets.is_empty() {
+            return Ok(CommitOutcome::Applied(Vec::new()));
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("starting the batch transaction")?;
+        if !offsets_are_expected(&mut tx, &commit).await? {
+            tx.rollback().await.context("rolling back a stale batch")?;
+            return Ok(CommitOutcome::Stale);
+        }
+        // Offsets move before profiles are touched: two consumers of one
+        // partition then meet on its offset row, and the second one is
+        // stale, whoever wrote the first row.
+        if !write_offsets(&mut tx, &commit).await? {
+            tx.rollback().await.context("rolling back a stale batch")?;
+            return Ok(CommitOutcome::Stale);
+        }
+        let profiles = apply_changes(&mut tx, commit.changes, commit.now_ms).await?;
+        write_profiles(&mut tx, &profiles).await?;
+        tx.commit().await.context("committing the batch")?;
+        Ok(CommitOutcome::Applied(profiles))
+    }
+
+    async fn offsets(&self, group: &str, topic: &str) -> StoreResult<HashMap<i32, i64>> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM consumer_offsets \
+             WHERE group_id = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await
+        .with_context(|| format!("reading the offsets of group {group} on topic {topic}"))?;
+        Ok(rows.into_iter().collect())
+    }
+
+    async fn profile(&self, user_id: &str) -> StoreResult<Option<Profile>> {
+        let row: Option<(Json<Profile>,)> =
+            sqlx::query_as("SELECT profile FROM profiles WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await
+                .with_context(|| format!("reading the profile of user {user_id}"))?;
+        Ok(row.map(|(Json(profile),)| profile))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("pinging PostgreSQL")?;
+        Ok(())
+    }
+}
+
+/// Locks the batch's offset rows and tells whether each holds the offset the
+/// batch was read from (no row where `expected` is `None`).
+async fn offsets_are_expected(
+    tx: &mut Transaction<'_, Postgres>,
+    commit: &Commit<'_>,
+) -> StoreResult<bool> {
+    if commit.offsets.is_empty() {
+        return Ok(true);
+    }
+    let partitions: Vec<i32> = commit.offsets.iter().map(|o| o.partition).collect();
+    // ORDER BY makes the rows lock in partition order, so two commits over
+    // overlapping partitions cannot deadlock.
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM consumer_offsets \
+         WHERE group_id = $1 AND topic = $2 AND partition = ANY($3) \
+         ORDER BY partition FOR UPDATE",
+    )
+    .bind(commit.group)
+    .bind(commit.topic)
+    .bind(&partitions)
+    .fetch_all(&mut **tx)
+    .await
+    .context("locking the batch's consumer offsets")?;
+    let stored: HashMap<i32, i64> = rows.into_iter().collect();
+    Ok(commit
+        .offsets
+        .iter()
+        .all(|range| stored.get(&range.partition).copied() == range.expected))
+}
+
+/// Locks and reads the profiles of every user in `changes`, applies the
+/// changes and returns the profiles as they are now, in user order.
+async fn apply_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &ProfileChanges,
+    now_ms: i64,
+) -> StoreResult<Vec<Profile>> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let users: Vec<&str> = changes.keys().map(String::as_str).collect();
+    // Rows lock in user order, the order every commit uses, so commits that
+    // share users wait for each other instead of deadlocking.
+    let rows = sqlx::query(
+        "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) \
+         ORDER BY user_id FOR UPDATE",
+    )
+    .bind(&users)
+    .fetch_all(&mut **tx)
+    .await
+    .context("locking the batch's profiles")?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let user_id: String = row.try_get("user_id").context("reading a profile row")?;
+        let Json(profile): Json<Profile> = row
+            .try_get("profile")
+            .with_context(|| format!("decoding the stored profile of user {user_id}"))?;
+        stored.insert(user_id, profile);
+    }
+    let profiles = changes
+        .iter()
+        .map(|(user_id, attributes)| {
+            let mut profile = stored
+                .remove(user_id)
+                .unwrap_or_else(|| Profile::new(user_id.as_str(), now_ms));
+            profile.apply(attributes, now_ms);
+            profile
+        })
+        .collect();
+    Ok(profiles)
+}
+
+/// Writes `profiles` in one statement.
+///
+/// Each profile replaces only the revision it was computed from. That holds
+/// for every row the batch locked; it fails only when a commit for other
+/// partitions created a profile this batch had found missing (the same user
+/// arriving through two partitions at once). Then nothing may be
+/// overwritten: the batch fails and its retry reads the new row.
+async fn write_profiles(
+    tx: &mut Transaction<'_, Postgres>,
+    profiles: &[Profile],
+) -> StoreResult<()> {
+    if profiles.is_empty() {
+        return Ok(());
+    }
+    let mut user_ids = Vec::with_capacity(profiles.len());
+    let mut documents = Vec::with_capacity(profiles.len());
+    let mut revisions = Vec::with_capacity(profiles.len());
+    let mut created = Vec::with_capacity(profiles.len());
+    let mut updated = Vec::with_capacity(profiles.len());
+    for profile in profiles {
+        user_ids.push(profile.user_id.as_str());
+        documents.push(Json(profile));
+        revisions.push(profile.revision);
+        created.push(profile.created_at_ms);
+        updated.push(profile.updated_at_ms);
+    }
+    let written = sqlx::query(
+        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at) \
+         SELECT user_id, profile, revision, \
+                to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0) \
+         FROM UNNEST($1::text[], $2::jsonb[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+              AS batch(user_id, profile, revision, created_ms, updated_ms) \
+         ON CONFLICT (user_id) DO UPDATE SET \
+              profile = EXCLUDED.profile, \
+              revision = EXCLUDED.revision, \
+              updated_at = EXCLUDED.updated_at \
+         WHERE profiles.revision = EXCLUDED.revision - 1",
+    )
+    .bind(&user_ids)
+    .bind(&documents)
+    .bind(&revisions)
+    .bind(&created)
+    .bind(&updated)
+    .execute(&mut **tx)
+    .await
+    .context("writing the batch's profiles")?
+    .rows_affected();
+    if written != profiles.len() as u64 {
+        return Err(StoreError(anyhow!(
+            "wrote {written} of the batch's {} profiles: another commit wrote the others \
+             since they were read; the batch is rolled back and must be retried",
+            profiles.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Moves the batch's offsets in one statement: updates the rows locked by
+/// [`offsets_are_expected`] and inserts the partitions that had none.
+/// Returns `false` when another commit inserted one of those meanwhile (a
+/// unique violation), which makes this batch stale.
+async fn write_offsets(
+    tx: &mut Transaction<'_, Postgres>,
+    commit: &Commit<'_>,
+) -> StoreResult<bool> {
+    if commit.offsets.is_empty() {
+        return Ok(true);
+    }
+    let partitions: Vec<i32> = commit.offsets.iter().map(|o| o.partition).collect();
+    let next: Vec<i64> = commit.offsets.iter().map(|o| o.next).collect();
+    let existed: Vec<bool> = commit
+        .offsets
+        .iter()
+        .map(|o| o.expected.is_some())
+        .collect();
+    // Not an upsert: ON CONFLICT DO UPDATE would wait for a concurrent first
+    // insert and then overwrite it, applying the same records twice. A plain
+    // INSERT fails on it instead.
+    let result = sqlx::query_scalar::<_, i64>(
+        "WITH batch AS ( \
+             SELECT * FROM UNNEST($3::integer[], $4::bigint[], $5::boolean[]) \
+                 AS b(partition, next_offset, existed) \
+         ), moved AS ( \
+             UPDATE consumer_offsets o \
+             SET next_offset = batch.next_offset, updated_at = to_timestamp($6 / 1000.0) \
+             FROM batch \
+             WHERE batch.existed AND o.group_id = $1 AND o.topic = $2 \
+               AND o.partition = batch.partition \
+             RETURNING 1 \
+         ), added AS ( \
+             INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at) \
+             SELECT $1, $2, partition, next_offset, to_timestamp($6 / 1000.0) \
+             FROM batch WHERE NOT existed \
+             RETURNING 1 \
+         ) \
+         SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM added)",
+    )
+    .bind(commit.group)
+    .bind(commit.topic)
+    .bind(&partitions)
+    .bind(&next)
+    .bind(&existed)
+    .bind(commit.now_ms)
+    .fetch_one(&mut **tx)
+    .await;
+    match result {
+        Ok(written) if written == commit.offsets.len() as i64 => Ok(true),
+        Ok(written) => Err(StoreError(anyhow!(
+            "moved {written} of the batch's {} consumer offsets; \
+             the batch is rolled back and must be retried",
+            commit.offsets.len()
+        ))),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(StoreError(
+            anyhow::Error::new(e).context("moving the batch's consumer offsets"),
+        )),
+    }
+}
+
+#[async_trait]
+impl EventArchive for PgStore {
+    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(events.len());
+        let mut users = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut times = Vec::with_capacity(events.len());
+        let mut topics = Vec::with_capacity(events.len());
+        let mut partitions = Vec::with_capacity(events.len());
+        let mut offsets = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        for event in events {
+            ids.push(event.event_id.as_str());
+            users.push(event.user_id.as_str());
+            types.push(event.event_type.as_str());
+            times.push(event.event_time_ms);
+            topics.push(event.topic.as_str());
+            partitions.push(event.partition);
+            offsets.push(event.offset);
+            payloads.push(event.payload.as_str());
+        }
+        // The payload travels as text and is cast to json, which checks it
+        // and keeps it as written.
+        sqlx::query(
+            "INSERT INTO events \
+                 (event_id, user_id, event_type, event_time_ms, topic, partition, \"offset\", payload) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], \
+                                  $5::text[], $6::integer[], $7::bigint[], $8::text[]::json[]) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&types)
+        .bind(&times)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .bind(&payloads)
+        .execute(&self.pool)
+        .await
+        .with_context(|| format!("archiving {} events", events.len()))?;
+        Ok(())
+    }
+}
