@@ -95,7 +95,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let store = PgStore::connect(url, 1).await?;
+        let store = PgStore::connect(url, 1)?;
         store.migrate().await?;
         tracing::info!("database migrated");
         Ok(ExitCode::SUCCESS)
@@ -267,7 +267,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
     let (Some(brokers), Some(url)) = (&config.kafka.brokers, &config.database.url) else {
         bail!("services mode needs `kafka.brokers` and `database.url`");
     };
-    let store = PgStore::connect(url, config.database.max_connections).await?;
+    let store = PgStore::connect(url, config.database.max_connections)?;
     if config.database.migrate {
         with_patience("migrating the database", || store.migrate()).await?;
     }
