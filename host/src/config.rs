@@ -35,6 +35,7 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (
         "PULSEHUB_DATABASE_MAX_CONNECTIONS",
         "database.max_connections",
+        Kind::Number,
     ),
     ("PULSEHUB_DATABASE_MIGRATE", "database.migrate", Kind::Flag),
     ("PULSEHUB_REDIS_URL", "redis.url", Kind::Text),

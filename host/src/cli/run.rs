@@ -57,7 +57,8 @@ enum Role {
     Enrich,
     /// Archive raw events in PostgreSQL.
     Archive,
-    /// Serve the REST API.
+    /// Serve the REST API only (every role serves it, with `/healthz` and
+    /// `/readyz` for orchestrators; this one runs nothing else).
     Api,
 }
 
@@ -67,9 +68,6 @@ impl Role {
     }
     fn archive(self) -> bool {
         matches!(self, Role::All | Role::Archive)
-    }
-    fn api(self) -> bool {
-        matches!(self, Role::All | Role::Api)
     }
 }
 
@@ -181,8 +179,8 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(file = %file.display(), events = count, "ingested the events file");
     }
 
-    let mut api_task = None;
-    if role.api() {
+    // Every role serves HTTP: orchestrators probe /healthz and /readyz.
+    let api_task = {
         let listener = tokio::net::TcpListener::bind(config.http.addr)
             .await
             .with_context(|| {
@@ -198,21 +196,15 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             cache: parts.cache.clone(),
             publisher: parts.publisher.clone(),
             chain: chain.clone(),
-            limits: ApiLimits {
-                max_body_bytes: config.http.max_body_bytes,
-                timeout: Duration::from_millis(config.http.timeout_ms),
-                max_events_per_request: 10_000,
-            },
+            limits: ApiLimits::from(&config.http),
         };
         tracing::info!(
             "PulseHub is running ({}); API on http://{address}/api/v1 \
              (try: curl http://{address}/api/v1/profiles/u-42)",
             parts.description
         );
-        api_task = Some(tokio::spawn(api::serve(listener, state, stop.clone())));
-    } else {
-        tracing::info!("PulseHub is running ({})", parts.description);
-    }
+        tokio::spawn(api::serve(listener, state, stop.clone()))
+    };
 
     tokio::select! {
         () = shutdown_signal() => tracing::info!("shutting down"),
@@ -220,12 +212,10 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let failed = stop.is_cancelled();
     stop.cancel();
-    if let Some(task) = api_task {
-        match task.await {
-            Ok(Err(error)) => tracing::error!("API server: {error:#}"),
-            Err(error) => tracing::error!("API server task: {error}"),
-            Ok(Ok(())) => {}
-        }
+    match api_task.await {
+        Ok(Err(error)) => tracing::error!("API server: {error:#}"),
+        Err(error) => tracing::error!("API server task: {error}"),
+        Ok(Ok(())) => {}
     }
     tokio::task::spawn_blocking(move || pipelines.into_iter().for_each(Pipeline::shutdown))
         .await
