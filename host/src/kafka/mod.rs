@@ -7,11 +7,12 @@
 //! broker (`scripts/broker.sh`) are interchangeable.
 //!
 //! # Layout
-//! - [`source`](self::source): the consumer, its partition assignment from
-//!   the store's offsets, and batching per lane.
-//! - [`producer`](self::producer): the dead-letter sink and the publisher,
-//!   which share "send all, then wait for every acknowledgement".
+//! - `source`: the consumer and its partition assignment from the store's
+//!   offsets; `batches`: its pending batches per lane.
+//! - `producer`: the dead-letter sink and the publisher, which share "send
+//!   all, then wait for every acknowledgement".
 
+mod batches;
 mod producer;
 mod source;
 

@@ -48,7 +48,8 @@ fn producer(brokers: &str) -> anyhow::Result<FutureProducer<LogContext>> {
 }
 
 /// Queues every record in order, then waits for all acknowledgements.
-/// Returns how many failed and the first failure.
+/// On failure returns how many records are not acknowledged, and the first
+/// error.
 async fn produce_all<'a>(
     producer: &FutureProducer<LogContext>,
     records: impl ExactSizeIterator<Item = FutureRecord<'a, [u8], [u8]>>,
@@ -57,11 +58,12 @@ async fn produce_all<'a>(
     let total = records.len();
     let mut deliveries: Vec<DeliveryFuture> = Vec::with_capacity(total);
     for record in records {
-        deliveries.push(enqueue(producer, record, deadline).await.map_err(|e| {
-            // The ones already queued still count as failed for the caller:
-            // it retries the whole slice.
-            (total - deliveries.len(), e)
-        })?);
+        // Those already queued are not waited for: the caller retries the
+        // whole slice, so none of it counts as acknowledged.
+        let delivery = enqueue(producer, record, deadline)
+            .await
+            .map_err(|error| (total, error))?;
+        deliveries.push(delivery);
     }
     let mut failed = 0;
     let mut first = None;

@@ -21,8 +21,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::batches::Batcher;
 use super::client_config;
-use crate::source::{Batch, BatchLimits, Lanes, Record, Source};
+use crate::source::{Batch, BatchLimits, Closed, Lanes, Record, Source};
 use crate::store::ProfileStore;
 
 /// Longest a poll blocks, so that `stop` and batch deadlines are honoured.
@@ -80,34 +81,14 @@ impl KafkaSource {
         })
     }
 
-    /// Sends `lane`'s batch, if it has records; `Err` when the pipeline has
-    /// stopped.
-    fn hand_over(
-        &self,
-        lanes: &Lanes,
-        lane: usize,
-        pending: &mut Pending,
-        capacity: usize,
-    ) -> Result<(), crate::source::Closed> {
-        if pending.records.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::replace(&mut pending.records, Vec::with_capacity(capacity));
-        lanes.send(
-            lane,
-            Batch {
-                topic: self.topic.clone(),
-                records,
-            },
-        )
+    /// Sends a batch to `lane`; `Err` when the pipeline has stopped.
+    fn hand_over(&self, lanes: &Lanes, lane: usize, records: Vec<Record>) -> Result<(), Closed> {
+        let batch = Batch {
+            topic: self.topic.clone(),
+            records,
+        };
+        lanes.send(lane, batch)
     }
-}
-
-/// A lane's records not yet handed over.
-struct Pending {
-    records: Vec<Record>,
-    /// When the first of `records` arrived.
-    since: Instant,
 }
 
 impl Source for KafkaSource {
@@ -123,37 +104,26 @@ impl Source for KafkaSource {
     ) -> anyhow::Result<()> {
         let context = self.consumer.context();
         let _running = Running::start(context, stop);
-        let max_events = limits.max_events.max(1);
-        let mut pending: Vec<Pending> = (0..lanes.count())
-            .map(|_| Pending {
-                records: Vec::with_capacity(max_events),
-                since: Instant::now(),
-            })
-            .collect();
+        let mut batcher = Batcher::new(lanes.count(), limits);
         let mut errors = ErrorLog::default();
-        let mut deadline: Option<Instant> = None;
         while !stop.is_cancelled() {
-            let timeout = deadline.map_or(POLL_INTERVAL, |d| {
-                d.saturating_duration_since(Instant::now())
+            let timeout = batcher.next_due().map_or(POLL_INTERVAL, |due| {
+                due.saturating_duration_since(Instant::now())
                     .min(POLL_INTERVAL)
             });
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
                     let lane = lanes.lane_of(message.partition());
-                    let pending = &mut pending[lane];
-                    if pending.records.is_empty() {
-                        pending.since = Instant::now();
-                    }
-                    pending.records.push(Record {
+                    let record = Record {
                         partition: message.partition(),
                         offset: message.offset(),
                         key: message.key().map(<[u8]>::to_vec),
                         // No value is a bad event for the pipeline to report,
                         // not a message to drop here.
                         payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-                    });
-                    if pending.records.len() >= max_events
-                        && self.hand_over(lanes, lane, pending, max_events).is_err()
+                    };
+                    if let Some(full) = batcher.push(lane, record, Instant::now())
+                        && self.hand_over(lanes, lane, full).is_err()
                     {
                         return Ok(());
                     }
@@ -162,25 +132,13 @@ impl Source for KafkaSource {
                 None => {}
             }
             if let Some(moved) = context.take_moved() {
-                // Their records will be read again from where the new
-                // assignment starts; keeping these would hand them over twice.
-                for lane in &mut pending {
-                    lane.records.retain(|r| !moved.contains(&r.partition));
-                }
+                // Kept, their records would be handed over twice.
+                batcher.forget(&moved);
             }
-            deadline = None;
             let now = Instant::now();
-            for (lane, pending) in pending.iter_mut().enumerate() {
-                if pending.records.is_empty() {
-                    continue;
-                }
-                let due = pending.since + limits.max_wait;
-                if due <= now {
-                    if self.hand_over(lanes, lane, pending, max_events).is_err() {
-                        return Ok(());
-                    }
-                } else {
-                    deadline = Some(deadline.map_or(due, |d| d.min(due)));
+            while let Some((lane, due)) = batcher.take_due(now) {
+                if self.hand_over(lanes, lane, due).is_err() {
+                    return Ok(());
                 }
             }
         }
