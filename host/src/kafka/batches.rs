@@ -1,0 +1,178 @@
+//! The records a source has read but not yet handed over, one pending batch
+//! per lane, and when each batch is due ([`BatchLimits`]).
+
+use std::time::Instant;
+
+use crate::source::{BatchLimits, Record};
+
+/// Pending batches, one per lane.
+pub(super) struct Batcher {
+    lanes: Vec<Pending>,
+    max_events: usize,
+    limits: BatchLimits,
+}
+
+struct Pending {
+    records: Vec<Record>,
+    /// When the first of `records` arrived.
+    since: Instant,
+}
+
+impl Batcher {
+    pub(super) fn new(lanes: usize, limits: BatchLimits) -> Batcher {
+        let max_events = limits.max_events.max(1);
+        let now = Instant::now();
+        Batcher {
+            lanes: (0..lanes)
+                .map(|_| Pending {
+                    records: Vec::with_capacity(max_events),
+                    since: now,
+                })
+                .collect(),
+            max_events,
+            limits,
+        }
+    }
+
+    /// Adds `record` to `lane`'s batch; returns the batch once it is full.
+    pub(super) fn push(
+        &mut self,
+        lane: usize,
+        record: Record,
+        now: Instant,
+    ) -> Option<Vec<Record>> {
+        let pending = &mut self.lanes[lane];
+        if pending.records.is_empty() {
+            pending.since = now;
+        }
+        pending.records.push(record);
+        (pending.records.len() >= self.max_events).then(|| self.take(lane))
+    }
+
+    /// Drops the records of `partitions`, which a rebalance moved: they
+    /// will be read again from wherever their new assignment starts.
+    pub(super) fn forget(&mut self, partitions: &[i32]) {
+        for pending in &mut self.lanes {
+            pending
+                .records
+                .retain(|record| !partitions.contains(&record.partition));
+        }
+    }
+
+    /// A lane whose oldest record has waited `max_wait` by `now`, with its
+    /// batch.
+    pub(super) fn take_due(&mut self, now: Instant) -> Option<(usize, Vec<Record>)> {
+        let lane = self.lanes.iter().position(|pending| {
+            !pending.records.is_empty() && pending.since + self.limits.max_wait <= now
+        })?;
+        Some((lane, self.take(lane)))
+    }
+
+    /// When the next batch falls due, if any is pending.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .filter(|pending| !pending.records.is_empty())
+            .map(|pending| pending.since + self.limits.max_wait)
+            .min()
+    }
+
+    fn take(&mut self, lane: usize) -> Vec<Record> {
+        std::mem::replace(
+            &mut self.lanes[lane].records,
+            Vec::with_capacity(self.max_events),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record(partition: i32, offset: i64) -> Record {
+        Record {
+            partition,
+            offset,
+            key: None,
+            payload: Vec::new(),
+        }
+    }
+
+    fn offsets(records: &[Record]) -> Vec<(i32, i64)> {
+        records.iter().map(|r| (r.partition, r.offset)).collect()
+    }
+
+    const WAIT: Duration = Duration::from_millis(50);
+
+    fn batcher(lanes: usize, max_events: usize) -> Batcher {
+        Batcher::new(
+            lanes,
+            BatchLimits {
+                max_events,
+                max_wait: WAIT,
+            },
+        )
+    }
+
+    #[test]
+    fn a_batch_is_handed_over_when_full() {
+        let mut batcher = batcher(2, 3);
+        let now = Instant::now();
+        assert!(batcher.push(0, record(0, 0), now).is_none());
+        assert!(batcher.push(1, record(1, 0), now).is_none());
+        assert!(batcher.push(0, record(2, 0), now).is_none());
+        let full = batcher.push(0, record(0, 1), now).expect("three records");
+        assert_eq!(offsets(&full), [(0, 0), (2, 0), (0, 1)]);
+        assert!(batcher.push(0, record(0, 2), now).is_none(), "starts empty");
+    }
+
+    #[test]
+    fn a_batch_is_due_max_wait_after_its_first_record() {
+        let mut batcher = batcher(2, 100);
+        let start = Instant::now();
+        assert_eq!(batcher.next_due(), None, "nothing pending");
+        batcher.push(1, record(1, 0), start);
+        batcher.push(0, record(0, 0), start + WAIT / 2);
+        batcher.push(1, record(1, 1), start + WAIT / 2);
+        assert_eq!(batcher.next_due(), Some(start + WAIT));
+        assert!(batcher.take_due(start + WAIT / 2).is_none());
+
+        let (lane, due) = batcher.take_due(start + WAIT).expect("lane 1 due");
+        assert_eq!((lane, offsets(&due)), (1, vec![(1, 0), (1, 1)]));
+        assert!(batcher.take_due(start + WAIT).is_none(), "lane 0 not yet");
+        assert_eq!(batcher.next_due(), Some(start + WAIT + WAIT / 2));
+        let (lane, due) = batcher.take_due(start + 2 * WAIT).expect("lane 0 due");
+        assert_eq!((lane, offsets(&due)), (0, vec![(0, 0)]));
+        assert_eq!(batcher.next_due(), None);
+    }
+
+    #[test]
+    fn forgetting_partitions_keeps_the_others() {
+        let mut batcher = batcher(2, 100);
+        let now = Instant::now();
+        for offset in 0..3 {
+            for partition in 0..4 {
+                batcher.push(partition as usize % 2, record(partition, offset), now);
+            }
+        }
+        batcher.forget(&[1, 2]);
+        let (_, lane0) = batcher.take_due(now + WAIT).expect("lane 0");
+        let (_, lane1) = batcher.take_due(now + WAIT).expect("lane 1");
+        assert_eq!(offsets(&lane0), [(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(offsets(&lane1), [(3, 0), (3, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn a_lane_emptied_by_forgetting_is_not_due() {
+        let mut batcher = batcher(1, 100);
+        let now = Instant::now();
+        batcher.push(0, record(0, 0), now);
+        batcher.forget(&[0]);
+        assert_eq!(batcher.next_due(), None);
+        assert!(batcher.take_due(now + WAIT).is_none());
+        batcher.push(0, record(0, 0), now + WAIT);
+        assert_eq!(batcher.next_due(), Some(now + 2 * WAIT), "waits anew");
+    }
+}
