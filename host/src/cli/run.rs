@@ -112,12 +112,19 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// The enrich role's source, consumer group and dead-letter sink.
+struct EnrichPart {
+    source: Arc<dyn Source>,
+    group: String,
+    dead_letters: Arc<dyn DeadLetterSink>,
+}
+
 /// What one process runs, wired to its backends.
 struct Parts {
     store: Arc<dyn ProfileStore>,
     cache: Option<Arc<dyn ProfileCache>>,
     publisher: Arc<dyn EventPublisher>,
-    enrich: Option<(Arc<dyn Source>, String, Arc<dyn DeadLetterSink>)>,
+    enrich: Option<EnrichPart>,
     archive: Option<(Arc<dyn Source>, Arc<dyn EventArchive>)>,
     lanes: usize,
     description: String,
@@ -139,7 +146,12 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         config.pipeline.batch_max_wait_ms,
     );
     let mut pipelines = Vec::new();
-    if let Some((source, group, dead_letters)) = parts.enrich {
+    if let Some(EnrichPart {
+        source,
+        group,
+        dead_letters,
+    }) = parts.enrich
+    {
         let targets = EnrichTargets {
             store: parts.store.clone(),
             cache: parts.cache.clone(),
@@ -233,8 +245,12 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
     let enrich = role.enrich().then(|| {
         let source: Arc<dyn Source> = Arc::new(store.source(EMBEDDED_ENRICH_GROUP));
-        let dead: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
-        (source, EMBEDDED_ENRICH_GROUP.to_owned(), dead)
+        let dead_letters: Arc<dyn DeadLetterSink> = Arc::new(store.clone());
+        EnrichPart {
+            source,
+            group: EMBEDDED_ENRICH_GROUP.to_owned(),
+            dead_letters,
+        }
     });
     let archive = role.archive().then(|| {
         let source: Arc<dyn Source> = Arc::new(store.source(EMBEDDED_ARCHIVE_GROUP));
@@ -286,9 +302,13 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
             &kafka.group,
             Some((offsets, Handle::current())),
         )?);
-        let dead: Arc<dyn DeadLetterSink> =
+        let dead_letters: Arc<dyn DeadLetterSink> =
             Arc::new(KafkaDeadLetters::new(brokers, &kafka.dlq_topic())?);
-        Some((source, kafka.group.clone(), dead))
+        Some(EnrichPart {
+            source,
+            group: kafka.group.clone(),
+            dead_letters,
+        })
     } else {
         None
     };
