@@ -232,7 +232,9 @@ async fn produce(producer: &FutureProducer, topic: &str, events: &[(String, Stri
             })
             .collect();
         for send in sends {
-            send.await.map_err(|(e, _)| e).expect("the broker acknowledges");
+            send.await
+                .map_err(|(e, _)| e)
+                .expect("the broker acknowledges");
         }
     }
 }
@@ -508,11 +510,16 @@ async fn profiles_over_rest_match_counts_computed_by_the_test() {
             .as_str()
             .is_some_and(|id| id.starts_with("e2e-u1-e"))
     );
-    assert_eq!(profile["attributes"]["device_type"]["plugin"], "device-classifier");
+    assert_eq!(
+        profile["attributes"]["device_type"]["plugin"],
+        "device-classifier"
+    );
     assert_eq!(hub.profile("e2e-nobody").await, None);
 
     // The archive role stored every raw event once, text unchanged.
-    let mut conn = sqlx::PgConnection::connect(&database).await.expect("connect");
+    let mut conn = sqlx::PgConnection::connect(&database)
+        .await
+        .expect("connect");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
@@ -600,7 +607,11 @@ async fn malformed_events_and_plugin_failures_go_to_the_dead_letters() {
     let long_user = "x".repeat(300);
     let bad: Vec<(String, String, &str)> = vec![
         ("poison-u1".into(), "this is not json".into(), "bad-event"),
-        ("poison-u2".into(), r#"{"event_type":"page_view","timestamp":1}"#.into(), "bad-event"),
+        (
+            "poison-u2".into(),
+            r#"{"event_type":"page_view","timestamp":1}"#.into(),
+            "bad-event",
+        ),
         (
             "poison-u3".into(),
             r#"{"user_id":"poison-u3","event_type":"page_view","timestamp":"yesterday"}"#.into(),
@@ -642,7 +653,10 @@ async fn malformed_events_and_plugin_failures_go_to_the_dead_letters() {
             .iter()
             .find(|(_, p, _)| p.as_bytes() == payload.as_slice())
             .expect("known");
-        assert_eq!(headers.get("pulsehub-reason").map(String::as_str), Some(*reason));
+        assert_eq!(
+            headers.get("pulsehub-reason").map(String::as_str),
+            Some(*reason)
+        );
         assert_eq!(headers.get("pulsehub-source-topic"), Some(&topic));
         assert!(headers.contains_key("pulsehub-source-partition"));
         assert!(headers.contains_key("pulsehub-source-offset"));
@@ -712,19 +726,26 @@ async fn with_redis_stopped_profiles_are_still_served_and_the_pipeline_goes_on()
 
     let (first, expected_first) = generate("redis", 100, 10, 21);
     produce(&producer(), &topic, &first).await;
-    hub.wait_exact(&expected_first, Duration::from_secs(60)).await;
+    hub.wait_exact(&expected_first, Duration::from_secs(60))
+        .await;
 
     let port = redis.port;
     drop(redis);
     let (status, ready) = hub.get_json("/readyz").await;
-    assert_eq!((status, ready["status"].as_str()), (200, Some("degraded")), "{ready}");
+    assert_eq!(
+        (status, ready["status"].as_str()),
+        (200, Some("degraded")),
+        "{ready}"
+    );
     // Served from PostgreSQL.
-    hub.wait_exact(&expected_first, Duration::from_secs(10)).await;
+    hub.wait_exact(&expected_first, Duration::from_secs(10))
+        .await;
 
     // The pipeline keeps going without its cache.
     let (second, expected_second) = generate("redis2", 100, 10, 22);
     produce(&producer(), &topic, &second).await;
-    hub.wait_exact(&expected_second, Duration::from_secs(60)).await;
+    hub.wait_exact(&expected_second, Duration::from_secs(60))
+        .await;
 
     // Back again: ready, and nothing stale is served.
     let _redis = OwnRedis::start(port);
@@ -737,8 +758,10 @@ async fn with_redis_stopped_profiles_are_still_served_and_the_pipeline_goes_on()
         assert!(Instant::now() < deadline, "not ready again: {ready}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    hub.wait_exact(&expected_first, Duration::from_secs(10)).await;
-    hub.wait_exact(&expected_second, Duration::from_secs(10)).await;
+    hub.wait_exact(&expected_first, Duration::from_secs(10))
+        .await;
+    hub.wait_exact(&expected_second, Duration::from_secs(10))
+        .await;
 }
 
 /// A TCP proxy in front of PostgreSQL that the test can cut.
@@ -813,7 +836,8 @@ async fn with_postgres_unreachable_the_pipeline_waits_then_catches_up_exactly() 
 
     let (first, expected_first) = generate("pgdown", 100, 10, 31);
     produce(&producer(), &topic, &first).await;
-    hub.wait_exact(&expected_first, Duration::from_secs(60)).await;
+    hub.wait_exact(&expected_first, Duration::from_secs(60))
+        .await;
 
     proxy.cut();
     let (second, mut expected_all) = generate("pgdown", 100, 10, 32);
@@ -832,7 +856,10 @@ async fn with_postgres_unreachable_the_pipeline_waits_then_catches_up_exactly() 
     }
     hub.wait_exact(&expected_all, Duration::from_secs(90)).await;
     let letters = read_all(&format!("{topic}.dlq"), Duration::from_secs(2));
-    assert!(letters.is_empty(), "an outage sends nothing to the dead letters");
+    assert!(
+        letters.is_empty(),
+        "an outage sends nothing to the dead letters"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,7 +916,10 @@ async fn embedded_mode_ingests_over_http_and_keeps_profiles_across_restarts() {
     hub.kill();
     hub.start();
     hub.wait_ready().await;
-    assert!(hub.mismatches(&expected).await.is_empty(), "profiles survive");
+    assert!(
+        hub.mismatches(&expected).await.is_empty(),
+        "profiles survive"
+    );
 
     // File ingest on start-up feeds the same pipeline.
     let file = data.path().join("more.ndjson");
@@ -902,6 +932,7 @@ async fn embedded_mode_ingests_over_http_and_keeps_profiles_across_restarts() {
     hub.kill();
     hub.start_with_args(&["--events", &file.display().to_string()]);
     hub.wait_ready().await;
-    hub.wait_exact(&expected_more, Duration::from_secs(60)).await;
+    hub.wait_exact(&expected_more, Duration::from_secs(60))
+        .await;
     assert!(hub.mismatches(&expected).await.is_empty());
 }

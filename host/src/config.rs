@@ -23,13 +23,21 @@ pub enum Kind {
 /// Environment variable → key in the file, and how its text is read.
 pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("PULSEHUB_HTTP_ADDR", "http.addr", Kind::Text),
-    ("PULSEHUB_HTTP_MAX_BODY_BYTES", "http.max_body_bytes", Kind::Number),
+    (
+        "PULSEHUB_HTTP_MAX_BODY_BYTES",
+        "http.max_body_bytes",
+        Kind::Number,
+    ),
     ("PULSEHUB_HTTP_TIMEOUT_MS", "http.timeout_ms", Kind::Number),
     ("PULSEHUB_PLUGIN_DIR", "plugins.dir", Kind::Text),
     ("PULSEHUB_KAFKA_BROKERS", "kafka.brokers", Kind::Text),
     ("PULSEHUB_KAFKA_TOPIC", "kafka.topic", Kind::Text),
     ("PULSEHUB_KAFKA_GROUP", "kafka.group", Kind::Text),
-    ("PULSEHUB_KAFKA_ARCHIVE_GROUP", "kafka.archive_group", Kind::Text),
+    (
+        "PULSEHUB_KAFKA_ARCHIVE_GROUP",
+        "kafka.archive_group",
+        Kind::Text,
+    ),
     ("PULSEHUB_KAFKA_DLQ_TOPIC", "kafka.dlq_topic", Kind::Text),
     ("PULSEHUB_DATABASE_URL", "database.url", Kind::Text),
     (
@@ -43,8 +51,16 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("PULSEHUB_REDIS_KEY_PREFIX", "redis.key_prefix", Kind::Text),
     ("PULSEHUB_DATA_DIR", "embedded.data_dir", Kind::Text),
     ("PULSEHUB_PIPELINE_LANES", "pipeline.lanes", Kind::Number),
-    ("PULSEHUB_BATCH_MAX_EVENTS", "pipeline.batch_max_events", Kind::Number),
-    ("PULSEHUB_BATCH_MAX_WAIT_MS", "pipeline.batch_max_wait_ms", Kind::Number),
+    (
+        "PULSEHUB_BATCH_MAX_EVENTS",
+        "pipeline.batch_max_events",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_BATCH_MAX_WAIT_MS",
+        "pipeline.batch_max_wait_ms",
+        Kind::Number,
+    ),
     ("PULSEHUB_ADMIN_TOKEN", "admin.token", Kind::Text),
     ("PULSEHUB_LOG", "log.filter", Kind::Text),
     ("PULSEHUB_LOG_FORMAT", "log.format", Kind::Text),
@@ -472,7 +488,10 @@ mod tests {
         .expect("valid");
         assert_eq!(config.kafka.topic, "from-env");
         assert_eq!(config.redis.ttl_secs, 60);
-        assert_eq!(config.kafka.group, "12345", "digits stay text for a text key");
+        assert_eq!(
+            config.kafka.group, "12345",
+            "digits stay text for a text key"
+        );
         assert_eq!(config.kafka.brokers.as_deref(), Some("a:9092"));
         assert_eq!(config.mode(), Mode::Services);
     }

@@ -58,12 +58,11 @@ impl Event {
         json: &[u8],
         fallback_id: impl FnOnce() -> String,
     ) -> Result<Event, EventError> {
-        let wire: WireEvent<'_> =
-            serde_json::from_slice(json).map_err(|e| {
-                // serde names the private wire struct; say what the producer sent.
-                let text = e.to_string().replace("struct WireEvent", "a JSON object");
-                EventError::Json(text)
-            })?;
+        let wire: WireEvent<'_> = serde_json::from_slice(json).map_err(|e| {
+            // serde names the private wire struct; say what the producer sent.
+            let text = e.to_string().replace("struct WireEvent", "a JSON object");
+            EventError::Json(text)
+        })?;
         let id = match wire.event_id {
             Some(id) if !id.is_empty() => bounded("event_id", id.into_owned())?,
             Some(_) => return Err(bad("event_id", "must not be empty when present")),

@@ -86,7 +86,9 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(args.config.as_deref())?;
     init_logging(&config);
     let Some(url) = config.database.url.as_deref() else {
-        bail!("configuration key `database.url` (PULSEHUB_DATABASE_URL) is not set: nothing to migrate");
+        bail!(
+            "configuration key `database.url` (PULSEHUB_DATABASE_URL) is not set: nothing to migrate"
+        );
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -331,10 +333,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         enrich,
         archive,
         lanes: config.lanes(),
-        description: format!(
-            "topic {} on {brokers}, group {}",
-            kafka.topic, kafka.group
-        ),
+        description: format!("topic {} on {brokers}, group {}", kafka.topic, kafka.group),
     })
 }
 
