@@ -54,7 +54,7 @@ for run in 1 2 3; do
     db="${RUN_ID}_$run"
     psql -q "$PGADMIN" -c "CREATE DATABASE $db" >/dev/null
     url="$PGBASE/$db"
-    PULSEHUB_DATABASE_URL="$url" $BIN migrate 2>/dev/null
+    PULSEHUB_DATABASE_URL="$url" PULSEHUB_LOG=warn $BIN migrate
     env -i PATH="$PATH" HOME="$HOME" \
         PULSEHUB_KAFKA_BROKERS="$BROKERS" PULSEHUB_KAFKA_TOPIC="$TOPIC" \
         PULSEHUB_KAFKA_GROUP="${db}_enrich" PULSEHUB_DATABASE_URL="$url" \

@@ -398,6 +398,14 @@ impl Config {
                 "must be at least 16 characters long",
             ));
         }
+        Ok(())
+    }
+
+    /// Whether the backends make a whole: Kafka needs PostgreSQL (it holds
+    /// the offsets), PostgreSQL alone is not a mode, and Redis caches only
+    /// PostgreSQL. `pulsehub run` checks this; `pulsehub migrate` needs only
+    /// `database.url`.
+    pub fn check_backends(&self) -> Result<(), ConfigError> {
         match (self.kafka.brokers.is_some(), self.database.url.is_some()) {
             (true, false) => Err(key_error(
                 "database.url",
@@ -463,6 +471,7 @@ mod tests {
     #[test]
     fn defaults_run_embedded() {
         let config = Config::load_from(None, vars(&[])).expect("defaults are valid");
+        config.check_backends().expect("nothing configured is embedded");
         assert_eq!(config.mode(), Mode::Embedded);
         assert_eq!(config.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.kafka.dlq_topic(), "user-activity-events.dlq");
@@ -486,6 +495,7 @@ mod tests {
             ]),
         )
         .expect("valid");
+        config.check_backends().expect("a whole");
         assert_eq!(config.kafka.topic, "from-env");
         assert_eq!(config.redis.ttl_secs, 60);
         assert_eq!(
@@ -500,6 +510,7 @@ mod tests {
     fn errors_name_the_key() {
         let error = |pairs: &[(&str, &str)]| {
             Config::load_from(None, vars(pairs))
+                .and_then(|config| config.check_backends())
                 .expect_err("must be refused")
                 .to_string()
         };
@@ -514,6 +525,10 @@ mod tests {
             .contains("database.url")
         );
         assert!(error(&[("PULSEHUB_KAFKA_BROKER", "k:9092")]).contains("PULSEHUB_KAFKA_BROKER"));
+        // Migrating needs the database only.
+        let migrate_only = vars(&[("PULSEHUB_DATABASE_URL", "postgres://x/y")]);
+        let config = Config::load_from(None, migrate_only).expect("loads");
+        assert!(config.check_backends().is_err());
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[http]\nadress = \"x\"\n").expect("write");
