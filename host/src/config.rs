@@ -471,7 +471,9 @@ mod tests {
     #[test]
     fn defaults_run_embedded() {
         let config = Config::load_from(None, vars(&[])).expect("defaults are valid");
-        config.check_backends().expect("nothing configured is embedded");
+        config
+            .check_backends()
+            .expect("nothing configured is embedded");
         assert_eq!(config.mode(), Mode::Embedded);
         assert_eq!(config.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.kafka.dlq_topic(), "user-activity-events.dlq");
