@@ -340,13 +340,7 @@ impl EnrichLane {
                 .fetch_add(letters.len() as u64, Ordering::Relaxed);
         }
 
-        let mut next: Vec<(i32, i64)> = Vec::new();
-        for record in records {
-            match next.iter_mut().find(|(p, _)| *p == record.partition) {
-                Some((_, n)) => *n = (*n).max(record.offset + 1),
-                None => next.push((record.partition, record.offset + 1)),
-            }
-        }
+        let next = next_offsets(records.iter().copied());
         let offsets: Vec<OffsetRange> = next
             .iter()
             .map(|&(partition, next)| OffsetRange {
@@ -418,12 +412,8 @@ impl ArchiveLane {
     fn process(&self, batch: Batch) {
         let topic = &*batch.topic;
         let mut events = Vec::with_capacity(batch.records.len());
-        let mut next: Vec<(i32, i64)> = Vec::new();
+        let next = next_offsets(&batch.records);
         for record in &batch.records {
-            match next.iter_mut().find(|(p, _)| *p == record.partition) {
-                Some((_, n)) => *n = (*n).max(record.offset + 1),
-                None => next.push((record.partition, record.offset + 1)),
-            }
             let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
             let Ok(event) = Event::from_json(&record.payload, fallback) else {
                 continue;
@@ -463,7 +453,20 @@ impl ArchiveLane {
     }
 }
 
-/// Starts the source and lanes with the configured limits.
+/// The next offset to read per partition after `records`.
+fn next_offsets<'r>(records: impl IntoIterator<Item = &'r Record>) -> Vec<(i32, i64)> {
+    let mut next: Vec<(i32, i64)> = Vec::new();
+    for record in records {
+        match next.iter_mut().find(|(p, _)| *p == record.partition) {
+            Some((_, n)) => *n = (*n).max(record.offset + 1),
+            None => next.push((record.partition, record.offset + 1)),
+        }
+    }
+    next
+}
+
+/// Batch bounds from the configuration (`pipeline.batch_max_events`,
+/// `pipeline.batch_max_wait_ms`).
 pub fn batch_limits(max_events: usize, max_wait_ms: u64) -> BatchLimits {
     BatchLimits {
         max_events: max_events.max(1),
