@@ -4,6 +4,8 @@
 # code depends on nisshi.
 #
 # Usage:
+#   scripts/broker.sh install install nisshi when it is missing (one install at
+#                             a time; a second caller waits for the first)
 #   scripts/broker.sh start   install nisshi when it is missing, start it when
 #                             nothing listens on the port, wait until it answers
 #   scripts/broker.sh stop    stop the broker this script started
@@ -35,12 +37,17 @@ running_pid() {
 }
 
 install() {
-  if command -v nisshi >/dev/null 2>&1; then
-    return
+  mkdir -p "$root/target"
+  # One install at a time: CI starts one in the background early, and
+  # `start` then waits for it here instead of building nisshi twice.
+  exec 9>"$root/target/nisshi-install.lock"
+  flock 9
+  if ! command -v nisshi >/dev/null 2>&1; then
+    # nisshi needs rustc >= 1.96, newer than the project's stable toolchain.
+    echo "nisshi is not installed: installing nisshi $nisshi_version (about 10 minutes)" >&2
+    cargo +nightly install nisshi --version "$nisshi_version" --locked
   fi
-  # nisshi needs rustc >= 1.96, newer than the project's stable toolchain.
-  echo "nisshi is not installed: installing nisshi $nisshi_version (about 10 minutes)" >&2
-  cargo +nightly install nisshi --version "$nisshi_version" --locked
+  flock -u 9
 }
 
 start() {
@@ -109,11 +116,12 @@ status() {
 }
 
 case "${1:-}" in
+  install) install ;;
   start) start ;;
   stop) stop ;;
   status) status ;;
   *)
-    echo "usage: $0 start|stop|status" >&2
+    echo "usage: $0 install|start|stop|status" >&2
     exit 2
     ;;
 esac
