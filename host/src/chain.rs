@@ -6,11 +6,13 @@
 //! of every batch: a batch runs entirely on the versions it started with.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use crate::event::Event;
 use crate::merge::{Merger, ProfileChanges};
+use crate::metrics::Metrics;
 use crate::plugin::{LoadError, Plugin, PluginError, PluginInstance, Runtime};
 
 /// The active plugins, sorted by name.
@@ -19,6 +21,7 @@ pub type PluginSet = Vec<Arc<Plugin>>;
 /// The set of active plugins, shared by every worker.
 pub struct Chain {
     runtime: Runtime,
+    metrics: Arc<Metrics>,
     active: ArcSwap<PluginSet>,
     /// Serialises changes, so the ownership check and the swap are one step.
     writer: Mutex<()>,
@@ -44,8 +47,14 @@ pub struct BatchOutcome {
 
 impl Chain {
     pub fn new(runtime: Runtime) -> Arc<Self> {
+        Self::with_metrics(runtime, Arc::new(Metrics::new()))
+    }
+
+    /// A chain that records its plugins' calls, errors and states in `metrics`.
+    pub fn with_metrics(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             runtime,
+            metrics,
             active: ArcSwap::from_pointee(Vec::new()),
             writer: Mutex::new(()),
         })
@@ -53,6 +62,10 @@ impl Chain {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The active plugins now.
@@ -145,7 +158,16 @@ impl ChainWorker {
             batch.clear();
             batch.extend(selected.iter().map(|&i| &events[i]));
             let handle = merger.plugin(plugin.name(), &plugin.version);
-            for (&index, result) in selected.iter().zip(instance.enrich(&batch)) {
+            let started = Instant::now();
+            let results = instance.enrich(&batch);
+            let metrics = &self.chain.metrics;
+            metrics.plugin_call(
+                plugin.name(),
+                &plugin.version,
+                batch.len(),
+                started.elapsed(),
+            );
+            for (&index, result) in selected.iter().zip(results) {
                 let merged = result.and_then(|updates| {
                     merger
                         .add(handle, index, updates)
@@ -158,6 +180,7 @@ impl ChainWorker {
                         })
                 });
                 if let Err(error) = merged {
+                    metrics.plugin_error(plugin.name(), &plugin.version, error.kind.as_str());
                     errors.push((index, error));
                 }
             }

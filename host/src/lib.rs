@@ -29,6 +29,7 @@ pub mod config;
 pub mod event;
 pub mod kafka;
 pub mod merge;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod profile;

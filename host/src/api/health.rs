@@ -120,3 +120,19 @@ async fn check(ping: impl Future<Output = StoreResult<()>>) -> Check {
         error,
     }
 }
+
+/// The Prometheus text exposition format, version 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Every metric, in the Prometheus text format", content_type = "text/plain"))
+)]
+pub(super) async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+}

@@ -35,6 +35,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::chain::Chain;
 use crate::config::HttpConfig;
+use crate::metrics::Metrics;
 use crate::store::{EventPublisher, ProfileCache, ProfileLookup, ProfileStore};
 
 pub use openapi::ApiDoc;
@@ -84,6 +85,8 @@ pub struct AppState {
     pub publisher: Arc<dyn EventPublisher>,
     /// The loaded plugins, listed by `GET /api/v1/plugins`.
     pub chain: Arc<Chain>,
+    /// Served at `/metrics`.
+    pub metrics: Arc<Metrics>,
     pub limits: ApiLimits,
 }
 
@@ -101,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(problem::route_not_found)
         // One limit for every route, enforced before the body is read when
         // `Content-Length` tells, and while streaming otherwise.

@@ -24,6 +24,7 @@ use super::{events, health, plugins, problem, profiles};
         plugins::get_one,
         health::healthz,
         health::readyz,
+        health::metrics,
         document,
     ),
     components(schemas(problem::Problem, problem::EventFailure, events::WireEvent)),

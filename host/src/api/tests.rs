@@ -57,6 +57,7 @@ impl Fakes {
                 .cache
                 .map(|ping| Arc::new(FakeCache(ping)) as Arc<dyn crate::store::ProfileCache>),
             publisher: self.publisher,
+            metrics: chain.metrics().clone(),
             chain,
             limits: self.limits,
         }

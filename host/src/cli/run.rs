@@ -14,6 +14,7 @@ use pulsehub::api::{self, ApiLimits, AppState};
 use pulsehub::chain::Chain;
 use pulsehub::config::{Config, LogFormat, Mode};
 use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource};
+use pulsehub::metrics::Metrics;
 use pulsehub::pipeline::{EnrichTargets, Pipeline, batch_limits};
 use pulsehub::plugin::{HostLimits, Runtime};
 use pulsehub::source::Source;
@@ -135,7 +136,8 @@ struct Parts {
 
 async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let role = args.role;
-    let chain = Chain::new(Runtime::new(HostLimits::default())?);
+    let metrics = Arc::new(Metrics::new());
+    let chain = Chain::with_metrics(Runtime::new(HostLimits::default())?, metrics.clone());
     if role.enrich() {
         load_plugins(&chain, &config.plugins.dir)?;
     }
@@ -211,6 +213,7 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             cache: parts.cache.clone(),
             publisher: parts.publisher.clone(),
             chain: chain.clone(),
+            metrics: metrics.clone(),
             limits: ApiLimits::from(&config.http),
         };
         tracing::info!(
