@@ -13,7 +13,10 @@ use arc_swap::ArcSwap;
 use crate::event::Event;
 use crate::merge::{Merger, ProfileChanges};
 use crate::metrics::Metrics;
-use crate::plugin::{LoadError, Plugin, PluginError, PluginInstance, Runtime};
+use crate::plugin::{
+    LoadError, Plugin, PluginError, PluginInstance, QuarantinePolicy, Runtime, Trip,
+};
+use tokio::sync::mpsc::UnboundedSender;
 
 /// The active plugins, sorted by name.
 pub type PluginSet = Vec<Arc<Plugin>>;
@@ -22,6 +25,9 @@ pub type PluginSet = Vec<Arc<Plugin>>;
 pub struct Chain {
     runtime: Runtime,
     metrics: Arc<Metrics>,
+    policy: QuarantinePolicy,
+    /// Where a plugin version taken out of the chain is reported.
+    trips: Mutex<Option<UnboundedSender<Tripped>>>,
     active: ArcSwap<PluginSet>,
     /// Serialises changes, so the ownership check and the swap are one step.
     writer: Mutex<()>,
@@ -33,6 +39,13 @@ impl std::fmt::Debug for Chain {
             .field("active", &self.active.load())
             .finish()
     }
+}
+
+/// A plugin version the chain took out because of its failures.
+#[derive(Debug, Clone)]
+pub struct Tripped {
+    pub plugin: Arc<Plugin>,
+    pub trip: Trip,
 }
 
 /// What a batch produced: merged profile changes, and each plugin failure on
@@ -52,9 +65,21 @@ impl Chain {
 
     /// A chain that records its plugins' calls, errors and states in `metrics`.
     pub fn with_metrics(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::configure(runtime, metrics, QuarantinePolicy::default())
+    }
+
+    /// A chain that takes a plugin version out when its failures cross
+    /// `policy` (see [`Chain::on_trip`]).
+    pub fn configure(
+        runtime: Runtime,
+        metrics: Arc<Metrics>,
+        policy: QuarantinePolicy,
+    ) -> Arc<Self> {
         Arc::new(Self {
             runtime,
             metrics,
+            policy,
+            trips: Mutex::new(None),
             active: ArcSwap::from_pointee(Vec::new()),
             writer: Mutex::new(()),
         })
@@ -119,6 +144,44 @@ impl Chain {
         Some(removed)
     }
 
+    /// Reports every plugin version the chain takes out to `to`.
+    pub fn on_trip(&self, to: UnboundedSender<Tripped>) {
+        *self.trips.lock().unwrap_or_else(PoisonError::into_inner) = Some(to);
+    }
+
+    /// Takes `plugin` out of the active set, if that version is still in it,
+    /// and reports it.
+    fn trip(&self, plugin: &Arc<Plugin>, trip: Trip) {
+        {
+            let _guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = self.active.load_full();
+            if !current.iter().any(|p| Arc::ptr_eq(p, plugin)) {
+                return;
+            }
+            let next: PluginSet = current
+                .iter()
+                .filter(|p| !Arc::ptr_eq(p, plugin))
+                .cloned()
+                .collect();
+            self.active.store(Arc::new(next));
+        }
+        tracing::warn!(
+            plugin = plugin.name(),
+            version = %plugin.version,
+            "plugin quarantined: {trip}"
+        );
+        self.metrics
+            .plugin_state(plugin.name(), Some((&plugin.version, "quarantined")));
+        self.metrics.plugin_action(plugin.name(), "quarantine");
+        let trips = self.trips.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(to) = &*trips {
+            let _ = to.send(Tripped {
+                plugin: plugin.clone(),
+                trip,
+            });
+        }
+    }
+
     /// A worker with its own instances, for one thread.
     pub fn worker(self: &Arc<Self>) -> ChainWorker {
         ChainWorker {
@@ -161,6 +224,7 @@ impl ChainWorker {
             let started = Instant::now();
             let results = instance.enrich(&batch);
             let metrics = &self.chain.metrics;
+            let errors_before = errors.len();
             metrics.plugin_call(
                 plugin.name(),
                 &plugin.version,
@@ -183,6 +247,14 @@ impl ChainWorker {
                     metrics.plugin_error(plugin.name(), &plugin.version, error.kind.as_str());
                     errors.push((index, error));
                 }
+            }
+            let failures = (errors.len() - errors_before) as u64;
+            if let Some(trip) =
+                plugin
+                    .health
+                    .record(batch.len() as u64, failures, &self.chain.policy)
+            {
+                self.chain.trip(&plugin, trip);
             }
         }
         BatchOutcome {

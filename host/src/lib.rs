@@ -28,6 +28,7 @@ pub mod chain;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod manager;
 pub mod merge;
 pub mod metrics;
 pub mod pipeline;

@@ -10,12 +10,14 @@
 
 mod bindings;
 mod error;
+mod health;
 mod instance;
 mod limits;
 mod manifest;
 mod runtime;
 
 pub use error::{ErrorKind, LoadError, PluginError};
+pub use health::{Health, QuarantinePolicy, Trip};
 pub use instance::PluginInstance;
 pub use limits::{HostLimits, PluginLimits};
 pub use manifest::{FieldMask, Manifest, ManifestError, ManifestLimits, Subscription};

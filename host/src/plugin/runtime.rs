@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Enricher, EnricherPre};
 use super::limits::MemoryLimiter;
-use super::{HostLimits, LoadError, Manifest, PluginLimits};
+use super::{Health, HostLimits, LoadError, Manifest, PluginLimits};
 
 /// How often the epoch advances; CPU-time budgets are counted in these ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -41,11 +41,31 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     pub fn new(limits: HostLimits) -> Result<Self, RuntimeError> {
-        Self::build(limits).map_err(|e| RuntimeError(format!("{e:#}")))
+        Self::build(limits, None).map_err(|e| RuntimeError(format!("{e:#}")))
     }
 
-    fn build(limits: HostLimits) -> wasmtime::Result<Self> {
+    /// A runtime that keeps the machine code it compiles in `cache_dir`,
+    /// keyed by a hash of the component and of the engine's settings and
+    /// version (wasmtime's own cache), so the next start loads it instead of
+    /// compiling again. Only this directory's entries, written by a host
+    /// like this one, are ever loaded.
+    pub fn with_cache(limits: HostLimits, cache_dir: &Path) -> Result<Self, RuntimeError> {
+        Self::build(limits, Some(cache_dir)).map_err(|e| RuntimeError(format!("{e:#}")))
+    }
+
+    fn build(limits: HostLimits, cache_dir: Option<&Path>) -> wasmtime::Result<Self> {
         let mut config = Config::new();
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                wasmtime::format_err!(
+                    "cannot create the compiled-plugin cache {}: {e}",
+                    dir.display()
+                )
+            })?;
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(Cache::new(cache)?));
+        }
         config
             .epoch_interruption(true)
             // The synchronous call path is three times cheaper per call, and
@@ -110,6 +130,7 @@ impl Runtime {
             sha256: hex(&Sha256::digest(bytes)),
             manifest,
             pre,
+            health: Health::default(),
         });
         // Proves the plugin starts; the instance is dropped, workers make their own.
         self.instantiate(&plugin)
@@ -232,6 +253,8 @@ pub struct Plugin {
     /// "name version", for logs.
     pub(crate) label: Arc<str>,
     pub(crate) pre: EnricherPre<HostState>,
+    /// Its counters and recent failure rate.
+    pub health: Health,
 }
 
 impl std::fmt::Debug for Plugin {
