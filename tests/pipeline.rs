@@ -279,6 +279,12 @@ impl PulseHub {
                 workspace().join("target/plugins").display().to_string(),
             ));
         }
+        if !env.iter().any(|(k, _)| k == "PULSEHUB_PLUGIN_REGISTRY_DIR") {
+            env.push((
+                "PULSEHUB_PLUGIN_REGISTRY_DIR".into(),
+                dir.path().join("plugin-registry").display().to_string(),
+            ));
+        }
         env.push(("PULSEHUB_LOG".into(), "info".into()));
         let log = dir.path().join("pulsehub.log");
         let mut hub = PulseHub {

@@ -30,6 +30,47 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("PULSEHUB_HTTP_TIMEOUT_MS", "http.timeout_ms", Kind::Number),
     ("PULSEHUB_PLUGIN_DIR", "plugins.dir", Kind::Text),
+    ("PULSEHUB_PLUGIN_WATCH", "plugins.watch", Kind::Flag),
+    (
+        "PULSEHUB_PLUGIN_REGISTRY_DIR",
+        "plugins.registry_dir",
+        Kind::Text,
+    ),
+    (
+        "PULSEHUB_PLUGIN_KEEP_VERSIONS",
+        "plugins.keep_versions",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_PLUGIN_MAX_COMPONENT_BYTES",
+        "plugins.max_component_bytes",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_PLUGIN_VALIDATE_TIMEOUT_MS",
+        "plugins.validate_timeout_ms",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_QUARANTINE_WINDOW_SECS",
+        "plugins.quarantine_window_secs",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_QUARANTINE_MIN_EVENTS",
+        "plugins.quarantine_min_events",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_QUARANTINE_FAILURE_PERCENT",
+        "plugins.quarantine_failure_percent",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_AUTO_ROLLBACK_WITHIN_SECS",
+        "plugins.auto_rollback_within_secs",
+        Kind::Number,
+    ),
     ("PULSEHUB_KAFKA_BROKERS", "kafka.brokers", Kind::Text),
     ("PULSEHUB_KAFKA_TOPIC", "kafka.topic", Kind::Text),
     ("PULSEHUB_KAFKA_GROUP", "kafka.group", Kind::Text),
@@ -112,14 +153,42 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Folder of `NAME.wasm` + `NAME.toml` pairs loaded at start-up.
+    /// Folder of `NAME.wasm` + `NAME.toml` pairs loaded at start-up, and
+    /// watched while running when `watch` is on.
     pub dir: PathBuf,
+    pub watch: bool,
+    /// Where installed versions, the active set and the compiled-code cache
+    /// are kept; default `<embedded.data_dir>/plugin-registry`.
+    pub registry_dir: Option<PathBuf>,
+    /// Earlier versions kept per plugin for rollback.
+    pub keep_versions: usize,
+    /// Largest component an upload may carry.
+    pub max_component_bytes: usize,
+    /// Time cap on compiling, starting and trying a new version.
+    pub validate_timeout_ms: u64,
+    /// Quarantine: the sliding window, the events it must hold at least,
+    /// and the share of them (percent) that must have failed.
+    pub quarantine_window_secs: u64,
+    pub quarantine_min_events: u64,
+    pub quarantine_failure_percent: u64,
+    /// A version quarantined within this time of replacing a healthy one
+    /// is rolled back automatically.
+    pub auto_rollback_within_secs: u64,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from("target/plugins"),
+            watch: true,
+            registry_dir: None,
+            keep_versions: 3,
+            max_component_bytes: 32 << 20,
+            validate_timeout_ms: 30_000,
+            quarantine_window_secs: 60,
+            quarantine_min_events: 100,
+            quarantine_failure_percent: 50,
+            auto_rollback_within_secs: 900,
         }
     }
 }
@@ -390,6 +459,30 @@ impl Config {
         if self.http.timeout_ms == 0 {
             return Err(key_error("http.timeout_ms", "must be at least 1"));
         }
+        if self.plugins.max_component_bytes == 0 {
+            return Err(key_error(
+                "plugins.max_component_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.plugins.validate_timeout_ms == 0 {
+            return Err(key_error(
+                "plugins.validate_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.plugins.quarantine_window_secs == 0 {
+            return Err(key_error(
+                "plugins.quarantine_window_secs",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=100).contains(&self.plugins.quarantine_failure_percent) {
+            return Err(key_error(
+                "plugins.quarantine_failure_percent",
+                "must be between 1 and 100",
+            ));
+        }
         if let Some(token) = &self.admin.token
             && token.len() < 16
         {
@@ -399,6 +492,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Where the plugin registry lives.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.plugins
+            .registry_dir
+            .clone()
+            .unwrap_or_else(|| self.embedded.data_dir.join("plugin-registry"))
     }
 
     /// Whether the backends make a whole: Kafka needs PostgreSQL (it holds

@@ -10,6 +10,7 @@
 //! - `openapi`: the OpenAPI 3.1 document of all of the above, served at
 //!   `/api/v1/openapi.json`.
 
+mod admin;
 mod events;
 mod health;
 mod openapi;
@@ -27,7 +28,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -35,9 +36,11 @@ use tower_http::trace::TraceLayer;
 
 use crate::chain::Chain;
 use crate::config::HttpConfig;
+use crate::manager::PluginManager;
 use crate::metrics::Metrics;
 use crate::store::{EventPublisher, ProfileCache, ProfileLookup, ProfileStore};
 
+pub use admin::AdminToken;
 pub use openapi::ApiDoc;
 pub use problem::{EventFailure, PROBLEM_CONTENT_TYPE, Problem};
 
@@ -50,6 +53,10 @@ pub struct ApiLimits {
     pub timeout: Duration,
     /// Most events one `POST /api/v1/events` may carry; more are answered 413.
     pub max_events_per_request: usize,
+    /// Largest plugin upload (`PUT /api/v1/plugins/{name}`), in bytes.
+    pub max_upload_bytes: usize,
+    /// Time for one plugin change (an upload is compiled and tried).
+    pub admin_timeout: Duration,
 }
 
 impl ApiLimits {
@@ -68,6 +75,8 @@ impl From<&HttpConfig> for ApiLimits {
             max_body_bytes: http.max_body_bytes,
             timeout: Duration::from_millis(http.timeout_ms),
             max_events_per_request: Self::DEFAULT_MAX_EVENTS_PER_REQUEST,
+            max_upload_bytes: 32 << 20,
+            admin_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -87,35 +96,69 @@ pub struct AppState {
     pub chain: Arc<Chain>,
     /// Served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Plugin operations, where this process runs plugins.
+    pub manager: Option<Arc<PluginManager>>,
+    /// The admin routes exist only when this is set.
+    pub admin_token: Option<AdminToken>,
     pub limits: ApiLimits,
 }
 
 /// The whole REST API.
 pub fn router(state: AppState) -> Router {
     let limits = state.limits.clone();
-    Router::new()
+    let mut router = Router::new()
         .route("/api/v1/profiles/{user_id}", get(profiles::get_profile))
         // `{user_id}` never matches an empty segment; answer that as the bad
         // id it is rather than as an unknown route.
         .route("/api/v1/profiles/", get(profiles::empty_user_id))
-        .route("/api/v1/events", axum::routing::post(events::ingest))
+        .route("/api/v1/events", post(events::ingest))
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/{name}", get(plugins::get_one))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .fallback(problem::route_not_found)
-        // One limit for every route, enforced before the body is read when
-        // `Content-Length` tells, and while streaming otherwise.
-        .layer(DefaultBodyLimit::disable())
+        // One limit for every route so far, enforced before the body is
+        // read when `Content-Length` tells, and while streaming otherwise.
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         // Answers 503 with an empty body; `problem::finish` turns it into a
         // problem saying which limit was hit.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             limits.timeout,
-        ))
+        ));
+    if state.admin_token.is_some() {
+        // Added after the layers above: plugin changes have their own
+        // limits, and the token is checked before the body is read.
+        let admin = tower::ServiceBuilder::new()
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::require_token,
+            ))
+            .layer(RequestBodyLimitLayer::new(limits.max_upload_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                limits.admin_timeout,
+            ));
+        router = router
+            .route(
+                "/api/v1/plugins/{name}",
+                put(admin::put_plugin)
+                    .delete(admin::delete_plugin)
+                    .layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/plugins/{name}/rollback",
+                post(admin::rollback).layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/plugins/{name}/resume",
+                post(admin::resume).layer(admin),
+            );
+    }
+    router
+        .fallback(problem::route_not_found)
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             limits,
             problem::finish,
@@ -135,7 +178,8 @@ pub async fn serve(
         .local_addr()
         .context("the REST API listener has no local address")?;
     tracing::info!(%address, "REST API listening");
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .with_context(|| format!("the REST API server on {address} failed"))?;

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{events, health, plugins, problem, profiles};
+use super::{admin, events, health, plugins, problem, profiles};
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
 /// profiles, events and plugins.
@@ -22,21 +22,40 @@ use super::{events, health, plugins, problem, profiles};
         events::ingest,
         plugins::list,
         plugins::get_one,
+        admin::put_plugin,
+        admin::rollback,
+        admin::resume,
+        admin::delete_plugin,
         health::healthz,
         health::readyz,
         health::metrics,
         document,
     ),
+    modifiers(&AdminSecurity),
     components(schemas(problem::Problem, problem::EventFailure, events::WireEvent)),
     tags(
         (name = "profiles", description = "Enriched user profiles"),
         (name = "events", description = "Event ingestion (contract §3)"),
-        (name = "plugins", description = "The loaded enrichment plugins"),
+        (name = "plugins", description = "The enrichment plugins; changes need the admin bearer token"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),
     )
 )]
 pub struct ApiDoc;
+
+/// The admin routes' bearer token (`PULSEHUB_ADMIN_TOKEN`).
+struct AdminSecurity;
+
+impl utoipa::Modify for AdminSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
 
 #[utoipa::path(
     get,

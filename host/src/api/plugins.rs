@@ -1,11 +1,17 @@
-//! `GET /api/v1/plugins` and `GET /api/v1/plugins/{name}`: the loaded plugins.
+//! `GET /api/v1/plugins` and `GET /api/v1/plugins/{name}`: the installed
+//! plugins, running or quarantined, with their counters and earlier versions.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use std::sync::atomic::Ordering;
+
 use super::{AppState, Problem};
+use crate::event::format_millis;
+use crate::manager::disk::PluginState;
+use crate::manager::{Counters, PluginView};
 use crate::plugin::{Manifest, Plugin, PluginLimits, Subscription};
 
 /// The active plugins, by name.
@@ -30,6 +36,34 @@ pub(super) struct PluginInfo {
     /// The limits it runs under: the manifest's, capped by the host.
     pub limits: LimitsInfo,
     pub state: PluginState,
+    /// SHA-256 of the manifest and the component together, hex: what
+    /// rollback and the audit log name a version by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// When the plugin entered its state (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Why it is in that state (quarantine, rollback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where this version came from: `api` (an upload) or `dir` (the plugin
+    /// directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Work done by this version since it was loaded in this process.
+    pub counters: Counters,
+    /// Earlier versions kept for rollback, newest first.
+    pub previous: Vec<PreviousVersion>,
+}
+
+/// An earlier version, kept for rollback.
+#[derive(Debug, PartialEq, Serialize, ToSchema)]
+pub(super) struct PreviousVersion {
+    pub version: String,
+    pub version_id: String,
+    pub sha256: String,
+    /// When it was installed (RFC 3339).
+    pub installed_at: String,
 }
 
 #[derive(Debug, PartialEq, Serialize, ToSchema)]
@@ -39,13 +73,6 @@ pub(super) struct LimitsInfo {
     pub memory_mb: usize,
     /// CPU-time budget per event.
     pub timeout_ms: u32,
-}
-
-/// Whether the version runs on new batches.
-#[derive(Debug, PartialEq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum PluginState {
-    Active,
 }
 
 impl PluginInfo {
@@ -66,13 +93,80 @@ impl PluginInfo {
                 timeout_ms: limits.timeout_ms,
             },
             state: PluginState::Active,
+            version_id: None,
+            since: None,
+            reason: None,
+            source: None,
+            counters: Counters::default(),
+            previous: Vec::new(),
         }
     }
 }
 
 impl From<&Plugin> for PluginInfo {
     fn from(plugin: &Plugin) -> Self {
-        Self::new(&plugin.manifest, &plugin.limits, &plugin.sha256)
+        let mut info = Self::new(&plugin.manifest, &plugin.limits, &plugin.sha256);
+        let health = &plugin.health;
+        info.counters = Counters {
+            calls: health.calls.load(Ordering::Relaxed),
+            events: health.events.load(Ordering::Relaxed),
+            failures: health.failures.load(Ordering::Relaxed),
+        };
+        info
+    }
+}
+
+impl From<&PluginView> for PluginInfo {
+    fn from(view: &PluginView) -> Self {
+        let mut info = Self::new(
+            &view.plugin.manifest,
+            &view.plugin.limits,
+            &view.plugin.sha256,
+        );
+        let record = &view.record;
+        info.state = record.state;
+        info.version_id = Some(record.current.id.clone());
+        info.since = Some(format_millis(record.since_ms));
+        info.reason = record.reason.clone();
+        info.source = Some(record.current.source.clone());
+        info.counters = view.counters.clone();
+        info.previous = record
+            .previous
+            .iter()
+            .map(|v| PreviousVersion {
+                version: v.version.clone(),
+                version_id: v.id.clone(),
+                sha256: v.sha256.clone(),
+                installed_at: format_millis(v.installed_at_ms),
+            })
+            .collect();
+        info
+    }
+}
+
+/// Every installed plugin: the manager's records where this process runs
+/// plugins, else the chain's active set.
+pub(super) fn all(state: &AppState) -> Vec<PluginInfo> {
+    match &state.manager {
+        Some(manager) => manager.list().iter().map(PluginInfo::from).collect(),
+        None => state
+            .chain
+            .plugins()
+            .iter()
+            .map(|p| PluginInfo::from(&**p))
+            .collect(),
+    }
+}
+
+pub(super) fn one(state: &AppState, name: &str) -> Option<PluginInfo> {
+    match &state.manager {
+        Some(manager) => manager.get(name).as_ref().map(PluginInfo::from),
+        None => state
+            .chain
+            .plugins()
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| PluginInfo::from(&**p)),
     }
 }
 
@@ -81,12 +175,11 @@ impl From<&Plugin> for PluginInfo {
     path = "/api/v1/plugins",
     operation_id = "list_plugins",
     tag = "plugins",
-    responses((status = 200, description = "The active plugins, by name", body = PluginList))
+    responses((status = 200, description = "The installed plugins, by name", body = PluginList))
 )]
 pub(super) async fn list(State(state): State<AppState>) -> Json<PluginList> {
-    let plugins = state.chain.plugins();
     Json(PluginList {
-        plugins: plugins.iter().map(|p| PluginInfo::from(&**p)).collect(),
+        plugins: all(&state),
     })
 }
 
@@ -97,7 +190,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Json<PluginList> {
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     responses(
-        (status = 200, description = "The active version of the plugin", body = PluginInfo),
+        (status = 200, description = "The plugin: its running version, state, counters and earlier versions", body = PluginInfo),
         (status = 404, description = "No plugin of this name is loaded", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -105,10 +198,7 @@ pub(super) async fn get_one(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginInfo>, Problem> {
-    let plugins = state.chain.plugins();
-    plugins
-        .iter()
-        .find(|p| p.name() == name)
-        .map(|p| Json(PluginInfo::from(&**p)))
+    one(&state, &name)
+        .map(Json)
         .ok_or_else(|| Problem::plugin_not_found(&name))
 }

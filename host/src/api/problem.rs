@@ -29,11 +29,20 @@ pub(super) mod types {
     pub const TOO_MANY_EVENTS: &str = "tag:pulsehub,2026:problem:too-many-events";
     pub const BACKEND_UNAVAILABLE: &str = "tag:pulsehub,2026:problem:backend-unavailable";
     pub const TIMEOUT: &str = "tag:pulsehub,2026:problem:timeout";
+    pub const UNAUTHORIZED: &str = "tag:pulsehub,2026:problem:unauthorized";
+    pub const INVALID_UPLOAD: &str = "tag:pulsehub,2026:problem:invalid-upload";
+    pub const PLUGIN_REFUSED: &str = "tag:pulsehub,2026:problem:plugin-refused";
+    pub const OWNERSHIP_CLASH: &str = "tag:pulsehub,2026:problem:ownership-clash";
+    pub const PLUGIN_CONFLICT: &str = "tag:pulsehub,2026:problem:plugin-conflict";
 }
 
 /// Longest `detail` text; the rest is cut so that an error never echoes a
 /// whole request body back.
 const MAX_DETAIL_BYTES: usize = 300;
+
+/// Longest `detail` of a refused plugin: compiler and linker messages are
+/// long, and the operator needs them whole.
+const MAX_PLUGIN_DETAIL_BYTES: usize = 2_000;
 
 /// How long the client should wait before retrying after a 503, in seconds.
 const RETRY_AFTER_SECONDS: u32 = 1;
@@ -121,6 +130,47 @@ impl Problem {
         Self::new(status, types::PLUGIN_NOT_FOUND, "Plugin not found", &detail)
     }
 
+    /// The admin routes need `Authorization: Bearer <token>`.
+    pub fn unauthorized(detail: &str) -> Self {
+        let status = StatusCode::UNAUTHORIZED;
+        Self::new(status, types::UNAUTHORIZED, "Unauthorized", detail)
+    }
+
+    /// An upload that is not a well-formed multipart plugin package.
+    pub fn invalid_upload(detail: &str) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        Self::new(status, types::INVALID_UPLOAD, "Invalid upload", detail)
+    }
+
+    /// A plugin version the host refused, and why; nothing that runs changed.
+    pub fn plugin_refused(status: StatusCode, detail: &str) -> Self {
+        let mut problem = Self::new(status, types::PLUGIN_REFUSED, "Plugin refused", "");
+        problem.detail = first_line(detail, MAX_PLUGIN_DETAIL_BYTES);
+        problem
+    }
+
+    pub fn ownership_clash(detail: &str) -> Self {
+        let status = StatusCode::CONFLICT;
+        Self::new(
+            status,
+            types::OWNERSHIP_CLASH,
+            "Attribute already owned",
+            detail,
+        )
+    }
+
+    /// The action does not apply to the plugin's state (no earlier version,
+    /// not quarantined).
+    pub fn plugin_conflict(detail: &str) -> Self {
+        let status = StatusCode::CONFLICT;
+        Self::new(
+            status,
+            types::PLUGIN_CONFLICT,
+            "Plugin state conflict",
+            detail,
+        )
+    }
+
     pub fn invalid_json(detail: &str) -> Self {
         let status = StatusCode::BAD_REQUEST;
         Self::new(status, types::INVALID_JSON, "Invalid JSON", detail)
@@ -159,10 +209,10 @@ impl Problem {
         problem
     }
 
-    fn timeout(limits: &ApiLimits) -> Self {
+    fn timeout(limit: std::time::Duration) -> Self {
         let detail = format!(
             "the request did not complete within {} ms",
-            limits.timeout.as_millis()
+            limit.as_millis()
         );
         let status = StatusCode::SERVICE_UNAVAILABLE;
         let mut problem = Self::new(status, types::TIMEOUT, "Request timed out", &detail);
@@ -226,6 +276,8 @@ pub(super) async fn finish(
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
         .unwrap_or_default();
     let allow = parts.headers.get(ALLOW).cloned();
+    // Plugin changes have their own, larger limits.
+    let admin = method != Method::GET && path.starts_with("/api/v1/plugins/");
     let mut problem = match parts.status {
         StatusCode::METHOD_NOT_ALLOWED => {
             let allowed = allow
@@ -237,15 +289,21 @@ pub(super) async fn finish(
             Problem::status(parts.status, &detail)
         }
         StatusCode::PAYLOAD_TOO_LARGE => {
-            let detail = format!(
-                "the request body is larger than the limit of {} bytes",
+            let limit = if admin {
+                limits.max_upload_bytes
+            } else {
                 limits.max_body_bytes
-            );
+            };
+            let detail = format!("the request body is larger than the limit of {limit} bytes");
             Problem::status(parts.status, &detail)
         }
         // Every 503 of the handlers is a problem already: a bare one comes
         // from the timeout layer.
-        StatusCode::SERVICE_UNAVAILABLE if text.is_empty() => Problem::timeout(&limits),
+        StatusCode::SERVICE_UNAVAILABLE if text.is_empty() => Problem::timeout(if admin {
+            limits.admin_timeout
+        } else {
+            limits.timeout
+        }),
         status if text.is_empty() => {
             Problem::status(status, status.canonical_reason().unwrap_or("error"))
         }
@@ -278,11 +336,15 @@ fn is_plain_error(response: &Response) -> bool {
 /// The first line of `text`, at most [`MAX_DETAIL_BYTES`] long: error
 /// messages are shown whole, chains and echoed input are not.
 pub(super) fn one_line(text: &str) -> String {
+    first_line(text, MAX_DETAIL_BYTES)
+}
+
+fn first_line(text: &str, max: usize) -> String {
     let line = text.lines().next().unwrap_or("").trim_end();
-    if line.len() <= MAX_DETAIL_BYTES && line.len() == text.trim_end().len() {
+    if line.len() <= max && line.len() == text.trim_end().len() {
         return line.to_owned();
     }
-    let mut cut = line.len().min(MAX_DETAIL_BYTES);
+    let mut cut = line.len().min(max);
     while !line.is_char_boundary(cut) {
         cut -= 1;
     }

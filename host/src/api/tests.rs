@@ -58,6 +58,8 @@ impl Fakes {
                 .map(|ping| Arc::new(FakeCache(ping)) as Arc<dyn crate::store::ProfileCache>),
             publisher: self.publisher,
             metrics: chain.metrics().clone(),
+            manager: None,
+            admin_token: None,
             chain,
             limits: self.limits,
         }

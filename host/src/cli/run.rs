@@ -10,13 +10,16 @@ use clap::{Args, ValueEnum};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use pulsehub::api::{self, ApiLimits, AppState};
+use pulsehub::api::{self, AdminToken, ApiLimits, AppState};
 use pulsehub::chain::Chain;
 use pulsehub::config::{Config, LogFormat, Mode};
 use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource};
+use pulsehub::manager::audit::{AuditLog, FileAudit};
+use pulsehub::manager::disk::Registry;
+use pulsehub::manager::{ManagerConfig, PluginManager, watch};
 use pulsehub::metrics::Metrics;
 use pulsehub::pipeline::{EnrichTargets, Pipeline, batch_limits};
-use pulsehub::plugin::{HostLimits, Runtime};
+use pulsehub::plugin::{HostLimits, QuarantinePolicy, Runtime};
 use pulsehub::source::Source;
 use pulsehub::store::embedded::EmbeddedStore;
 use pulsehub::store::postgres::PgStore;
@@ -130,6 +133,8 @@ struct Parts {
     publisher: Arc<dyn EventPublisher>,
     enrich: Option<EnrichPart>,
     archive: Option<(Arc<dyn Source>, Arc<dyn EventArchive>)>,
+    /// Where plugin changes are audited.
+    audit: Arc<dyn AuditLog>,
     lanes: usize,
     description: String,
 }
@@ -137,15 +142,12 @@ struct Parts {
 async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let role = args.role;
     let metrics = Arc::new(Metrics::new());
-    let chain = Chain::with_metrics(Runtime::new(HostLimits::default())?, metrics.clone());
-    if role.enrich() {
-        load_plugins(&chain, &config.plugins.dir)?;
-    }
     let parts = match config.mode() {
         Mode::Embedded => embedded(&config, role)?,
         Mode::Services => services(&config, role).await?,
     };
     let stop = CancellationToken::new();
+    let (chain, manager) = plugins(&config, role, &metrics, parts.audit.clone(), &stop).await?;
     let limits = batch_limits(
         config.pipeline.batch_max_events,
         config.pipeline.batch_max_wait_ms,
@@ -214,7 +216,14 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             publisher: parts.publisher.clone(),
             chain: chain.clone(),
             metrics: metrics.clone(),
-            limits: ApiLimits::from(&config.http),
+            manager,
+            admin_token: config.admin.token.as_deref().map(AdminToken::new),
+            limits: ApiLimits {
+                max_upload_bytes: config.plugins.max_component_bytes + (1 << 20),
+                admin_timeout: Duration::from_millis(config.plugins.validate_timeout_ms)
+                    + Duration::from_secs(30),
+                ..ApiLimits::from(&config.http)
+            },
         };
         tracing::info!(
             "PulseHub is running ({}); API on http://{address}/api/v1 \
@@ -269,6 +278,7 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         publisher: Arc::new(store),
         enrich,
         archive,
+        audit: Arc::new(FileAudit::new(&dir.join("audit.log"))),
         // The inbox is one partition, hence one lane.
         lanes: 1,
         description: format!("embedded, data in {}", dir.display()),
@@ -284,6 +294,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         with_patience("migrating the database", || store.migrate()).await?;
     }
     let store: Arc<PgStore> = Arc::new(store);
+    let audit_log: Arc<dyn AuditLog> = store.clone();
     let cache: Option<Arc<dyn ProfileCache>> = match &config.redis.url {
         Some(url) => {
             let cache = RedisCache::connect(
@@ -336,6 +347,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.topic)?),
         enrich,
         archive,
+        audit: audit_log,
         lanes: config.lanes(),
         description: format!("topic {} on {brokers}, group {}", kafka.topic, kafka.group),
     })
@@ -361,40 +373,62 @@ where
     }
 }
 
-/// Loads every `NAME.wasm` + `NAME.toml` pair of `dir` into the chain.
-fn load_plugins(chain: &Chain, dir: &Path) -> anyhow::Result<()> {
-    let entries = std::fs::read_dir(dir).with_context(|| {
-        format!(
-            "reading the plugin directory {} (configuration key `plugins.dir`, \
-             PULSEHUB_PLUGIN_DIR); build the built-in plugins with `cargo xtask plugins`",
-            dir.display()
-        )
-    })?;
-    let mut components: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-        .collect();
-    components.sort();
-    for component in &components {
-        let manifest = component.with_extension("toml");
-        let plugin = chain
-            .runtime()
-            .load_files(component, &manifest)
-            .with_context(|| format!("loading plugin {}", component.display()))?;
-        tracing::info!(
-            plugin = plugin.name(),
-            version = %plugin.version,
-            "plugin loaded"
+/// The plugin chain and, where this process runs plugins, the manager of
+/// their live changes: the registry's active set restored, the plugin
+/// directory read (a refused pair stops the start) and watched, and
+/// quarantines handled.
+async fn plugins(
+    config: &Config,
+    role: Role,
+    metrics: &Arc<Metrics>,
+    audit: Arc<dyn AuditLog>,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<Chain>, Option<Arc<PluginManager>>)> {
+    let settings = &config.plugins;
+    let policy = QuarantinePolicy {
+        window: Duration::from_secs(settings.quarantine_window_secs),
+        min_events: settings.quarantine_min_events,
+        max_failure_ratio: settings.quarantine_failure_percent as f64 / 100.0,
+    };
+    if !role.enrich() {
+        let chain = Chain::configure(
+            Runtime::new(HostLimits::default())?,
+            metrics.clone(),
+            policy,
         );
-        chain.insert(plugin)?;
+        return Ok((chain, None));
     }
-    if components.is_empty() {
+    let registry = Registry::open(&config.registry_dir())?;
+    let runtime = Runtime::with_cache(HostLimits::default(), &registry.compiled_dir())?;
+    let chain = Chain::configure(runtime, metrics.clone(), policy);
+    let (trips, tripped) = tokio::sync::mpsc::unbounded_channel();
+    chain.on_trip(trips);
+    let manager_config = ManagerConfig {
+        keep_versions: settings.keep_versions,
+        max_component_bytes: settings.max_component_bytes,
+        validate_timeout: Duration::from_millis(settings.validate_timeout_ms),
+        auto_rollback_within: Duration::from_secs(settings.auto_rollback_within_secs),
+    };
+    let started = Instant::now();
+    let manager = PluginManager::start(chain.clone(), registry, manager_config, audit).await?;
+    manager.handle_trips(tripped);
+    manager.scan_dir(&settings.dir, true).await?;
+    let active = chain.plugins();
+    tracing::info!(
+        plugins = active.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "plugins ready"
+    );
+    if active.is_empty() {
         tracing::warn!(
-            dir = %dir.display(),
+            dir = %settings.dir.display(),
             "no plugins found: profiles will stay empty (build them with `cargo xtask plugins`)"
         );
     }
-    Ok(())
+    if settings.watch {
+        watch::watch(manager.clone(), &settings.dir, stop.clone())?;
+    }
+    Ok((chain, Some(manager)))
 }
 
 /// Publishes every non-empty line of an NDJSON file, in chunks. Lines that

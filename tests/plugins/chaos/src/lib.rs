@@ -19,7 +19,10 @@
 //!
 //! Config keys read by `init`: `fail-init = "true"` refuses the plugin;
 //! `init-alloc-mb = "N"` allocates and touches N MiB, kept for the life of
-//! the instance, so a memory limit can refuse `init`.
+//! the instance, so a memory limit can refuse `init`; `count-step = "N"`
+//! makes a `count` event add N instead of 1; `trap-on = "KIND"` makes events
+//! of that kind trap too (two versions of one component that behave
+//! differently, for the host's hot-swap and quarantine tests).
 
 use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update, Value};
 
@@ -37,6 +40,10 @@ const TOUCH_STRIDE: usize = 4096;
 pub struct Chaos {
     /// The `init-alloc-mb` ballast, kept alive for the life of the instance.
     ballast: Vec<u8>,
+    /// What a `count` event adds.
+    count_step: i64,
+    /// Another kind that traps.
+    trap_on: Option<String>,
 }
 
 impl Chaos {
@@ -88,12 +95,17 @@ impl Plugin for Chaos {
             .ok_or_else(|| format!("config key `init-alloc-mb`: {mb} MiB is too large"))?;
         Ok(Self {
             ballast: touched(bytes),
+            count_step: config.parse_or("count-step", 1)?,
+            trap_on: config.get("trap-on").map(str::to_owned),
         })
     }
 
     fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError> {
+        if self.trap_on.as_deref() == Some(event.kind.as_str()) {
+            panic!("chaos: trap-on {} requested", event.kind);
+        }
         Ok(match event.kind.as_str() {
-            "count" => vec![Update::Increment(("chaos_count".to_owned(), 1))],
+            "count" => vec![Update::Increment(("chaos_count".to_owned(), self.count_step))],
             "echo" => vec![Update::Set((
                 "chaos_text".to_owned(),
                 Value::Text(event.properties.clone()),
@@ -154,6 +166,22 @@ mod tests {
         let err = Chaos::init(&config(&[("fail-init", "true")])).err();
         assert_eq!(err.as_deref(), Some("chaos: init failed as configured"));
         assert!(Chaos::init(&config(&[("fail-init", "false")])).is_ok());
+    }
+
+    #[test]
+    fn count_step_and_trap_on_come_from_the_config() {
+        let mut plugin = Chaos::init(&config(&[("count-step", "1000")])).expect("init");
+        let updates = plugin.enrich(&event("count")).expect("counts");
+        assert!(
+            matches!(&updates[..], [Update::Increment((name, 1000))] if name == "chaos_count"),
+            "{updates:?}"
+        );
+        assert!(Chaos::init(&config(&[("count-step", "many")])).is_err());
+        let mut trapping = Chaos::init(&config(&[("trap-on", "count")])).expect("init");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trapping.enrich(&event("count"))
+        }));
+        assert!(outcome.is_err(), "a count event traps");
     }
 
     #[test]
