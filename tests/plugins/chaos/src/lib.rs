@@ -105,7 +105,10 @@ impl Plugin for Chaos {
             panic!("chaos: trap-on {} requested", event.kind);
         }
         Ok(match event.kind.as_str() {
-            "count" => vec![Update::Increment(("chaos_count".to_owned(), self.count_step))],
+            "count" => vec![Update::Increment((
+                "chaos_count".to_owned(),
+                self.count_step,
+            ))],
             "echo" => vec![Update::Set((
                 "chaos_text".to_owned(),
                 Value::Text(event.properties.clone()),
