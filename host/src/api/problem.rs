@@ -7,7 +7,7 @@
 //! rejections), into problems as well, so a client meets one error format.
 
 use axum::extract::{Request, State};
-use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -263,7 +263,12 @@ pub(super) async fn finish(
     let mut response = next.run(request).await;
     if let Some(mut problem) = response.extensions_mut().remove::<Problem>() {
         problem.instance = Some(path);
-        return problem.into_response();
+        let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
+        let mut response = problem.into_response();
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+        return response;
     }
     if !is_plain_error(&response) {
         return response;

@@ -13,7 +13,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, Request, StatusCode};
 use tower::ServiceExt;
 
-use super::{ApiLimits, AppState, PROBLEM_CONTENT_TYPE, router};
+use super::{AdminToken, ApiLimits, AppState, PROBLEM_CONTENT_TYPE, router};
 use crate::chain::Chain;
 use crate::plugin::{HostLimits, Runtime};
 use fakes::{FakeCache, FakeLookup, FakePublisher, FakeStore, Ping};
@@ -25,6 +25,7 @@ struct Fakes {
     cache: Option<Ping>,
     publisher: Arc<FakePublisher>,
     chain: Option<Arc<Chain>>,
+    admin_token: Option<AdminToken>,
     limits: ApiLimits,
 }
 
@@ -36,6 +37,7 @@ impl Default for Fakes {
             cache: Some(Ping::Up),
             publisher: Arc::new(FakePublisher::default()),
             chain: None,
+            admin_token: None,
             limits: ApiLimits::default(),
         }
     }
@@ -59,7 +61,7 @@ impl Fakes {
             publisher: self.publisher,
             metrics: chain.metrics().clone(),
             manager: None,
-            admin_token: None,
+            admin_token: self.admin_token,
             chain,
             limits: self.limits,
         }

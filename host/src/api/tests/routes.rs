@@ -12,7 +12,7 @@ use super::fakes::FakeLookup;
 use super::{Fakes, get, send};
 use crate::api::plugins::PluginInfo;
 use crate::api::problem::types;
-use crate::api::{ApiLimits, serve};
+use crate::api::{AdminToken, ApiLimits, serve};
 use crate::chain::Chain;
 use crate::plugin::{HostLimits, Manifest, PluginLimits, Runtime};
 use crate::profile::{Attribute, Profile};
@@ -258,7 +258,9 @@ fn plugin_info_shows_the_effective_limits() {
             "sha256": "ab12", "events": ["click", "page_view"], "writes": ["quiet_count"],
             // The manifest asks for 4096 MiB; the host caps it.
             "limits": {"memory_mb": 256, "timeout_ms": 5},
-            "state": "active"
+            "state": "active",
+            "counters": {"calls": 0, "events": 0, "failures": 0},
+            "previous": []
         })
     );
 }
@@ -304,7 +306,11 @@ async fn no_plugins_is_an_empty_list() {
 
 #[tokio::test]
 async fn the_openapi_document_covers_every_route() {
-    let app = with_profile().app();
+    let app = Fakes {
+        admin_token: Some(AdminToken::new("0123456789abcdef-token")),
+        ..with_profile()
+    }
+    .app();
     let reply = send(&app, get("/api/v1/openapi.json")).await;
     assert_eq!(reply.status, StatusCode::OK);
     let doc = reply.json();
@@ -324,9 +330,12 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/events",
         "/api/v1/plugins",
         "/api/v1/plugins/{name}",
+        "/api/v1/plugins/{name}/rollback",
+        "/api/v1/plugins/{name}/resume",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
+        "/metrics",
     ]);
     assert_eq!(paths, routes);
     // Every documented path is routed: none answers the unknown-route problem.
@@ -393,4 +402,74 @@ async fn serves_on_a_socket_until_shut_down() {
             .await
             .is_err()
     );
+}
+
+fn admin_call(method: &str, uri: &str, token: Option<&str>) -> Request<Body> {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request.body(Body::empty()).expect("a request")
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_token_and_exist_only_with_one() {
+    const TOKEN: &str = "0123456789abcdef-token";
+    let app = Fakes {
+        admin_token: Some(AdminToken::new(TOKEN)),
+        ..Fakes::default()
+    }
+    .app();
+    for (method, uri) in [
+        ("PUT", "/api/v1/plugins/quiet"),
+        ("DELETE", "/api/v1/plugins/quiet"),
+        ("POST", "/api/v1/plugins/quiet/rollback"),
+        ("POST", "/api/v1/plugins/quiet/resume"),
+    ] {
+        for token in [None, Some("0123456789abcdef-tokem"), Some("")] {
+            let reply = send(&app, admin_call(method, uri, token)).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} {token:?}"
+            );
+            assert_eq!(reply.json()["type"], types::UNAUTHORIZED);
+            assert_eq!(
+                reply.headers["www-authenticate"],
+                r#"Bearer realm="pulsehub-admin""#
+            );
+        }
+        // The right token gets through; this process runs no plugins.
+        let reply = send(&app, admin_call(method, uri, Some(TOKEN))).await;
+        assert_ne!(reply.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+    }
+    let reply = send(
+        &app,
+        admin_call("DELETE", "/api/v1/plugins/quiet", Some(TOKEN)),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let detail = reply.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("runs no plugins"), "{detail}");
+    // GET stays public.
+    let reply = send(&app, get("/api/v1/plugins")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    // Without a token the admin routes do not exist.
+    let app = Fakes::default().app();
+    let reply = send(
+        &app,
+        admin_call("PUT", "/api/v1/plugins/quiet", Some(TOKEN)),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let reply = send(
+        &app,
+        admin_call("POST", "/api/v1/plugins/quiet/rollback", Some(TOKEN)),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
