@@ -19,7 +19,7 @@ mod problem;
 mod profiles;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

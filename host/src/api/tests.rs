@@ -3,7 +3,7 @@
 mod fakes;
 mod health;
 mod ingest;
-mod routes;
+pub(crate) mod routes;
 
 use std::sync::Arc;
 

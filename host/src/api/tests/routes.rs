@@ -169,7 +169,7 @@ async fn unknown_routes_and_methods_are_problems() {
 
 /// A component that passes for a plugin: it starts, and answers every event
 /// with no updates. Enough for the API, which only lists plugins.
-const QUIET_PLUGIN: &str = r#"
+pub(crate) const QUIET_PLUGIN: &str = r#"
 (component
   (core module $m
     (memory (export "memory") 1)
@@ -222,7 +222,7 @@ const QUIET_PLUGIN: &str = r#"
   (export "enrich" (func $enrich)))
 "#;
 
-const QUIET_MANIFEST: &str = r#"
+pub(crate) const QUIET_MANIFEST: &str = r#"
 name = "quiet"
 version = "1.2.3"
 description = "Says nothing."
