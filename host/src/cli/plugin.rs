@@ -66,7 +66,7 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
         Subscription::All => "* (every kind)".to_owned(),
         Subscription::Kinds(kinds) => kinds.iter().cloned().collect::<Vec<_>>().join(", "),
     };
-    let fields = m.fields.names();
+    let fields = [&["kind", "timestamp"][..], &m.fields.names()].concat();
     println!(
         "ok: {} {} is a valid pulsehub:plugin@0.1.0 enricher",
         m.name, plugin.version
@@ -78,7 +78,7 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
         "writes:      {}",
         m.writes.iter().cloned().collect::<Vec<_>>().join(", ")
     );
-    println!("fields:      kind, timestamp, {}", fields.join(", "));
+    println!("fields:      {}", fields.join(", "));
     println!(
         "limits:      memory {} MiB, {} ms per event, {} updates per event, {} bytes per string",
         limits.memory_bytes / (1024 * 1024),
