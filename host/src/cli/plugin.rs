@@ -1,4 +1,5 @@
-//! `pulsehub plugin ...`: try and inspect a plugin package locally (contract §4).
+//! `pulsehub plugin ...`: start a plugin crate, then try and inspect a plugin
+//! package locally (contract §4).
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,16 @@ pub enum PluginCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// Start a Rust plugin crate that `cargo xtask plugins` builds as it is:
+    /// DIR/NAME with Cargo.toml, plugin.toml, src/lib.rs and README.md.
+    New {
+        /// The plugin's name (and package name): a-z, 0-9 and -.
+        name: String,
+        /// Where to create the crate; defaults to plugins/ of the cargo
+        /// workspace around the current directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
@@ -48,6 +59,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
             events,
         } => run_events(&plugin, manifest, &events),
         PluginCommand::Check { plugin, manifest } => check(&plugin, manifest),
+        PluginCommand::New { name, dir } => super::scaffold::new_plugin(&name, dir.as_deref()),
     }
 }
 
