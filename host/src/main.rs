@@ -26,7 +26,8 @@ enum Command {
     /// Apply the PostgreSQL migrations (also done at start-up unless
     /// `database.migrate = false`).
     Migrate(cli::run::MigrateArgs),
-    /// Work with plugin packages (NAME.wasm + NAME.toml).
+    /// Work with plugins: start a plugin crate, check or try a plugin
+    /// package (NAME.wasm + NAME.toml).
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
 }

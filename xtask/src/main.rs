@@ -3,7 +3,8 @@
 //! - `plugins`: builds every plugin crate for `wasm32-unknown-unknown` and
 //!   turns each core module into a component under `target/plugins/` (the
 //!   crates under `plugins/`) or `target/test-plugins/` (the test fixtures
-//!   under `tests/plugins/`), next to a copy of its `plugin.toml`.
+//!   under `tests/plugins/`), next to a copy of its `plugin.toml`. With
+//!   `--workspace DIR`, the same for another cargo workspace.
 //! - `test`: what CI runs: the plugins, then `cargo fmt --check`, clippy
 //!   with warnings denied, every test, and the benches compiled.
 //! - `inspect FILE...`: lists the imports and exports of components or core
@@ -32,6 +33,10 @@ COMMANDS:
                      Uses the rustup target wasm32-unknown-unknown when it is
                      installed, else Debian's rustc and -Zbuild-std prepared by
                      scripts/wasm-toolchain.sh.
+    plugins --workspace DIR
+                     The same for the cargo workspace at DIR (its plugins/ and
+                     tests/plugins/, components under DIR/target/), with this
+                     repository's toolchain and wasm build cache.
     test             What CI runs: build the plugins, then cargo fmt --check,
                      cargo clippy -D warnings, cargo test --workspace and
                      cargo bench --no-run.
@@ -60,6 +65,11 @@ fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         ["plugins"] => plugins::build_all(&workspace_root()?),
+        ["plugins", "--workspace", dir] => {
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("cannot resolve the workspace path {dir}"))?;
+            plugins::build_workspace(&workspace_root()?, &dir)
+        }
         ["test"] => test::run(&workspace_root()?),
         ["plugins", "--help" | "-h"] => {
             print!("{HELP}");

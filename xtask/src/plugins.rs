@@ -59,27 +59,37 @@ enum Toolchain {
     BuildStd { prefix: PathBuf },
 }
 
+/// Builds the plugin crates of this repository's workspace.
 pub fn build_all(root: &Path) -> Result<()> {
+    build_workspace(root, root)
+}
+
+/// Builds the plugin crates of the cargo workspace at `workspace` (under its
+/// `plugins/` and `tests/plugins/`) into components under its `target/`,
+/// with the toolchain and the wasm build cache of the repository at `repo`,
+/// which the workspace shares when it is another one (a team's own, or a
+/// test's scratch workspace).
+pub fn build_workspace(repo: &Path, workspace: &Path) -> Result<()> {
     let started = Instant::now();
-    let plugins = discover(root)?;
+    let plugins = discover(workspace)?;
     ensure!(
         !plugins.is_empty(),
         "no plugin crates (directories with a plugin.toml) under {}",
         PLUGIN_DIRS
             .iter()
-            .map(|(dir, _)| root.join(dir).display().to_string())
+            .map(|(dir, _)| workspace.join(dir).display().to_string())
             .collect::<Vec<_>>()
             .join(" or ")
     );
 
-    let toolchain = choose_toolchain(root)?;
-    let wasm_target_dir = root.join("target").join("wasm");
-    cargo_build(root, &wasm_target_dir, &toolchain, &plugins)?;
+    let toolchain = choose_toolchain(repo)?;
+    let wasm_target_dir = repo.join("target").join("wasm");
+    cargo_build(workspace, &wasm_target_dir, &toolchain, &plugins)?;
 
     println!("components:");
     for plugin in &plugins {
         let (path, size) = componentize(&wasm_target_dir, plugin)?;
-        let shown = path.strip_prefix(root).unwrap_or(&path);
+        let shown = path.strip_prefix(workspace).unwrap_or(&path);
         println!(
             "  {:<20} {:<40} {:>10}",
             plugin.name,

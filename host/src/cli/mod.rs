@@ -2,6 +2,7 @@
 
 pub mod plugin;
 pub mod run;
+mod scaffold;
 
 /// Logs go to stderr (stdout carries command output), filtered by
 /// `PULSEHUB_LOG` (default `info`), as text or, with

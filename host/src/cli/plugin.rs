@@ -1,4 +1,5 @@
-//! `pulsehub plugin ...`: try and inspect a plugin package locally (contract §4).
+//! `pulsehub plugin ...`: start a plugin crate, then try and inspect a plugin
+//! package locally (contract §4).
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,16 @@ pub enum PluginCommand {
         #[arg(long)]
         manifest: Option<PathBuf>,
     },
+    /// Start a Rust plugin crate that `cargo xtask plugins` builds as it is:
+    /// DIR/NAME with Cargo.toml, plugin.toml, src/lib.rs and README.md.
+    New {
+        /// The plugin's name (and package name): a-z, 0-9 and -.
+        name: String,
+        /// Where to create the crate; defaults to plugins/ of the cargo
+        /// workspace around the current directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
@@ -48,6 +59,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
             events,
         } => run_events(&plugin, manifest, &events),
         PluginCommand::Check { plugin, manifest } => check(&plugin, manifest),
+        PluginCommand::New { name, dir } => super::scaffold::new_plugin(&name, dir.as_deref()),
     }
 }
 
@@ -66,7 +78,7 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
         Subscription::All => "* (every kind)".to_owned(),
         Subscription::Kinds(kinds) => kinds.iter().cloned().collect::<Vec<_>>().join(", "),
     };
-    let fields = m.fields.names();
+    let fields = [&["kind", "timestamp"][..], &m.fields.names()].concat();
     println!(
         "ok: {} {} is a valid pulsehub:plugin@0.1.0 enricher",
         m.name, plugin.version
@@ -78,7 +90,7 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
         "writes:      {}",
         m.writes.iter().cloned().collect::<Vec<_>>().join(", ")
     );
-    println!("fields:      kind, timestamp, {}", fields.join(", "));
+    println!("fields:      {}", fields.join(", "));
     println!(
         "limits:      memory {} MiB, {} ms per event, {} updates per event, {} bytes per string",
         limits.memory_bytes / (1024 * 1024),

@@ -157,10 +157,24 @@ impl std::str::FromStr for Manifest {
     }
 }
 
-fn validate(raw: RawManifest) -> Result<Manifest, ManifestError> {
-    check_identifier("name", &raw.name, |c| {
+/// Checks a plugin name as the manifest's `name` key requires: `[a-z0-9-]`,
+/// 1 to [`MAX_NAME_LEN`] characters.
+pub fn check_name(name: &str) -> Result<(), ManifestError> {
+    check_identifier("name", name, |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
-    })?;
+    })
+}
+
+/// Checks an attribute name as the manifest's `writes` key requires:
+/// `[a-z0-9_]`, 1 to [`MAX_NAME_LEN`] characters.
+pub fn check_attribute(attribute: &str) -> Result<(), ManifestError> {
+    check_identifier("writes", attribute, |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+    })
+}
+
+fn validate(raw: RawManifest) -> Result<Manifest, ManifestError> {
+    check_name(&raw.name)?;
     let version = semver::Version::parse(&raw.version).map_err(|e| {
         invalid(
             "version",
@@ -193,9 +207,7 @@ fn validate(raw: RawManifest) -> Result<Manifest, ManifestError> {
     }
     let mut writes = BTreeSet::new();
     for attribute in raw.writes {
-        check_identifier("writes", &attribute, |c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
-        })?;
+        check_attribute(&attribute)?;
         if !writes.insert(attribute.clone()) {
             return Err(invalid("writes", format!("{attribute:?} is listed twice")));
         }

@@ -20,5 +20,7 @@ pub use error::{ErrorKind, LoadError, PluginError};
 pub use health::{Health, QuarantinePolicy, Trip};
 pub use instance::PluginInstance;
 pub use limits::{HostLimits, PluginLimits};
-pub use manifest::{FieldMask, Manifest, ManifestError, ManifestLimits, Subscription};
+pub use manifest::{
+    FieldMask, Manifest, ManifestError, ManifestLimits, Subscription, check_attribute, check_name,
+};
 pub use runtime::{Plugin, Runtime, RuntimeError};

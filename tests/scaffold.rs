@@ -1,0 +1,178 @@
+//! A plugin author's loop, end to end: `pulsehub plugin new` writes a crate
+//! that `cargo xtask plugins` builds as it is, which the runtime loads and
+//! which counts events.
+//!
+//! The crate goes into a scratch workspace in a temporary directory, never
+//! into this repository's `plugins/`. That workspace takes the repository's
+//! SDK (by path), lock file, toolchain and wasm build cache, so the wasm
+//! build compiles the new crate only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use pulsehub::event::Event;
+use pulsehub::plugin::{HostLimits, PluginInstance, Runtime};
+use pulsehub::update::Op;
+
+const NAME: &str = "scaffold-probe";
+const ATTRIBUTE: &str = "scaffold_probe_events";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// A workspace with `plugins/*` as members and what a plugin crate inherits
+/// (the package fields, the SDK, the `plugin` profile) from this one.
+fn scratch_workspace(repo: &Path, dir: &Path) {
+    let text = std::fs::read_to_string(repo.join("Cargo.toml")).expect("read Cargo.toml");
+    let root: toml::Table = toml::from_str(&text).expect("parse Cargo.toml");
+    let package = root["workspace"]["package"].clone();
+    let sdk = repo.join("plugins/sdk");
+    let mut dependencies = toml::Table::new();
+    dependencies.insert(
+        "pulsehub-plugin-sdk".into(),
+        toml::Value::Table(toml::Table::from_iter([(
+            "path".to_owned(),
+            toml::Value::String(sdk.display().to_string()),
+        )])),
+    );
+    let workspace = toml::Table::from_iter([
+        ("resolver".to_owned(), toml::Value::from("3")),
+        (
+            "members".to_owned(),
+            toml::Value::Array(vec!["plugins/*".into()]),
+        ),
+        ("package".to_owned(), package),
+        ("dependencies".to_owned(), toml::Value::Table(dependencies)),
+    ]);
+    let manifest = toml::Table::from_iter([
+        ("workspace".to_owned(), toml::Value::Table(workspace)),
+        ("profile".to_owned(), root["profile"].clone()),
+    ]);
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        toml::to_string(&manifest).expect("render Cargo.toml"),
+    )
+    .expect("write Cargo.toml");
+    // The same dependency versions as the repository, already downloaded.
+    std::fs::copy(repo.join("Cargo.lock"), dir.join("Cargo.lock")).expect("copy Cargo.lock");
+}
+
+fn pulsehub(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pulsehub"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run pulsehub")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_loads_and_counts_events() {
+    let repo = repo();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ws = scratch.path();
+    scratch_workspace(&repo, ws);
+
+    // Scaffold from the workspace root: the crate lands in its plugins/.
+    let new = pulsehub(ws, &["plugin", "new", NAME]);
+    assert!(new.status.success(), "plugin new: {}", text(&new.stderr));
+    let stdout = text(&new.stdout);
+    assert!(
+        stdout.contains("cargo xtask plugins")
+            && stdout.contains(&format!("target/plugins/{NAME}.wasm")),
+        "the next commands are printed:\n{stdout}"
+    );
+    let crate_dir = ws.join("plugins").join(NAME);
+    for file in ["Cargo.toml", "plugin.toml", "src/lib.rs", "README.md"] {
+        assert!(crate_dir.join(file).is_file(), "{file} is written");
+    }
+    let again = pulsehub(ws, &["plugin", "new", NAME]);
+    assert!(!again.status.success(), "a second `plugin new` is refused");
+    assert!(text(&again.stderr).contains("already exists"));
+
+    // Build it the way `cargo xtask plugins` builds the repository's plugins.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["run", "--quiet", "--package", "xtask", "--"])
+        .args(["plugins", "--workspace"])
+        .arg(ws)
+        .current_dir(&repo)
+        .output()
+        .expect("run cargo xtask plugins");
+    assert!(
+        build.status.success(),
+        "cargo xtask plugins --workspace failed:\n{}\n{}",
+        text(&build.stdout),
+        text(&build.stderr)
+    );
+    let out = ws.join("target/plugins");
+    let (wasm, manifest) = (
+        out.join(format!("{NAME}.wasm")),
+        out.join(format!("{NAME}.toml")),
+    );
+
+    // Loaded by the runtime, it counts an event it subscribes to.
+    let runtime = Runtime::new(HostLimits::default()).expect("runtime");
+    let plugin = runtime.load_files(&wasm, &manifest).expect("load");
+    assert_eq!(plugin.name(), NAME);
+    assert_eq!(plugin.version, "0.1.0");
+    assert!(plugin.manifest.events.matches("click"));
+    let event = Event {
+        id: "e-1".into(),
+        user_id: "u-1".into(),
+        kind: "click".into(),
+        timestamp_ms: 1_764_453_600_000,
+        user_agent: None,
+        url: None,
+        properties: "{}".into(),
+    };
+    let mut instance = PluginInstance::new(runtime, plugin);
+    let results = instance.enrich(&[&event]);
+    let [Ok(updates)] = &results[..] else {
+        panic!("one successful result: {results:?}");
+    };
+    assert_eq!(updates.len(), 1, "{updates:?}");
+    assert_eq!(updates[0].attribute, ATTRIBUTE);
+    assert_eq!(updates[0].op, Op::Increment(1));
+
+    // And `pulsehub plugin run`, as its README says, counts every example event.
+    let events = repo.join("examples/events.ndjson");
+    let run = pulsehub(
+        ws,
+        &[
+            "plugin",
+            "run",
+            "--plugin",
+            &wasm.display().to_string(),
+            "--events",
+            &events.display().to_string(),
+        ],
+    );
+    assert!(run.status.success(), "plugin run: {}", text(&run.stderr));
+    let lines = text(&run.stdout);
+    let mut counted = 0;
+    for line in lines.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        // The example file ends with an invalid event, on purpose.
+        if line["error"]["kind"] == "bad-event" {
+            continue;
+        }
+        assert_eq!(
+            line["updates"],
+            serde_json::json!([{"op": "increment", "attribute": ATTRIBUTE, "delta": 1}]),
+            "{line}"
+        );
+        counted += 1;
+    }
+    assert_eq!(
+        counted, 3,
+        "the example's valid events are counted:\n{lines}"
+    );
+}
