@@ -203,6 +203,7 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         pipelines.push(Pipeline::archive(
             source,
             archive,
+            metrics.clone(),
             parts.lanes,
             limits,
             Handle::current(),
