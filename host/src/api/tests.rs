@@ -3,6 +3,7 @@
 mod fakes;
 mod health;
 mod ingest;
+mod metrics;
 mod routes;
 
 use std::sync::Arc;
