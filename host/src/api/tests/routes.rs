@@ -327,6 +327,7 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
+        "/metrics",
     ]);
     assert_eq!(paths, routes);
     // Every documented path is routed: none answers the unknown-route problem.
