@@ -379,6 +379,18 @@ impl PulseHub {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /metrics`, parsed.
+    async fn metrics(&self) -> Samples {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics answers");
+        assert_eq!(response.status().as_u16(), 200, "GET /metrics");
+        Samples::parse(&response.text().await.expect("the metrics text"))
+    }
+
     async fn profile(&self, user: &str) -> Option<Value> {
         let (status, body) = self.get_json(&format!("/api/v1/profiles/{user}")).await;
         match status {
@@ -429,6 +441,65 @@ impl Drop for PulseHub {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The samples of a Prometheus text page: name, labels, value.
+#[derive(Debug)]
+struct Samples(Vec<(String, BTreeMap<String, String>, f64)>);
+
+impl Samples {
+    /// Enough of the text format for PulseHub's own output: label values
+    /// hold no quotes or commas.
+    fn parse(text: &str) -> Samples {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once("=\"").expect("label=\"value\"");
+                    (key.to_owned(), value.trim_end_matches('"').to_owned())
+                })
+                .collect();
+            samples.push((name.to_owned(), labels, value));
+        }
+        Samples(samples)
+    }
+
+    /// The samples of `name` whose labels include `labels`.
+    fn matching<'s>(
+        &'s self,
+        name: &'s str,
+        labels: &'s [(&str, &str)],
+    ) -> impl Iterator<Item = (&'s BTreeMap<String, String>, f64)> + 's {
+        self.0.iter().filter_map(move |(n, l, v)| {
+            let wanted = n == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| l.get(*key).is_some_and(|v| v == value));
+            wanted.then_some((l, *v))
+        })
+    }
+
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    /// The values of label `key` among the samples of `name`.
+    fn label_values(&self, name: &str, labels: &[(&str, &str)], key: &str) -> BTreeSet<String> {
+        self.matching(name, labels)
+            .filter_map(|(l, _)| l.get(key).cloned())
+            .collect()
     }
 }
 
@@ -552,6 +623,81 @@ async fn profiles_over_rest_match_counts_computed_by_the_test() {
         .find(|(_, p)| p.contains(&format!("\"event_id\":\"{id}\"")))
         .expect("the archived event was produced");
     assert_eq!(payload, original.1);
+
+    // /metrics tells the same story: each role consumed every event once from
+    // the four partitions and caught up with them, and each plugin saw the
+    // events it subscribes to.
+    let sent = events.len() as f64;
+    let consumed = "pulsehub_events_consumed_total";
+    let lag = "pulsehub_consumer_lag";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let metrics = hub.metrics().await;
+        let caught_up = ["enrich", "archive"].iter().all(|&role| {
+            metrics.sum(consumed, &[("role", role)]) == sent
+                && metrics
+                    .label_values(lag, &[("role", role)], "partition")
+                    .len()
+                    == 4
+                && metrics.sum(lag, &[("role", role)]) == 0.0
+        });
+        if caught_up {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sent} events sent; {metrics:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let partitions: BTreeSet<String> = (0..4).map(|p| p.to_string()).collect();
+    assert_eq!(
+        metrics.label_values(consumed, &[("role", "enrich")], "partition"),
+        partitions
+    );
+    let page_views: i64 = expected.values().map(|e| e.page_views).sum();
+    for (plugin, events) in [
+        ("device-classifier", sent),
+        ("last-active", sent),
+        ("page-view-counter", page_views as f64),
+    ] {
+        let labels = [("plugin", plugin), ("version", "1.0.0")];
+        assert_eq!(
+            metrics.sum("pulsehub_plugin_events_total", &labels),
+            events,
+            "{plugin}"
+        );
+    }
+    let timed = "pulsehub_store_operation_duration_seconds_count";
+    for (store, operation) in [
+        ("postgres", "commit"),
+        ("postgres", "archive"),
+        ("redis", "put"),
+        ("redis", "get"),
+    ] {
+        let calls = metrics.sum(timed, &[("store", store), ("operation", operation)]);
+        assert!(calls > 0.0, "no {store} {operation} timed: {metrics:#?}");
+    }
+    assert!(metrics.sum("pulsehub_commit_duration_seconds_count", &[]) > 0.0);
+    assert!(metrics.sum("pulsehub_batch_events_sum", &[("role", "enrich")]) >= sent);
+    for result in ["hit", "miss"] {
+        let lookups = metrics.sum("pulsehub_cache_lookups_total", &[("result", result)]);
+        assert!(lookups > 0.0, "no cache {result}: {metrics:#?}");
+    }
+    // Every profile was read at least once; the unknown one answered 404.
+    let profiles = [("route", "/api/v1/profiles/{user_id}"), ("method", "GET")];
+    let requests = "pulsehub_http_requests_total";
+    let found = [profiles[0], profiles[1], ("status", "200")];
+    assert!(metrics.sum(requests, &found) >= expected.len() as f64);
+    let unknown = [profiles[0], profiles[1], ("status", "404")];
+    assert!(metrics.sum(requests, &unknown) >= 1.0);
+    let durations = "pulsehub_http_request_duration_seconds_count";
+    assert!(metrics.sum(durations, &profiles) > expected.len() as f64);
+    let routes = metrics.label_values(requests, &[], "route");
+    assert!(
+        routes.iter().all(|r| !r.contains("e2e-")),
+        "a raw path became a label: {routes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

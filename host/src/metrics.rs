@@ -10,12 +10,18 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::http::{Method, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::store::DeadReason;
+
+#[cfg(test)]
+mod tests;
 
 /// Labels of a plugin version.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,11 +79,129 @@ pub struct PluginMetrics {
     pub actions: Family<PluginActionLabels, Counter>,
 }
 
+/// Which pipeline a series belongs to: the `role` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PipelineRole {
+    Enrich,
+    Archive,
+}
+
+impl PipelineRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineRole::Enrich => "enrich",
+            PipelineRole::Archive => "archive",
+        }
+    }
+}
+
+/// The backend behind a store operation: the `store` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Postgres,
+    Redis,
+    Embedded,
+    /// The dead-letter topic and the event publisher.
+    Kafka,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Redis => "redis",
+            Backend::Embedded => "embedded",
+            Backend::Kafka => "kafka",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// `enrich` or `archive`.
+    pub role: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub role: &'static str,
+    pub partition: i32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    /// `bad_event` or `plugin_error`.
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `postgres`, `redis`, `embedded` or `kafka`.
+    pub store: &'static str,
+    /// The trait method: `commit`, `offsets`, `profile`, `ping`, `put`,
+    /// `get`, `archive`, `dead_letters`, `publish`.
+    pub operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template (`/api/v1/profiles/{user_id}`), or `unmatched`.
+    pub route: String,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRouteLabels {
+    pub route: String,
+    pub method: &'static str,
+}
+
+/// The enrich and archive pipelines' series.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    /// Records handled (committed or archived), per partition.
+    pub events_consumed: Family<PartitionLabels, Counter>,
+    /// Records behind the end of each partition this process reads.
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Records per batch a lane received.
+    pub batch_events: Family<RoleLabels, Histogram, fn() -> Histogram>,
+    /// One attempt at committing a batch to the profile store.
+    pub commit_duration: Histogram,
+    /// Dead letters written (acknowledged by the sink), by reason.
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
+}
+
+/// The stores' series.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    pub operation_duration: Family<StoreLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<StoreLabels, Counter>,
+    /// Profile lookups of the API against the hot cache.
+    pub cache_lookups: Family<CacheLabels, Counter>,
+}
+
+/// The REST API's series.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    pub requests: Family<HttpLabels, Counter>,
+    pub request_duration: Family<HttpRouteLabels, Histogram, fn() -> Histogram>,
+}
+
 /// The process's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub plugins: PluginMetrics,
+    pub pipeline: PipelineMetrics,
+    pub stores: StoreMetrics,
+    pub http: HttpMetrics,
     /// The state series each plugin shows now, to remove it on a change.
     plugin_states: Mutex<HashMap<String, PluginStateLabels>>,
 }
@@ -85,6 +209,11 @@ pub struct Metrics {
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~42 s.
     Histogram::new(exponential_buckets(0.000_01, 2.5, 17))
+}
+
+fn batch_size_histogram() -> Histogram {
+    // 1 .. 32768 events.
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -134,9 +263,15 @@ impl Metrics {
             "Changes to the running plugins: load, replace, rollback, remove, quarantine, lift, auto_rollback",
             plugins.actions.clone(),
         );
+        let pipeline = PipelineMetrics::register(&mut registry);
+        let stores = StoreMetrics::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         Self {
             registry,
             plugins,
+            pipeline,
+            stores,
+            http,
             plugin_states: Mutex::default(),
         }
     }
@@ -209,5 +344,226 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+}
+
+impl PipelineMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            events_consumed: Family::default(),
+            consumer_lag: Family::default(),
+            batch_events: Family::new_with_constructor(batch_size_histogram),
+            commit_duration: latency_histogram(),
+            dead_letters: Family::default(),
+        };
+        registry.register(
+            "events_consumed",
+            "Records a pipeline handled (committed or archived), per partition",
+            metrics.events_consumed.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records behind the end of each partition this process reads",
+            metrics.consumer_lag.clone(),
+        );
+        registry.register(
+            "batch_events",
+            "Records per batch a lane received",
+            metrics.batch_events.clone(),
+        );
+        registry.register(
+            "commit_duration_seconds",
+            "One attempt at committing an enriched batch with its offsets to the profile store",
+            metrics.commit_duration.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Dead letters written, by reason (bad_event, plugin_error)",
+            metrics.dead_letters.clone(),
+        );
+        metrics
+    }
+}
+
+impl StoreMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            operation_duration: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+            cache_lookups: Family::default(),
+        };
+        registry.register(
+            "store_operation_duration_seconds",
+            "Time of one call to a backend, by store and operation",
+            metrics.operation_duration.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed calls to a backend, by store and operation",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Profile lookups of the API in the hot cache, by result (hit, miss)",
+            metrics.cache_lookups.clone(),
+        );
+        metrics
+    }
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its response, by route template and method",
+            metrics.request_duration.clone(),
+        );
+        metrics
+    }
+}
+
+/// The route label of requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+impl Metrics {
+    /// A lane received a batch of `events` records.
+    pub fn batch_received(&self, role: PipelineRole, events: usize) {
+        self.pipeline
+            .batch_events
+            .get_or_create(&RoleLabels {
+                role: role.as_str(),
+            })
+            .observe(events as f64);
+    }
+
+    /// `events` records of `partition` were handled.
+    pub fn events_consumed(&self, role: PipelineRole, partition: i32, events: u64) {
+        self.pipeline
+            .events_consumed
+            .get_or_create(&PartitionLabels {
+                role: role.as_str(),
+                partition,
+            })
+            .inc_by(events);
+    }
+
+    /// `partition` is `lag` records behind its end.
+    pub fn consumer_lag(&self, role: PipelineRole, partition: i32, lag: i64) {
+        self.pipeline
+            .consumer_lag
+            .get_or_create(&PartitionLabels {
+                role: role.as_str(),
+                partition,
+            })
+            .set(lag);
+    }
+
+    /// This process no longer reads `partition`: its lag series goes.
+    pub fn partition_released(&self, role: PipelineRole, partition: i32) {
+        self.pipeline.consumer_lag.remove(&PartitionLabels {
+            role: role.as_str(),
+            partition,
+        });
+    }
+
+    /// One attempt at committing a batch, successful or not.
+    pub fn commit_attempt(&self, elapsed: Duration) {
+        self.pipeline.commit_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Dead letters the sink acknowledged.
+    pub fn dead_letters<'a>(&self, reasons: impl IntoIterator<Item = &'a DeadReason>) {
+        for reason in reasons {
+            let reason = match reason {
+                DeadReason::BadEvent { .. } => "bad_event",
+                DeadReason::PluginError { .. } => "plugin_error",
+            };
+            self.pipeline
+                .dead_letters
+                .get_or_create(&DeadLetterLabels { reason })
+                .inc();
+        }
+    }
+
+    /// One call to a backend, and whether it succeeded.
+    pub fn store_operation(
+        &self,
+        store: Backend,
+        operation: &'static str,
+        elapsed: Duration,
+        ok: bool,
+    ) {
+        let labels = StoreLabels {
+            store: store.as_str(),
+            operation,
+        };
+        self.stores
+            .operation_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.stores.errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A profile lookup found the profile in the cache (`hit`) or not.
+    pub fn cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.stores
+            .cache_lookups
+            .get_or_create(&CacheLabels { result })
+            .inc();
+    }
+
+    /// One answered request. `route` is the matched route template, or
+    /// `None` for a request no route matched: never the raw path, whose
+    /// values are unbounded.
+    pub fn http_request(
+        &self,
+        route: Option<&str>,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let route = route.unwrap_or(UNMATCHED_ROUTE).to_owned();
+        let method = method_label(method);
+        self.http
+            .requests
+            .get_or_create(&HttpLabels {
+                route: route.clone(),
+                method,
+                status: status.as_u16(),
+            })
+            .inc();
+        self.http
+            .request_duration
+            .get_or_create(&HttpRouteLabels { route, method })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The standard methods by name; anything else (clients may send any token)
+/// as `other`, to keep the label's values bounded.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
     }
 }

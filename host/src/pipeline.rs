@@ -14,12 +14,16 @@
 //! backoff while the lane waits; nothing moves until they succeed. The cache
 //! is the exception: a failed write-through is logged and the cache repairs
 //! itself, since PostgreSQL remains the truth.
+//!
+//! Each pipeline records its records per partition, batch sizes, commit
+//! attempts and dead letters in [`Metrics`], and asks its source for the
+//! consumer lag every [`LAG_EVERY`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::runtime::Handle;
@@ -27,12 +31,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chain::{Chain, ChainWorker};
 use crate::event::Event;
+use crate::metrics::{Metrics, PipelineRole};
 use crate::profile::now_ms;
 use crate::source::{Batch, BatchLimits, LaneReceiver, Lanes, Record, Source};
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, DeadReason, EventArchive,
     OffsetRange, ProfileCache, ProfileStore, StoreResult,
 };
+
+/// How often a pipeline asks its source how far behind it is.
+pub const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters of one pipeline, shared by its lanes.
 #[derive(Debug, Default)]
@@ -66,7 +74,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts the enrich role: `source` read by `group` into `lanes` lanes,
-    /// each with its own instances of `chain`'s plugins.
+    /// each with its own instances of `chain`'s plugins. Records into the
+    /// chain's metrics.
     pub fn enrich(
         source: Arc<dyn Source>,
         group: &str,
@@ -78,6 +87,7 @@ impl Pipeline {
     ) -> anyhow::Result<Pipeline> {
         let stats = Arc::new(PipelineStats::default());
         let stop = CancellationToken::new();
+        let metrics = chain.metrics().clone();
         let mut handlers: Vec<Box<dyn FnMut(Batch) + Send>> = Vec::new();
         for _ in 0..lanes.max(1) {
             let mut lane = EnrichLane {
@@ -89,17 +99,26 @@ impl Pipeline {
                 runtime: runtime.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),
+                metrics: metrics.clone(),
             };
             handlers.push(Box::new(move |batch| lane.process(batch)));
         }
-        Self::start("enrich", source, handlers, limits, stop, stats)
+        let running = Running {
+            role: PipelineRole::Enrich,
+            stop,
+            stats,
+            metrics,
+            runtime,
+        };
+        Self::start(running, source, handlers, limits)
     }
 
     /// Starts the archive role: `source` (read by the archive group) into
-    /// `archive`, idempotently by event id.
+    /// `archive`, idempotently by event id, recording into `metrics`.
     pub fn archive(
         source: Arc<dyn Source>,
         archive: Arc<dyn EventArchive>,
+        metrics: Arc<Metrics>,
         lanes: usize,
         limits: BatchLimits,
         runtime: Handle,
@@ -114,31 +133,46 @@ impl Pipeline {
                 runtime: runtime.clone(),
                 stop: stop.clone(),
                 stats: stats.clone(),
+                metrics: metrics.clone(),
             };
             handlers.push(Box::new(move |batch| lane.process(batch)));
         }
-        Self::start("archive", source, handlers, limits, stop, stats)
+        let running = Running {
+            role: PipelineRole::Archive,
+            stop,
+            stats,
+            metrics,
+            runtime,
+        };
+        Self::start(running, source, handlers, limits)
     }
 
     fn start(
-        role: &str,
+        running: Running,
         source: Arc<dyn Source>,
         handlers: Vec<Box<dyn FnMut(Batch) + Send>>,
         limits: BatchLimits,
-        stop: CancellationToken,
-        stats: Arc<PipelineStats>,
     ) -> anyhow::Result<Pipeline> {
+        let Running {
+            role,
+            stop,
+            stats,
+            metrics,
+            runtime,
+        } = running;
+        let role_name = role.as_str();
         let (lanes, receivers) = Lanes::new(handlers.len(), 2);
         let mut threads = Vec::new();
         for (index, (mut handler, receiver)) in handlers.into_iter().zip(receivers).enumerate() {
             let thread = std::thread::Builder::new()
-                .name(format!("{role}-lane-{index}"))
+                .name(format!("{role_name}-lane-{index}"))
                 .spawn(move || run_lane(receiver, &mut handler))
                 .context("starting a lane thread")?;
             threads.push(thread);
         }
+        runtime.spawn(report_lag(role, source.clone(), metrics, stop.clone()));
         let source_stop = stop.clone();
-        let name = format!("{role}-source");
+        let name = format!("{role_name}-source");
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
@@ -178,6 +212,80 @@ impl Pipeline {
                 tracing::error!("a pipeline thread panicked");
             }
         }
+    }
+}
+
+/// What [`Pipeline::start`] needs besides the source and the lanes.
+struct Running {
+    role: PipelineRole,
+    stop: CancellationToken,
+    stats: Arc<PipelineStats>,
+    metrics: Arc<Metrics>,
+    runtime: Handle,
+}
+
+/// Sets `pulsehub_consumer_lag` from [`Source::lag`] every [`LAG_EVERY`]
+/// until `stop`, and removes the series of partitions the source no longer
+/// reads. When the source cannot tell (the broker is away), the last values
+/// stay.
+async fn report_lag(
+    role: PipelineRole,
+    source: Arc<dyn Source>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut shown: Vec<i32> = Vec::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(LAG_EVERY) => {}
+        }
+        // The source may ask the broker: off the async workers.
+        let asked = source.clone();
+        let lag = match tokio::task::spawn_blocking(move || asked.lag()).await {
+            Ok(Ok(lag)) => lag,
+            Ok(Err(error)) => {
+                tracing::debug!(role = role.as_str(), "consumer lag unknown: {error:#}");
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    role = role.as_str(),
+                    "reading the consumer lag failed: {error}"
+                );
+                continue;
+            }
+        };
+        for &partition in &shown {
+            if !lag.iter().any(|&(p, _)| p == partition) {
+                metrics.partition_released(role, partition);
+            }
+        }
+        for &(partition, behind) in &lag {
+            metrics.consumer_lag(role, partition, behind);
+        }
+        shown = lag.into_iter().map(|(partition, _)| partition).collect();
+    }
+    for partition in shown {
+        metrics.partition_released(role, partition);
+    }
+}
+
+/// Counts `records` as consumed, per partition.
+fn count_consumed<'r>(
+    metrics: &Metrics,
+    role: PipelineRole,
+    records: impl IntoIterator<Item = &'r Record>,
+) {
+    let mut counts: Vec<(i32, u64)> = Vec::new();
+    for record in records {
+        match counts.iter_mut().find(|(p, _)| *p == record.partition) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((record.partition, 1)),
+        }
+    }
+    for (partition, count) in counts {
+        metrics.events_consumed(role, partition, count);
     }
 }
 
@@ -231,10 +339,13 @@ struct EnrichLane {
     runtime: Handle,
     stop: CancellationToken,
     stats: Arc<PipelineStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl EnrichLane {
     fn process(&mut self, batch: Batch) {
+        self.metrics
+            .batch_received(PipelineRole::Enrich, batch.records.len());
         loop {
             if self.known.is_none() {
                 let (store, group, topic) = (&self.targets.store, &self.group, &*batch.topic);
@@ -273,6 +384,7 @@ impl EnrichLane {
                     self.stats
                         .records
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    count_consumed(&self.metrics, PipelineRole::Enrich, records);
                     return;
                 }
                 // Another consumer moved a partition: learn where, go again.
@@ -338,6 +450,8 @@ impl EnrichLane {
             stats
                 .dead_letters
                 .fetch_add(letters.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .dead_letters(letters.iter().map(|letter| &letter.reason));
         }
 
         let next = next_offsets(records.iter().copied());
@@ -352,6 +466,7 @@ impl EnrichLane {
         let store = &self.targets.store;
         let group = self.group.as_str();
         let changes = &outcome.changes;
+        let metrics = &self.metrics;
         let committed = retry(runtime, stop, stats, "committing a batch", async || {
             let commit = Commit {
                 group,
@@ -360,7 +475,10 @@ impl EnrichLane {
                 offsets: &offsets,
                 now_ms: now_ms(),
             };
-            store.commit(commit).await
+            let started = Instant::now();
+            let result = store.commit(commit).await;
+            metrics.commit_attempt(started.elapsed());
+            result
         })?;
         let profiles = match committed {
             CommitOutcome::Applied(profiles) => profiles,
@@ -406,10 +524,13 @@ struct ArchiveLane {
     runtime: Handle,
     stop: CancellationToken,
     stats: Arc<PipelineStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl ArchiveLane {
     fn process(&self, batch: Batch) {
+        self.metrics
+            .batch_received(PipelineRole::Archive, batch.records.len());
         let topic = &*batch.topic;
         let mut events = Vec::with_capacity(batch.records.len());
         let next = next_offsets(&batch.records);
@@ -449,6 +570,7 @@ impl ArchiveLane {
         self.stats
             .records
             .fetch_add(batch.records.len() as u64, Ordering::Relaxed);
+        count_consumed(&self.metrics, PipelineRole::Archive, &batch.records);
         self.source.committed(&next);
     }
 }

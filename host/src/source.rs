@@ -91,4 +91,10 @@ pub trait Source: Send + Sync + 'static {
     /// offset to read per partition. Kafka commits it to the group (so lag is
     /// visible); the group's truth stays in the store.
     fn committed(&self, _offsets: &[(i32, i64)]) {}
+
+    /// How far this consumer is behind: for each partition it reads now,
+    /// the records between the last one committed and the end of the
+    /// partition. Called every few seconds from a blocking thread, while
+    /// [`Source::run`] runs on its own; it may ask the broker.
+    fn lag(&self) -> anyhow::Result<Vec<(i32, i64)>>;
 }

@@ -9,10 +9,12 @@
 //!   method, body limit, timeout).
 //! - `openapi`: the OpenAPI 3.1 document of all of the above, served at
 //!   `/api/v1/openapi.json`.
+//! - `http_metrics`: every request counted and timed by route template.
 
 mod admin;
 mod events;
 mod health;
+mod http_metrics;
 mod openapi;
 mod plugins;
 mod problem;
@@ -106,6 +108,7 @@ pub struct AppState {
 /// The whole REST API.
 pub fn router(state: AppState) -> Router {
     let limits = state.limits.clone();
+    let metrics = state.metrics.clone();
     let mut router = Router::new()
         .route("/api/v1/profiles/{user_id}", get(profiles::get_profile))
         // `{user_id}` never matches an empty segment; answer that as the bad
@@ -164,6 +167,13 @@ pub fn router(state: AppState) -> Router {
             problem::finish,
         ))
         .layer(TraceLayer::new_for_http())
+        // Outermost: sees the final status (problems included) and the
+        // whole time. Route layers run after routing, so the matched route
+        // template is known.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            http_metrics::record,
+        ))
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 mod fakes;
 mod health;
 mod ingest;
+mod metrics;
 pub(crate) mod routes;
 
 use std::sync::Arc;

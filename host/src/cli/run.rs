@@ -17,11 +17,12 @@ use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource};
 use pulsehub::manager::audit::{AuditLog, FileAudit};
 use pulsehub::manager::disk::Registry;
 use pulsehub::manager::{ManagerConfig, PluginManager, watch};
-use pulsehub::metrics::Metrics;
+use pulsehub::metrics::{Backend, Metrics};
 use pulsehub::pipeline::{EnrichTargets, Pipeline, batch_limits};
 use pulsehub::plugin::{HostLimits, QuarantinePolicy, Runtime};
 use pulsehub::source::Source;
 use pulsehub::store::embedded::EmbeddedStore;
+use pulsehub::store::instrumented;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::reader::ProfileReader;
 use pulsehub::store::redis::RedisCache;
@@ -139,13 +140,38 @@ struct Parts {
     description: String,
 }
 
+impl Parts {
+    /// Every backend wrapped to record its calls in `metrics`, labelled by
+    /// the backend `mode` runs it on.
+    fn instrumented(mut self, mode: Mode, metrics: &Arc<Metrics>) -> Parts {
+        let (database, cache, kafka) = match mode {
+            Mode::Embedded => (Backend::Embedded, Backend::Embedded, Backend::Embedded),
+            Mode::Services => (Backend::Postgres, Backend::Redis, Backend::Kafka),
+        };
+        self.store = instrumented::profile_store(self.store, database, metrics);
+        self.cache = self
+            .cache
+            .map(|c| instrumented::profile_cache(c, cache, metrics));
+        self.publisher = instrumented::event_publisher(self.publisher, kafka, metrics);
+        if let Some(enrich) = &mut self.enrich {
+            enrich.dead_letters =
+                instrumented::dead_letter_sink(enrich.dead_letters.clone(), kafka, metrics);
+        }
+        if let Some((_, archive)) = &mut self.archive {
+            *archive = instrumented::event_archive(archive.clone(), database, metrics);
+        }
+        self
+    }
+}
+
 async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let role = args.role;
     let metrics = Arc::new(Metrics::new());
     let parts = match config.mode() {
         Mode::Embedded => embedded(&config, role)?,
         Mode::Services => services(&config, role).await?,
-    };
+    }
+    .instrumented(config.mode(), &metrics);
     let stop = CancellationToken::new();
     let (chain, manager) = plugins(&config, role, &metrics, parts.audit.clone(), &stop).await?;
     let limits = batch_limits(
@@ -179,6 +205,7 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         pipelines.push(Pipeline::archive(
             source,
             archive,
+            metrics.clone(),
             parts.lanes,
             limits,
             Handle::current(),
@@ -210,7 +237,10 @@ async fn serve(config: Config, args: RunArgs) -> anyhow::Result<ExitCode> {
             })?;
         let address = listener.local_addr()?;
         let state = AppState {
-            profiles: Arc::new(ProfileReader::new(parts.store.clone(), parts.cache.clone())),
+            profiles: Arc::new(
+                ProfileReader::new(parts.store.clone(), parts.cache.clone())
+                    .with_metrics(metrics.clone()),
+            ),
             store: parts.store.clone(),
             cache: parts.cache.clone(),
             publisher: parts.publisher.clone(),

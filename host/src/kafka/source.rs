@@ -6,6 +6,10 @@
 //! the consumer asks the store where to resume, and Kafka's own group offsets
 //! are only written afterwards, for lag dashboards. The archive role has no
 //! such store and resumes from the group's committed offsets.
+//!
+//! The consumer lag ([`Source::lag`]) is the broker's high watermark minus
+//! the next offset the lanes committed (or the partition started at), asked
+//! of the broker only when the pipeline asks, every few seconds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +32,9 @@ use crate::store::ProfileStore;
 
 /// Longest a poll blocks, so that `stop` and batch deadlines are honoured.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long [`Source::lag`] waits for each answer of the broker.
+const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One consumer of `group` on `topic`.
 pub struct KafkaSource {
@@ -56,6 +63,7 @@ impl KafkaSource {
             stop: Mutex::new(stopped()),
             moved: Mutex::new(Vec::new()),
             rebalanced: AtomicBool::new(false),
+            positions: Mutex::new(HashMap::new()),
         };
         let consumer: BaseConsumer<SourceContext> = client_config(brokers)
             .set("group.id", group)
@@ -148,6 +156,7 @@ impl Source for KafkaSource {
     /// Commits asynchronously: these offsets only make the group's lag
     /// visible, the store holds the truth.
     fn committed(&self, offsets: &[(i32, i64)]) {
+        self.consumer.context().note_positions(offsets);
         let mut list = TopicPartitionList::with_capacity(offsets.len());
         for &(partition, next) in offsets {
             if let Err(error) =
@@ -160,6 +169,67 @@ impl Source for KafkaSource {
         if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
             tracing::debug!(topic = %self.topic, "offsets not committed to the group: {error}");
         }
+    }
+
+    /// One watermark request per assigned partition (a network round trip
+    /// each, on the caller's thread): the caller asks every few seconds.
+    fn lag(&self) -> anyhow::Result<Vec<(i32, i64)>> {
+        self.lag_of_assigned()
+            .with_context(|| format!("consumer lag on Kafka topic {}", self.topic))
+    }
+}
+
+impl KafkaSource {
+    /// The next offset to read of each partition in `partitions`: what the
+    /// lanes last committed or the assignment started at, else the group's
+    /// committed offset (asked of the broker); absent when there is none.
+    fn next_offsets(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
+        let mut next = self.consumer.context().positions();
+        next.retain(|partition, _| partitions.contains(partition));
+        let mut unknown = TopicPartitionList::new();
+        for &partition in partitions {
+            if !next.contains_key(&partition) {
+                unknown.add_partition(&self.topic, partition);
+            }
+        }
+        if unknown.count() > 0 {
+            let committed = self
+                .consumer
+                .committed_offsets(unknown, LAG_TIMEOUT)
+                .context("reading the group's committed offsets")?;
+            for element in committed.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    next.insert(element.partition(), offset);
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    fn lag_of_assigned(&self) -> anyhow::Result<Vec<(i32, i64)>> {
+        let assigned = self
+            .consumer
+            .assignment()
+            .context("reading the partition assignment")?;
+        let partitions: Vec<i32> = assigned
+            .elements()
+            .iter()
+            .filter(|element| element.topic() == &*self.topic)
+            .map(|element| element.partition())
+            .collect();
+        let next = self.next_offsets(&partitions)?;
+        let mut lag = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, partition, LAG_TIMEOUT)
+                .with_context(|| format!("reading the watermarks of partition {partition}"))?;
+            // Without an offset the consumer starts at the earliest record
+            // (`auto.offset.reset`), as it does below a trimmed log's start.
+            let from = next.get(&partition).copied().unwrap_or(low).max(low);
+            lag.push((partition, (high - from).max(0)));
+        }
+        Ok(lag)
     }
 }
 
@@ -200,6 +270,11 @@ struct SourceContext {
     moved: Mutex<Vec<i32>>,
     /// Whether `moved` has anything, so the loop checks without locking.
     rebalanced: AtomicBool,
+    /// Partition → next offset to read, as the lanes last committed it or
+    /// the assignment started it (for the lag). Partitions taken away are
+    /// dropped; a lane finishing a batch of one afterwards may put it back,
+    /// which is harmless since the lag only looks at assigned partitions.
+    positions: Mutex<HashMap<i32, i64>>,
 }
 
 impl SourceContext {
@@ -218,6 +293,43 @@ impl SourceContext {
         let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
         moved.extend(list.elements().iter().map(|e| e.partition()));
         self.rebalanced.store(true, Ordering::Release);
+    }
+
+    fn note_positions(&self, offsets: &[(i32, i64)]) {
+        let mut positions = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        positions.extend(offsets.iter().copied());
+    }
+
+    fn positions(&self) -> HashMap<i32, i64> {
+        self.positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The partitions of `list` start where it says; those it leaves to the
+    /// group's offsets (or `released`) are forgotten.
+    fn reset_positions(&self, list: &TopicPartitionList, released: bool) {
+        let mut positions = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for element in list.elements() {
+            if element.topic() != self.topic {
+                continue;
+            }
+            match element.offset() {
+                Offset::Offset(start) if !released => {
+                    positions.insert(element.partition(), start);
+                }
+                _ => {
+                    positions.remove(&element.partition());
+                }
+            }
+        }
     }
 
     fn take_moved(&self) -> Option<Vec<i32>> {
@@ -298,6 +410,7 @@ impl SourceContext {
             return;
         }
         tracing::info!(group = %self.group, topic = %self.topic, partitions = ?partition_offsets(list), "partitions assigned");
+        self.reset_positions(list, false);
         let result = if cooperative(consumer) {
             consumer.incremental_assign(list)
         } else {
@@ -311,6 +424,7 @@ impl SourceContext {
     fn revoke(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
         self.note_moved(list);
         tracing::info!(group = %self.group, topic = %self.topic, partitions = ?partition_offsets(list), "partitions revoked");
+        self.reset_positions(list, true);
         let result = if cooperative(consumer) {
             consumer.incremental_unassign(list)
         } else {

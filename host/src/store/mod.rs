@@ -12,8 +12,11 @@
 //!
 //! Every error of these traits is infrastructure trouble: the caller retries
 //! with backoff and moves no offset. Bad data never reaches them.
+//!
+//! [`instrumented`] wraps any of them to time its calls and count failures.
 
 pub mod embedded;
+pub mod instrumented;
 pub mod postgres;
 pub mod reader;
 pub mod redis;

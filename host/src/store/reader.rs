@@ -17,6 +17,7 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
 use super::{ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult};
+use crate::metrics::Metrics;
 use crate::profile::Profile;
 
 /// Cache trouble is logged at most this often; the counters see all of it.
@@ -38,6 +39,8 @@ pub struct ReaderStats {
 /// The [`ProfileLookup`] of the API.
 pub struct ProfileReader {
     inner: Arc<Inner>,
+    /// Where cache hits and misses are counted (`pulsehub_cache_lookups_total`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// A store load shared by every lookup of one id while it runs.
@@ -72,7 +75,15 @@ impl ProfileReader {
                 started: Instant::now(),
                 quiet_until_ms: AtomicU64::new(0),
             }),
+            metrics: None,
         }
+    }
+
+    /// Also counts each cache lookup as a hit or a miss in `metrics`. Cache
+    /// failures are neither: the cache's own error series counts them.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn stats(&self) -> ReaderStats {
@@ -82,6 +93,12 @@ impl ProfileReader {
             misses: inner.misses.load(Ordering::Relaxed),
             cache_errors: inner.cache_errors.load(Ordering::Relaxed),
             loads: inner.store_reads.load(Ordering::Relaxed),
+        }
+    }
+
+    fn cache_lookup(&self, hit: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.cache_lookup(hit);
         }
     }
 }
@@ -94,9 +111,10 @@ impl ProfileLookup for ProfileReader {
             match cache.get(user_id).await {
                 Ok(Some(profile)) => {
                     inner.hits.fetch_add(1, Ordering::Relaxed);
+                    self.cache_lookup(true);
                     return Ok(Some(profile));
                 }
-                Ok(None) => {}
+                Ok(None) => self.cache_lookup(false),
                 Err(error) => {
                     inner.cache_trouble("reading a profile from the cache failed", &error);
                     inner.store_reads.fetch_add(1, Ordering::Relaxed);

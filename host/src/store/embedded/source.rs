@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use redb::ReadableDatabase;
 use tokio_util::sync::CancellationToken;
 
-use super::{INBOX, INBOX_PARTITION, INBOX_TOPIC, Inner, OFFSETS};
+use super::{INBOX, INBOX_NEXT, INBOX_PARTITION, INBOX_TOPIC, Inner, META, OFFSETS};
 use crate::source::{Batch, BatchLimits, Lanes, Record, Source};
 
 /// How often a caught-up source looks at its stop token at the least.
@@ -37,6 +37,13 @@ impl EmbeddedSource {
             .get((self.group.as_str(), INBOX_TOPIC, INBOX_PARTITION))?
             .map_or(0, |next| next.value());
         Ok(u64::try_from(stored).unwrap_or(0))
+    }
+
+    /// The offset the next published event gets.
+    fn end(&self) -> anyhow::Result<u64> {
+        let txn = self.inner.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(INBOX_NEXT)?.map_or(0, |next| next.value()))
     }
 
     /// Up to `limit` inbox records from offset `from` on.
@@ -102,6 +109,16 @@ impl Source for EmbeddedSource {
             }
         }
         Ok(())
+    }
+
+    /// The inbox's end minus the group's stored offset: for the enrich
+    /// group what its commits hold, for the archive group its progress.
+    fn lag(&self) -> anyhow::Result<Vec<(i32, i64)>> {
+        let context = || format!("reading the inbox lag of group {}", self.group);
+        let end = self.end().with_context(context)?;
+        let committed = self.start().with_context(context)?;
+        let behind = i64::try_from(end.saturating_sub(committed)).unwrap_or(i64::MAX);
+        Ok(vec![(INBOX_PARTITION, behind)])
     }
 
     /// Stores the group's progress when it moved (the archive group's only

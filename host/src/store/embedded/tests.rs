@@ -438,6 +438,29 @@ async fn committed_moves_a_group_forward_only() {
 }
 
 #[tokio::test]
+async fn the_lag_is_the_inbox_end_minus_the_group_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("opens");
+    let enrich = store.source("enrich");
+    let archive = store.source("archive");
+    assert_eq!(enrich.lag().expect("reads"), vec![(0, 0)], "empty inbox");
+
+    let events: Vec<OutgoingEvent> = (0..10).map(|n| event("u-1", n)).collect();
+    store.publish(&events).await.expect("publishes");
+    commit(&store, "enrich", &ProfileChanges::new(), None, 6).await;
+    archive.committed(&[(0, 9)]);
+    assert_eq!(enrich.lag().expect("reads"), vec![(0, 4)]);
+    assert_eq!(archive.lag().expect("reads"), vec![(0, 1)]);
+
+    // Trimmed entries do not count: the end is the next offset to publish.
+    commit(&store, "enrich", &ProfileChanges::new(), Some(6), 10).await;
+    archive.committed(&[(0, 10)]);
+    assert!(inbox_offsets(&store).is_empty());
+    store.publish(&[event("u-2", 10)]).await.expect("publishes");
+    assert_eq!(enrich.lag().expect("reads"), vec![(0, 1)]);
+}
+
+#[tokio::test]
 async fn the_inbox_keeps_what_the_slowest_reader_needs() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path()).expect("opens");
@@ -588,6 +611,7 @@ async fn the_pipelines_run_on_the_embedded_store() {
     let archive = Pipeline::archive(
         archive_source,
         Arc::new(store.clone()),
+        chain.metrics().clone(),
         1,
         limits,
         Handle::current(),
@@ -632,4 +656,45 @@ async fn the_pipelines_run_on_the_embedded_store() {
     );
     drop(txn);
     assert!(inbox_offsets(&store).is_empty());
+
+    // Every record counted once per role, the bad one as a dead letter.
+    let text = chain.metrics().render();
+    let series = |name: &str, labels: &str| -> Option<f64> {
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    };
+    let consumed = "pulsehub_events_consumed_total";
+    let all = Some(total as f64);
+    assert_eq!(
+        series(consumed, r#"role="enrich",partition="0""#),
+        all,
+        "{text}"
+    );
+    assert_eq!(
+        series(consumed, r#"role="archive",partition="0""#),
+        all,
+        "{text}"
+    );
+    let letters = r#"reason="bad_event""#;
+    assert_eq!(
+        series("pulsehub_dead_letters_total", letters),
+        Some(1.0),
+        "{text}"
+    );
+    for role in ["enrich", "archive"] {
+        let received = series("pulsehub_batch_events_sum", &format!(r#"role="{role}""#));
+        assert!(
+            received >= all,
+            "{role}: {received:?} events in batches\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(
+            |line| line.starts_with("pulsehub_commit_duration_seconds_count ")
+                && line != "pulsehub_commit_duration_seconds_count 0"
+        ),
+        "{text}"
+    );
 }
