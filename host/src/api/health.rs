@@ -121,14 +121,15 @@ async fn check(ping: impl Future<Output = StoreResult<()>>) -> Check {
     }
 }
 
-/// The Prometheus text exposition format, version 0.0.4.
-const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// prometheus-client writes OpenMetrics text (counter families typed without
+/// their `_total` suffix, a closing `# EOF`); Prometheus reads it as such.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "health",
-    responses((status = 200, description = "Every metric, in the Prometheus text format", content_type = "text/plain"))
+    responses((status = 200, description = "Every metric, in the Prometheus text format", content_type = "application/openmetrics-text"))
 )]
 pub(super) async fn metrics(State(state): State<AppState>) -> impl axum::response::IntoResponse {
     (
