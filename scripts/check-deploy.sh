@@ -54,6 +54,10 @@ echo "check-deploy: using $promtool ($("$promtool" --version 2>&1 | head -n1))"
 "$promtool" check rules deploy/prometheus/alerts.yml
 "$promtool" test rules deploy/prometheus/alerts.test.yml
 
+if ! python3 -c 'import yaml' 2> /dev/null; then
+    echo "check-deploy: installing PyYAML for the dashboard check (pip)" >&2
+    python3 -m pip install --quiet pyyaml || fail "PyYAML is missing and pip could not install it"
+fi
 python3 scripts/check-deploy-promql.py
 
 if docker compose version > /dev/null 2>&1; then

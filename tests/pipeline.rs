@@ -1244,7 +1244,8 @@ async fn broken_plugin_uploads_are_refused_and_change_nothing() {
     let plugins = builtin_plugin_dir();
     let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path());
     hub.kill();
-    hub.set_env("PULSEHUB_PLUGIN_MAX_COMPONENT_BYTES", "100000");
+    // device-classifier, the largest built-in, is about 1.3 MB.
+    hub.set_env("PULSEHUB_PLUGIN_MAX_COMPONENT_BYTES", "2000000");
     hub.start();
     hub.wait_ready().await;
     let before = installed(&hub).await;
@@ -1296,7 +1297,7 @@ async fn broken_plugin_uploads_are_refused_and_change_nothing() {
     assert_ne!(clash, manifest);
     let core_module = wat::parse_str("(module)").expect("wat");
     let empty_component = wat::parse_str("(component)").expect("wat");
-    let oversized = vec![0_u8; 150_000];
+    let oversized = vec![0_u8; 2_500_000];
     let cases: Vec<(&str, &str, Option<&str>, Option<&[u8]>, u16, &str)> = vec![
         (
             "garbage",
@@ -1405,7 +1406,7 @@ async fn broken_plugin_uploads_are_refused_and_change_nothing() {
         .put_plugin(
             "chaos",
             Some(&manifest),
-            Some(&vec![0_u8; 2 << 20]),
+            Some(&vec![0_u8; 4 << 20]),
             Some(ADMIN_TOKEN),
         )
         .await;

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in the order a developer wants
-//! to hear about failures: plugins build, services up, formatting, lints,
-//! tests, benches compile.
+//! to hear about failures: plugins build, services up, the monitoring files,
+//! formatting, lints, tests, benches compile.
 
 use std::path::Path;
 use std::process::Command;
@@ -37,6 +37,17 @@ pub fn run(root: &Path) -> Result<()> {
         .context("cannot run scripts/services.sh")?;
     if !status.success() {
         bail!("scripts/services.sh failed ({status}): the test services are not available");
+    }
+    // The Prometheus configuration, alert rules (with their unit tests) and
+    // the Grafana dashboard that docker-compose.yml runs.
+    println!("xtask: scripts/check-deploy.sh");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/check-deploy.sh"))
+        .current_dir(root)
+        .status()
+        .context("cannot run scripts/check-deploy.sh")?;
+    if !status.success() {
+        bail!("scripts/check-deploy.sh failed ({status})");
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for step in STEPS {
