@@ -54,12 +54,12 @@ cp "$WORK/v1.toml" "$WORK/plugins/chaos.toml"
 # Upload-to-active on an idle host (embedded, fresh registry each time): a
 # first upload compiles; the next, a new manifest for the same component,
 # loads the cached machine code.
-COLD=(); WARM=()
+COLD=(); WARM=(); START_COLD=(); START_WARM=()
 for run in 1 2 3 4 5; do
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     env -i PATH="$PATH" HOME="$HOME" PULSEHUB_DATA_DIR="$WORK/idle-$run" \
-        PULSEHUB_HTTP_ADDR="127.0.0.1:$port" PULSEHUB_ADMIN_TOKEN="$TOKEN" PULSEHUB_LOG=warn \
-        $BIN run 2>"$WORK/idle-$run.log" &
+        PULSEHUB_HTTP_ADDR="127.0.0.1:$port" PULSEHUB_ADMIN_TOKEN="$TOKEN" PULSEHUB_LOG=info \
+        PULSEHUB_LOG_FORMAT=json $BIN run 2>"$WORK/idle-$run.log" &
     pid=$!; PIDS+=("$pid")
     for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
     read -r code cold < <(put v1 "$port"); [[ $code == 201 ]] || { echo "bench: PUT v1 $code $(cat "$WORK/put.json")" >&2; exit 1; }
@@ -67,6 +67,19 @@ for run in 1 2 3 4 5; do
     echo "idle upload $run: first ${cold}s, second ${warm}s"
     COLD+=("$cold"); WARM+=("$warm")
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    # A restart loads the four plugins' machine code from the cache; the
+    # first start compiled the three built-ins.
+    env -i PATH="$PATH" HOME="$HOME" PULSEHUB_DATA_DIR="$WORK/idle-$run" \
+        PULSEHUB_HTTP_ADDR="127.0.0.1:$port" PULSEHUB_LOG=info \
+        PULSEHUB_LOG_FORMAT=json $BIN run 2>"$WORK/idle-$run-restart.log" &
+    pid=$!; PIDS+=("$pid")
+    for _ in $(seq 1 200); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    first_ms=$(grep -o 'plugins ready.*elapsed_ms[^0-9]*[0-9]*' "$WORK/idle-$run.log" | grep -o '[0-9]*$' || true)
+    again_ms=$(grep -o 'plugins ready.*elapsed_ms[^0-9]*[0-9]*' "$WORK/idle-$run-restart.log" | grep -o '[0-9]*$' || true)
+    echo "idle start $run: plugins ready in ${first_ms:-?} ms (3 compiled), restart ${again_ms:-?} ms (4 from the cache)"
+    [[ -n "$first_ms" ]] && START_COLD+=("$first_ms")
+    [[ -n "$again_ms" ]] && START_WARM+=("$again_ms")
 done
 
 TOPIC="${RUN_ID}_events"
@@ -124,6 +137,7 @@ echo
 echo "== medians =="
 echo "upload to active, first upload (compiles):      $(ms "$(printf '%s\n' "${COLD[@]}" | median)") ms (5 runs)"
 echo "upload to active, new manifest (cached code):   $(ms "$(printf '%s\n' "${WARM[@]}" | median)") ms (5 runs)"
+echo "start, plugins ready: first (compiles 3):      $(printf '%s\n' "${START_COLD[@]}" | median) ms; restart (4 cached): $(printf '%s\n' "${START_WARM[@]}" | median) ms"
 echo "upload to active during load, median / p90:     $(ms "$(printf '%s\n' "${SWAPS[@]}" | median)") / $(ms "$(printf '%s\n' "${SWAPS[@]}" | p90)") ms (${#SWAPS[@]} swaps)"
 echo "steady state:                                   $steady events/s"
 echo "swapping every 0.5 s:                           $swapping events/s ($(awk -v a="$swapping" -v b="$steady" 'BEGIN{printf "%.2f", a/b}') x steady)"
