@@ -1434,7 +1434,11 @@ async fn broken_plugin_uploads_are_refused_and_change_nothing() {
     let refused = rows.iter().filter(|r| r.3 == "refused").count();
     // Every refused package is audited; the two requests that were not
     // plugin packages at all (a part missing) are answered, not audited.
-    assert_eq!(refused, cases.len() - 2, "every refusal is audited: {rows:#?}");
+    assert_eq!(
+        refused,
+        cases.len() - 2,
+        "every refusal is audited: {rows:#?}"
+    );
     let last = rows.last().expect("rows");
     assert_eq!(
         (last.1.as_str(), last.2.as_str(), last.3.as_str()),
