@@ -1292,7 +1292,16 @@ async fn broken_plugin_uploads_are_refused_and_change_nothing() {
     let core_module = wat::parse_str("(module)").expect("wat");
     let empty_component = wat::parse_str("(component)").expect("wat");
     let oversized = vec![0_u8; 2_500_000];
-    let cases: Vec<(&str, &str, Option<&str>, Option<&[u8]>, u16, &str)> = vec![
+    // (case, name in the path, manifest, component, status, detail mentions)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a [u8]>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "garbage",
             "chaos",
@@ -1465,6 +1474,9 @@ fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Per user: (page views, count events).
+type KindCounts = BTreeMap<String, (i64, i64)>;
+
 /// Events of kinds `page_view` (every `views_every`-th) and `count` for
 /// `users` users, `per_user` each, ids tagged by `phase`; with the number of
 /// each kind per user.
@@ -1474,7 +1486,7 @@ fn counted_events(
     users: usize,
     per_user: usize,
     views_every: usize,
-) -> (Vec<(String, String)>, BTreeMap<String, (i64, i64)>) {
+) -> (Vec<(String, String)>, KindCounts) {
     let mut events = Vec::new();
     let mut counts = BTreeMap::new();
     for u in 0..users {
