@@ -192,7 +192,10 @@ async fn migrating_twice_changes_nothing() {
     .fetch_all(db.store.pool())
     .await
     .expect("list tables");
-    assert_eq!(tables, ["consumer_offsets", "events", "plugin_audit", "profiles"]);
+    assert_eq!(
+        tables,
+        ["consumer_offsets", "events", "plugin_audit", "profiles"]
+    );
     db.store.ping().await.expect("ping");
     assert_eq!(db.store.profile("nobody").await.expect("read"), None);
     assert!(
