@@ -1493,7 +1493,10 @@ fn counted_events(
         let user = format!("{tag}-u{u}");
         let (mut views, mut counted) = (0, 0);
         for i in 0..per_user {
-            let kind = if i % views_every == 0 {
+            // The last event of each user is a page view: a user's events
+            // share a partition and commit in order, so once the page views
+            // are all counted, so is everything before them.
+            let kind = if i % views_every == 0 || i + 1 == per_user {
                 "page_view"
             } else {
                 "count"
