@@ -369,16 +369,22 @@ impl Proxy {
                         Err(_) => continue,
                     },
                 };
+                let cut = accept_cut.lock().expect("proxy lock").clone();
+                // Checked after taking the token: `down` clears the flag
+                // before it swaps the token, so a connection accepted while
+                // it runs is either refused here or holds the token it cuts.
                 if !accept_up.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection close
                 }
-                let cut = accept_cut.lock().expect("proxy lock").clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
                     tokio::select! {
+                        // A cut wins over bytes waiting to be copied: after
+                        // `down`, nothing more reaches Redis.
+                        biased;
                         _ = cut.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                     }
