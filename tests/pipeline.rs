@@ -251,24 +251,31 @@ struct PulseHub {
 
 impl PulseHub {
     fn services(topic: &str, database_url: &str, redis: Option<&str>) -> Self {
-        let mut env = vec![
-            ("PULSEHUB_KAFKA_BROKERS".into(), kafka_brokers()),
-            ("PULSEHUB_KAFKA_TOPIC".into(), topic.to_owned()),
-            ("PULSEHUB_KAFKA_GROUP".into(), format!("{topic}-enrich")),
-            (
-                "PULSEHUB_KAFKA_ARCHIVE_GROUP".into(),
-                format!("{topic}-archive"),
-            ),
-            ("PULSEHUB_DATABASE_URL".into(), database_url.to_owned()),
-            ("PULSEHUB_BATCH_MAX_WAIT_MS".into(), "20".into()),
-            ("PULSEHUB_REDIS_KEY_PREFIX".into(), format!("{topic}:")),
-        ];
-        if let Some(url) = redis {
-            env.push(("PULSEHUB_REDIS_URL".into(), url.to_owned()));
-        }
-        Self::new(env)
+        Self::new(services_env(topic, database_url, redis))
     }
+}
 
+/// The variables of a services-mode instance.
+fn services_env(topic: &str, database_url: &str, redis: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PULSEHUB_KAFKA_BROKERS".into(), kafka_brokers()),
+        ("PULSEHUB_KAFKA_TOPIC".into(), topic.to_owned()),
+        ("PULSEHUB_KAFKA_GROUP".into(), format!("{topic}-enrich")),
+        (
+            "PULSEHUB_KAFKA_ARCHIVE_GROUP".into(),
+            format!("{topic}-archive"),
+        ),
+        ("PULSEHUB_DATABASE_URL".into(), database_url.to_owned()),
+        ("PULSEHUB_BATCH_MAX_WAIT_MS".into(), "20".into()),
+        ("PULSEHUB_REDIS_KEY_PREFIX".into(), format!("{topic}:")),
+    ];
+    if let Some(url) = redis {
+        env.push(("PULSEHUB_REDIS_URL".into(), url.to_owned()));
+    }
+    env
+}
+
+impl PulseHub {
     fn new(mut env: Vec<(String, String)>) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -1125,13 +1132,23 @@ async fn reply(response: reqwest::Response) -> (u16, Value) {
 }
 
 impl PulseHub {
-    fn services_with_admin(topic: &str, database_url: &str, plugins: &Path) -> Self {
-        let mut hub = Self::services(topic, database_url, None);
-        hub.kill();
-        hub.set_env("PULSEHUB_PLUGIN_DIR", &plugins.display().to_string());
-        hub.set_env("PULSEHUB_ADMIN_TOKEN", ADMIN_TOKEN);
-        hub.start();
-        hub
+    /// A services-mode instance with the admin routes on, its plugins from
+    /// `plugins`, and `extra` variables.
+    fn services_with_admin(
+        topic: &str,
+        database_url: &str,
+        plugins: &Path,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env = services_env(topic, database_url, None);
+        env.push(("PULSEHUB_PLUGIN_DIR".into(), plugins.display().to_string()));
+        env.push(("PULSEHUB_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Self::new(env)
     }
 
     async fn put_plugin(
@@ -1242,11 +1259,9 @@ async fn broken_plugin_uploads_are_refused_and_change_nothing() {
     let topic = topics(1).await;
     let database = create_database().await;
     let plugins = builtin_plugin_dir();
-    let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path());
-    hub.kill();
     // device-classifier, the largest built-in, is about 1.3 MB.
-    hub.set_env("PULSEHUB_PLUGIN_MAX_COMPONENT_BYTES", "2000000");
-    hub.start();
+    let extra = [("PULSEHUB_PLUGIN_MAX_COMPONENT_BYTES", "2000000")];
+    let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path(), &extra);
     hub.wait_ready().await;
     let before = installed(&hub).await;
     assert_eq!(before.len(), 3, "{before:?}");
@@ -1560,7 +1575,7 @@ async fn a_plugin_swapped_under_load_counts_exactly_and_rolls_back() {
     let topic = topics(4).await;
     let database = create_database().await;
     let plugins = builtin_plugin_dir();
-    let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path());
+    let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path(), &[]);
     hub.wait_ready().await;
     let (v1, component) = chaos_package("0.1.0", "");
     let (v2, _) = chaos_package("0.2.0", "[config]\ncount-step = \"1000\"");
@@ -1664,10 +1679,8 @@ async fn a_failing_plugin_is_quarantined_or_rolled_back_while_the_others_go_on()
     let topic = topics(2).await;
     let database = create_database().await;
     let plugins = builtin_plugin_dir();
-    let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path());
-    hub.kill();
-    hub.set_env("PULSEHUB_QUARANTINE_MIN_EVENTS", "40");
-    hub.start();
+    let extra = [("PULSEHUB_QUARANTINE_MIN_EVENTS", "40")];
+    let mut hub = PulseHub::services_with_admin(&topic, &database, plugins.path(), &extra);
     hub.wait_ready().await;
     let producer = producer();
     let (v1, component) = chaos_package("0.1.0", "");
