@@ -358,9 +358,28 @@ fn key_error(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Defaults, then `file` (when given), then the process environment.
+    /// Defaults, then `file` (when given), then the process environment;
+    /// relative paths, in the file or the environment, are taken from the
+    /// working directory (see [`Config::resolve_paths`]).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_from(file, std::env::vars())
+        let cwd = std::env::current_dir()
+            .map_err(|e| ConfigError::Invalid(format!("cannot read the working directory: {e}")))?;
+        let mut config = Self::load_from(file, std::env::vars())?;
+        config.resolve_paths(&cwd);
+        Ok(config)
+    }
+
+    /// Makes every configured path absolute, joined to `base` (the working
+    /// directory at start-up) when relative, once, so that nothing later
+    /// depends on the working directory (wasmtime's compiled-code cache, for
+    /// one, refuses a relative directory).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |path: &mut PathBuf| *path = absolute_from(base, path);
+        resolve(&mut self.embedded.data_dir);
+        resolve(&mut self.plugins.dir);
+        if let Some(dir) = &mut self.plugins.registry_dir {
+            resolve(dir);
+        }
     }
 
     /// As [`Config::load`], with the environment given (for tests).
@@ -541,6 +560,11 @@ impl Config {
     }
 }
 
+/// `path` joined to `base` when relative, without `.` components.
+pub fn absolute_from(base: &Path, path: &Path) -> PathBuf {
+    base.join(path).components().collect()
+}
+
 /// Environment values are text; numbers and flags are passed typed so that
 /// `PULSEHUB_REDIS_TTL_SECS=60` fills a number, and a text key keeps digits
 /// as text (an all-digit token stays a token). Text that does not read as
@@ -578,6 +602,40 @@ mod tests {
         assert_eq!(config.mode(), Mode::Embedded);
         assert_eq!(config.http.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.kafka.dlq_topic(), "user-activity-events.dlq");
+    }
+
+    #[test]
+    fn relative_paths_are_taken_from_the_base() {
+        let mut config = Config::load_from(
+            None,
+            vars(&[
+                ("PULSEHUB_PLUGIN_DIR", "./plugins/../built"),
+                ("PULSEHUB_PLUGIN_REGISTRY_DIR", "registry"),
+            ]),
+        )
+        .expect("valid");
+        config.resolve_paths(Path::new("/srv/pulsehub"));
+        assert_eq!(
+            config.embedded.data_dir,
+            Path::new("/srv/pulsehub/pulsehub-data")
+        );
+        assert_eq!(
+            config.plugins.dir,
+            Path::new("/srv/pulsehub/plugins/../built")
+        );
+        assert_eq!(config.registry_dir(), Path::new("/srv/pulsehub/registry"));
+
+        // Absolute paths stay as they are, and the registry's default
+        // follows the data directory.
+        let mut config =
+            Config::load_from(None, vars(&[("PULSEHUB_DATA_DIR", "/var/lib/ph")])).expect("valid");
+        config.resolve_paths(Path::new("/elsewhere"));
+        assert_eq!(config.embedded.data_dir, Path::new("/var/lib/ph"));
+        assert_eq!(
+            config.registry_dir(),
+            Path::new("/var/lib/ph/plugin-registry")
+        );
+        assert!(config.plugins.dir.is_absolute());
     }
 
     #[test]

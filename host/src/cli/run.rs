@@ -77,9 +77,16 @@ impl Role {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+    let (config, file) = load_config(args.config.as_deref())?;
     config.check_backends()?;
     init_logging(&config);
+    tracing::info!(
+        config = %file.as_deref().map_or("none (defaults and PULSEHUB_* variables)".into(), |f| f.display().to_string()),
+        data_dir = %config.embedded.data_dir.display(),
+        plugins_dir = %config.plugins.dir.display(),
+        registry_dir = %config.registry_dir().display(),
+        "paths"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("pulsehub-io")
@@ -89,7 +96,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+    let (config, _) = load_config(args.config.as_deref())?;
     init_logging(&config);
     let Some(url) = config.database.url.as_deref() else {
         bail!(
@@ -106,6 +113,18 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("database migrated");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The configuration, with `file` and every path in it made absolute
+/// against the working directory, once, here at start-up.
+fn load_config(file: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    let file = file
+        .map(|f| {
+            std::path::absolute(f)
+                .with_context(|| format!("resolving the config file path {}", f.display()))
+        })
+        .transpose()?;
+    Ok((Config::load(file.as_deref())?, file))
 }
 
 fn init_logging(config: &Config) {

@@ -405,9 +405,9 @@ impl PluginManager {
             return Err(ManagerError::Internal(error));
         }
         self.show_state(name, &plugin, PluginState::Active);
-        let action = match installed {
-            Installed::Replaced => "replace",
-            _ => "load",
+        let (action, done) = match installed {
+            Installed::Replaced => ("replace", "replaced"),
+            _ => ("load", "loaded"),
         };
         self.chain.metrics().plugin_action(name, action);
         tracing::info!(
@@ -415,7 +415,7 @@ impl PluginManager {
             version = %plugin.version,
             sha256 = %plugin.sha256,
             source,
-            "plugin {action}d"
+            "plugin {done}"
         );
         let view = self.get(name).ok_or_else(|| {
             ManagerError::Internal(anyhow::anyhow!("plugin {name} vanished while installed"))

@@ -56,14 +56,18 @@ impl Runtime {
     fn build(limits: HostLimits, cache_dir: Option<&Path>) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            // wasmtime's cache refuses a relative directory.
+            let dir = std::path::absolute(dir).map_err(|e| {
+                wasmtime::format_err!("cannot resolve the cache path {}: {e}", dir.display())
+            })?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
                 wasmtime::format_err!(
                     "cannot create the compiled-plugin cache {}: {e}",
                     dir.display()
                 )
             })?;
             let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
+            cache.with_directory(&dir);
             config.cache(Some(Cache::new(cache)?));
         }
         config
@@ -345,5 +349,21 @@ impl Drop for Ticker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_cache_directory_is_taken_from_the_working_directory() {
+        // `./.tmpXXXX`: relative, as the default `pulsehub-data/...` is.
+        let dir = tempfile::tempdir_in(".").expect("tempdir in the working directory");
+        let relative = dir.path().join("compiled");
+        assert!(relative.is_relative());
+        let runtime = Runtime::with_cache(HostLimits::default(), &relative);
+        assert!(runtime.is_ok(), "{:?}", runtime.err());
+        assert!(relative.is_dir(), "the cache directory is created");
     }
 }
