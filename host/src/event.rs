@@ -131,7 +131,7 @@ fn optional_text(
 fn timestamp(value: Option<serde_json::Value>) -> Result<i64, EventError> {
     match value {
         None | Some(serde_json::Value::Null) => Err(bad("timestamp", "is required")),
-        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(|| {
+        Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| whole(&n)).ok_or_else(|| {
             bad(
                 "timestamp",
                 format!("{n} is not whole milliseconds since the epoch"),
@@ -149,6 +149,18 @@ fn timestamp(value: Option<serde_json::Value>) -> Result<i64, EventError> {
             "must be RFC 3339 text or integer milliseconds",
         )),
     }
+}
+
+/// A number written with a fraction or an exponent whose value is whole
+/// (`1700000000000.0`, `1.7e12`): JSON, and JSON Schema's `integer`, make no
+/// difference between the spellings of one number. Only up to 2^53 in
+/// magnitude, where every integer has its own f64: past it, the spelling
+/// may have been rounded to a neighbour while parsed.
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    n.as_f64()
+        .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+        .map(|f| f as i64)
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 text (UTC, milliseconds).
@@ -198,6 +210,30 @@ mod tests {
         assert_eq!(e.id, "derived-1");
         assert_eq!(e.timestamp_ms, 1_700_000_000_000);
         assert_eq!(e.properties, "{}");
+        // Other spellings of the same whole number.
+        for spelling in ["1700000000000.0", "1.7e12", "17e11"] {
+            let json = format!(r#"{{"user_id":"u","event_type":"click","timestamp":{spelling}}}"#);
+            assert_eq!(decode(&json).map(|e| e.timestamp_ms), Ok(1_700_000_000_000));
+        }
+        for not_whole in [
+            "474.5",
+            "1e-3",
+            "1e19",
+            "-9223372036854775809",
+            "9007199254740993.0",
+        ] {
+            let json = format!(r#"{{"user_id":"u","event_type":"click","timestamp":{not_whole}}}"#);
+            assert!(
+                matches!(
+                    decode(&json),
+                    Err(EventError::Field {
+                        field: "timestamp",
+                        ..
+                    })
+                ),
+                "{not_whole} is refused"
+            );
+        }
         assert_eq!(e.user_agent, None);
     }
 

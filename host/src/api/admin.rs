@@ -195,19 +195,33 @@ async fn package(mut multipart: Multipart) -> Result<Package, Problem> {
     }
 }
 
+/// The two parts of a plugin upload.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "describes the multipart body `package` reads")]
+#[schema(as = PluginUpload)]
+pub(super) struct PluginUpload {
+    /// The plugin's manifest (`plugin.toml`), UTF-8 TOML text.
+    manifest: String,
+    /// The WebAssembly component (`.wasm`).
+    #[schema(value_type = String, format = Binary)]
+    component: Vec<u8>,
+}
+
 #[utoipa::path(
     put,
     path = "/api/v1/plugins/{name}",
     operation_id = "put_plugin",
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name; must match the manifest")),
-    request_body(content_type = "multipart/form-data", description = "Parts `manifest` (the TOML manifest) and `component` (the .wasm component)"),
+    request_body(content = PluginUpload, content_type = "multipart/form-data",
+        description = "Parts `manifest` (the TOML manifest) and `component` (the .wasm component)"),
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "A new plugin is running", body = PluginInfo),
         (status = 200, description = "The new version replaced the running one (or was already running)", body = PluginInfo),
         (status = 400, description = "Not a plugin package, a bad manifest, or a name that does not match", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "This process runs no plugins (role api)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Another plugin writes one of its attributes", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The component is over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The component does not compile, target the world, pass init or get through the sample events in time", body = Problem, content_type = "application/problem+json"),
@@ -241,7 +255,7 @@ pub(super) async fn put_plugin(
     responses(
         (status = 200, description = "The newest earlier version runs again", body = PluginInfo),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such plugin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plugin, or this process runs no plugins (role api)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "No earlier version is kept", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -266,7 +280,7 @@ pub(super) async fn rollback(
     responses(
         (status = 200, description = "The quarantine is lifted: the version runs again", body = PluginInfo),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such plugin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plugin, or this process runs no plugins (role api)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The plugin is not quarantined", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -291,7 +305,7 @@ pub(super) async fn resume(
     responses(
         (status = 204, description = "The plugin no longer runs; its versions are forgotten"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such plugin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such plugin, or this process runs no plugins (role api)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub(super) async fn delete_plugin(

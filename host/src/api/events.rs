@@ -13,9 +13,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
-use super::{AppState, EventFailure, Problem};
+use super::{ApiLimits, AppState, EventFailure, Problem};
 use crate::event::Event;
 use crate::store::OutgoingEvent;
 
@@ -158,13 +160,35 @@ fn validate(elements: &[Box<RawValue>]) -> Result<Vec<OutgoingEvent>, Problem> {
     Err(Problem::invalid_events(&detail, failures))
 }
 
-/// The request body: one event or an array of them.
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "describes the JSON `ingest` reads as raw text")]
-#[serde(untagged)]
-pub(super) enum EventsBody {
-    One(WireEvent),
-    Many(Vec<WireEvent>),
+/// The request body: one event, or an array of 1 to
+/// [`ApiLimits::DEFAULT_MAX_EVENTS_PER_REQUEST`] events (written by hand:
+/// the derive cannot bound the items of a variant).
+pub(super) struct EventsBody;
+
+impl utoipa::PartialSchema for EventsBody {
+    fn schema() -> RefOr<Schema> {
+        let event = || Ref::from_schema_name(WireEvent::name());
+        OneOfBuilder::new()
+            .item(event())
+            .item(
+                ArrayBuilder::new()
+                    .items(event())
+                    .min_items(Some(1))
+                    .max_items(Some(ApiLimits::DEFAULT_MAX_EVENTS_PER_REQUEST)),
+            )
+            .description(Some(format!(
+                "One event, or an array of 1 to {} events",
+                ApiLimits::DEFAULT_MAX_EVENTS_PER_REQUEST
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for EventsBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((WireEvent::name().into(), WireEvent::schema()));
+        WireEvent::schemas(schemas);
+    }
 }
 
 /// One event on the wire (contract §3).
@@ -181,14 +205,17 @@ pub(super) enum EventsBody {
 }))]
 pub(super) struct WireEvent {
     /// Unique id of the event; strongly recommended. When missing, the host
-    /// derives a stable one from the event's position in the log.
-    #[schema(min_length = 1, max_length = 256)]
+    /// derives a stable one from the event's position in the log. At most
+    /// 256 bytes of UTF-8, no NUL.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
     event_id: Option<String>,
-    /// The user the event belongs to; becomes the message key.
-    #[schema(min_length = 1, max_length = 256)]
+    /// The user the event belongs to; becomes the message key. At most 256
+    /// bytes of UTF-8, no NUL.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
     user_id: String,
-    /// What happened: `page_view`, `click`, `purchase`, ...
-    #[schema(min_length = 1, max_length = 256)]
+    /// What happened: `page_view`, `click`, `purchase`, ... At most 256
+    /// bytes of UTF-8, no NUL.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
     event_type: String,
     timestamp: EventTime,
     user_agent: Option<String>,

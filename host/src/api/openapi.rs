@@ -1,9 +1,11 @@
 //! The OpenAPI 3.1 document of the API, served at `/api/v1/openapi.json`.
 
 use axum::Json;
+use axum::extract::State;
 use utoipa::OpenApi;
+use utoipa::openapi::path::{Operation, PathItem};
 
-use super::{admin, events, health, plugins, problem, profiles};
+use super::{AppState, admin, events, health, plugins, problem, profiles};
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
 /// profiles, events and plugins.
@@ -43,6 +45,45 @@ use super::{admin, events, health, plugins, problem, profiles};
 )]
 pub struct ApiDoc;
 
+impl ApiDoc {
+    /// The document of a process: the admin operations (those that need the
+    /// bearer token) are in it only when that process has them, that is
+    /// when it has an admin token.
+    pub fn for_process(admin_routes: bool) -> utoipa::openapi::OpenApi {
+        let mut doc = Self::openapi();
+        if !admin_routes {
+            for item in doc.paths.paths.values_mut() {
+                for operation in operations(item) {
+                    if operation.as_ref().is_some_and(|o| o.security.is_some()) {
+                        *operation = None;
+                    }
+                }
+            }
+            doc.paths
+                .paths
+                .retain(|_, item| operations(item).iter().any(|o| o.is_some()));
+            if let Some(components) = &mut doc.components {
+                components.security_schemes.clear();
+            }
+        }
+        doc
+    }
+}
+
+/// Every operation slot of a path.
+fn operations(item: &mut PathItem) -> [&mut Option<Operation>; 8] {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+}
+
 /// The admin routes' bearer token (`PULSEHUB_ADMIN_TOKEN`).
 struct AdminSecurity;
 
@@ -64,6 +105,6 @@ impl utoipa::Modify for AdminSecurity {
     tag = "meta",
     responses((status = 200, description = "This OpenAPI document", content_type = "application/json"))
 )]
-pub(super) async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub(super) async fn document(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::for_process(state.admin_token.is_some()))
 }

@@ -15,7 +15,8 @@ use crate::event::MAX_ID_BYTES;
     path = "/api/v1/profiles/{user_id}",
     operation_id = "get_profile",
     tag = "profiles",
-    params(("user_id" = String, Path, description = "The user id, as in the events (1 to 256 bytes, no NUL)")),
+    params(("user_id" = String, Path, description = "The user id, as in the events (1 to 256 bytes of UTF-8, no NUL)",
+        min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")),
     responses(
         (status = 200, description = "The profile", body = ProfileBody),
         (status = 400, description = "The user id is empty, too long or holds a NUL", body = Problem, content_type = "application/problem+json"),
@@ -98,13 +99,13 @@ pub(super) struct AttributeBody {
     updated_at: String,
 }
 
-/// A number, a string or a boolean; timestamps are RFC 3339 text.
+/// A string, a number (counters are integers) or a boolean; timestamps are
+/// RFC 3339 text. One variant per JSON type, so a value matches exactly one.
 #[derive(ToSchema)]
 #[expect(dead_code, reason = "describes the JSON `Profile::to_api_json` builds")]
 #[serde(untagged)]
 pub(super) enum AttributeValue {
     Text(String),
-    Integer(i64),
-    Float(f64),
+    Number(f64),
     Boolean(bool),
 }
