@@ -6,7 +6,10 @@
 //!   under `tests/plugins/`), next to a copy of its `plugin.toml`. With
 //!   `--workspace DIR`, the same for another cargo workspace.
 //! - `test`: what CI runs: the plugins, then `cargo fmt --check`, clippy
-//!   with warnings denied, every test, and the benches compiled.
+//!   with warnings denied, every test, the README's run command checked as a
+//!   newcomer would run it (with schemathesis against the API document it
+//!   serves), and the benches compiled.
+//! - `smoke`: the smoke step of `test` alone.
 //! - `inspect FILE...`: lists the imports and exports of components or core
 //!   modules.
 
@@ -17,6 +20,7 @@ use anyhow::{Context, Result, anyhow};
 
 mod inspect;
 mod plugins;
+mod smoke;
 mod test;
 
 const HELP: &str = "\
@@ -38,8 +42,15 @@ COMMANDS:
                      tests/plugins/, components under DIR/target/), with this
                      repository's toolchain and wasm build cache.
     test             What CI runs: build the plugins, then cargo fmt --check,
-                     cargo clippy -D warnings, cargo test --workspace and
+                     cargo clippy -D warnings, cargo test --workspace, the
+                     README's run command started, queried and stopped (with
+                     schemathesis against the API document it serves), and
                      cargo bench --no-run.
+    smoke            The smoke step of `test` alone: the README's run command
+                     started, queried and stopped, then schemathesis against
+                     the API document it serves, without and with an admin
+                     token (python3 needed; schemathesis is installed with pip
+                     under target/schemathesis).
     inspect FILE...  List the imports and exports of components or core modules.
     help, --help     Show this help.
 ";
@@ -71,6 +82,7 @@ fn run(args: Vec<String>) -> Result<()> {
             plugins::build_workspace(&workspace_root()?, &dir)
         }
         ["test"] => test::run(&workspace_root()?),
+        ["smoke"] => smoke::run(&workspace_root()?),
         ["plugins", "--help" | "-h"] => {
             print!("{HELP}");
             Ok(())

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in the order a developer wants
 //! to hear about failures: plugins build, services up, the monitoring files,
-//! formatting, lints, tests, benches compile.
+//! formatting, lints, tests, the README's run command (with schemathesis
+//! against the API document it serves), benches compile.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,8 +23,10 @@ const STEPS: &[&[&str]] = &[
     // Cranelift, which is many times faster optimised, and the benches then
     // reuse the same build.
     &["test", "--workspace", "--release"],
-    &["bench", "--workspace", "--no-run"],
 ];
+
+/// After the smoke step.
+const LAST: &[&str] = &["bench", "--workspace", "--no-run"];
 
 pub fn run(root: &Path) -> Result<()> {
     crate::plugins::build_all(root)?;
@@ -49,17 +52,24 @@ pub fn run(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("scripts/check-deploy.sh failed ({status})");
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for step in STEPS {
-        println!("xtask: cargo {}", step.join(" "));
-        let status = Command::new(&cargo)
-            .args(*step)
-            .current_dir(root)
-            .status()
-            .with_context(|| format!("cannot run cargo {}", step.join(" ")))?;
-        if !status.success() {
-            bail!("`cargo {}` failed ({status})", step.join(" "));
-        }
+        cargo(root, step)?;
+    }
+    println!("xtask: smoke: the README's run command");
+    crate::smoke::run(root)?;
+    cargo(root, LAST)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
 }
