@@ -43,7 +43,8 @@ struct WireEvent<'a> {
     event_id: Option<std::borrow::Cow<'a, str>>,
     user_id: Option<serde_json::Value>,
     event_type: Option<serde_json::Value>,
-    timestamp: Option<serde_json::Value>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
     user_agent: Option<serde_json::Value>,
     url: Option<serde_json::Value>,
     #[serde(borrow)]
@@ -128,39 +129,72 @@ fn optional_text(
     }
 }
 
-fn timestamp(value: Option<serde_json::Value>) -> Result<i64, EventError> {
-    match value {
-        None | Some(serde_json::Value::Null) => Err(bad("timestamp", "is required")),
-        Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| whole(&n)).ok_or_else(|| {
-            bad(
-                "timestamp",
-                format!("{n} is not whole milliseconds since the epoch"),
-            )
-        }),
-        Some(serde_json::Value::String(text)) => {
+fn timestamp(value: Option<&RawValue>) -> Result<i64, EventError> {
+    let Some(raw) = value else {
+        return Err(bad("timestamp", "is required"));
+    };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let text: std::borrow::Cow<'_, str> = serde_json::from_str(text)
+                .map_err(|e| bad("timestamp", format!("is not readable text: {e}")))?;
             let at =
                 time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
                     .map_err(|e| bad("timestamp", format!("{text:?} is not RFC 3339: {e}")))?;
             i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
                 .map_err(|_| bad("timestamp", format!("{text:?} is out of range")))
         }
-        Some(_) => Err(bad(
+        Some(b'-' | b'0'..=b'9') => whole_number(text).ok_or_else(|| {
+            bad(
+                "timestamp",
+                format!("{text} is not whole milliseconds since the epoch"),
+            )
+        }),
+        _ => Err(bad(
             "timestamp",
             "must be RFC 3339 text or integer milliseconds",
         )),
     }
 }
 
-/// A number written with a fraction or an exponent whose value is whole
-/// (`1700000000000.0`, `1.7e12`): JSON, and JSON Schema's `integer`, make no
-/// difference between the spellings of one number. Only up to 2^53 in
-/// magnitude, where every integer has its own f64: past it, the spelling
-/// may have been rounded to a neighbour while parsed.
-fn whole(n: &serde_json::Number) -> Option<i64> {
-    const EXACT: f64 = 9_007_199_254_740_992.0;
-    n.as_f64()
-        .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
-        .map(|f| f as i64)
+/// The integer a JSON number's text spells, whatever the spelling
+/// (`1700000000000`, `1700000000000.0`, `1.7e12`: JSON, and JSON Schema's
+/// `integer`, make no difference between them), read in decimal so that
+/// nothing is rounded; `None` when it is not whole or does not fit an i64.
+fn whole_number(text: &str) -> Option<i64> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // The value is DIGITS × 10^scale.
+    let scale = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
+    let digits = whole.bytes().chain(fraction.bytes());
+    let count = whole.len() + fraction.len();
+    let kept = match usize::try_from(-scale) {
+        Ok(dropped) => count.saturating_sub(dropped),
+        Err(_) => count,
+    };
+    let mut value: i128 = 0;
+    for (i, digit) in digits.enumerate() {
+        let digit = i128::from(digit.checked_sub(b'0').filter(|d| *d <= 9)?);
+        if i < kept {
+            value = value.checked_mul(10)?.checked_add(digit)?;
+        } else if digit != 0 {
+            return None;
+        }
+    }
+    for _ in 0..scale.max(0) {
+        if value == 0 {
+            break;
+        }
+        value = value.checked_mul(10)?;
+    }
+    i64::try_from(if negative { -value } else { value }).ok()
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 text (UTC, milliseconds).
@@ -211,7 +245,13 @@ mod tests {
         assert_eq!(e.timestamp_ms, 1_700_000_000_000);
         assert_eq!(e.properties, "{}");
         // Other spellings of the same whole number.
-        for spelling in ["1700000000000.0", "1.7e12", "17e11"] {
+        for spelling in [
+            "1700000000000.0",
+            "1.7e12",
+            "17e11",
+            "1700000000000000e-3",
+            "1.70E+12",
+        ] {
             let json = format!(r#"{{"user_id":"u","event_type":"click","timestamp":{spelling}}}"#);
             assert_eq!(decode(&json).map(|e| e.timestamp_ms), Ok(1_700_000_000_000));
         }
@@ -220,7 +260,8 @@ mod tests {
             "1e-3",
             "1e19",
             "-9223372036854775809",
-            "9007199254740993.0",
+            "1700000000000.00001",
+            "9007199254740993.5",
         ] {
             let json = format!(r#"{{"user_id":"u","event_type":"click","timestamp":{not_whole}}}"#);
             assert!(
@@ -235,6 +276,17 @@ mod tests {
             );
         }
         assert_eq!(e.user_agent, None);
+        // Read in decimal: nothing is rounded through a float.
+        assert_eq!(
+            whole_number("9007199254740993.0"),
+            Some(9_007_199_254_740_993)
+        );
+        assert_eq!(whole_number("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(whole_number("9223372036854775807"), Some(i64::MAX));
+        assert_eq!(whole_number("9223372036854775808"), None);
+        assert_eq!(whole_number("0.0e-5"), Some(0));
+        assert_eq!(whole_number("12.30e1"), Some(123));
+        assert_eq!(whole_number("12.34e1"), None);
     }
 
     #[test]

@@ -358,9 +358,10 @@ mod tests {
 
     #[test]
     fn a_relative_cache_directory_is_taken_from_the_working_directory() {
-        // `./.tmpXXXX`: relative, as the default `pulsehub-data/...` is.
         let dir = tempfile::tempdir_in(".").expect("tempdir in the working directory");
-        let relative = dir.path().join("compiled");
+        // `.tmpXXXX/compiled`: relative, as the default `pulsehub-data/...` is.
+        let name = dir.path().file_name().expect("a tempdir has a name");
+        let relative = Path::new(name).join("compiled");
         assert!(relative.is_relative());
         let runtime = Runtime::with_cache(HostLimits::default(), &relative);
         assert!(runtime.is_ok(), "{:?}", runtime.err());
