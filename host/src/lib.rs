@@ -19,9 +19,17 @@
 //! - [`source`]: partitioned logs read in batches into parallel lanes.
 //! - [`kafka`]: the Kafka source, dead-letter sink and publisher.
 //! - [`pipeline`]: decode → plugin chain → merge → commit, per lane.
+//! - [`manager`]: live plugin operations: the registry on disk,
+//!   validate-then-swap, rollback, quarantine, the watched plugin directory,
+//!   the audit log.
+//! - [`metrics`]: the Prometheus metrics of the plugins, the pipeline, the
+//!   stores and the HTTP API.
 //! - [`api`]: the REST API (axum).
 //! - [`config`]: file + environment configuration (contract §6).
 //! - `main.rs` and `cli`: the `pulsehub` binary.
+//!
+//! "Contract §N" in comments cites section N of `docs/contract.md`, the
+//! public contracts.
 
 pub mod api;
 pub mod chain;
