@@ -415,7 +415,7 @@ impl Config {
         }
         for &(name, key, kind) in ENV_KEYS {
             if let Some((_, value)) = vars.iter().find(|(n, _)| n == name) {
-                // Empty means unset, so `PULSEHUB_REDIS_URL=` turns the cache off.
+                // Empty means not set: the file's value, or the default, applies.
                 if value.is_empty() {
                     continue;
                 }

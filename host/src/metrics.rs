@@ -35,8 +35,10 @@ pub struct PluginLabels {
 pub struct PluginErrorLabels {
     pub plugin: String,
     pub version: String,
-    /// `error`, `trap`, `timeout`, `memory`, `output`, ... (the error kinds
-    /// of the DLQ header `pulsehub-error-kind`).
+    /// An [`ErrorKind`](crate::plugin::ErrorKind) as the DLQ header
+    /// `pulsehub-error-kind` spells it: `trap`, `timeout`, `memory`,
+    /// `output-limit`, `undeclared-write`, `invalid-output`, `invalid-event`
+    /// or `internal`.
     pub kind: String,
 }
 
@@ -245,7 +247,7 @@ impl Metrics {
         );
         registry.register(
             "plugin_errors",
-            "Events a plugin version failed on, by kind (error, trap, timeout, memory, output)",
+            "Events a plugin version failed on, by kind (trap, timeout, memory, output-limit, undeclared-write, invalid-output, invalid-event, internal)",
             plugins.errors.clone(),
         );
         registry.register(
