@@ -638,6 +638,49 @@ mod tests {
         assert!(config.plugins.dir.is_absolute());
     }
 
+    /// The variable tables of the README and of docs/contract.md §6: one
+    /// row per variable, in the order of [`ENV_KEYS`], each with its file key
+    /// and the default the code has.
+    #[test]
+    fn the_documented_variable_tables_match_the_code() {
+        let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+        for doc in ["README.md", "docs/contract.md"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(doc);
+            let text = std::fs::read_to_string(&path).expect("the document is readable");
+            let rows: Vec<Vec<&str>> = text
+                .lines()
+                .map(|line| line.split('|').map(str::trim).collect::<Vec<_>>())
+                .filter(|cells| cells.len() >= 5 && cells[1].starts_with("`PULSEHUB_"))
+                .collect();
+            let documented: Vec<(&str, &str)> = rows
+                .iter()
+                .map(|cells| (cells[1].trim_matches('`'), cells[2].trim_matches('`')))
+                .collect();
+            let known: Vec<(&str, &str)> = ENV_KEYS.iter().map(|(n, k, _)| (*n, *k)).collect();
+            assert_eq!(documented, known, "the variables of {doc}");
+            for cells in &rows {
+                let (key, default) = (cells[2].trim_matches('`'), cells[3]);
+                let value = key.split('.').fold(&defaults, |value, part| &value[part]);
+                let shown = match value {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(text) => Some(text.clone()),
+                    other => Some(other.to_string()),
+                };
+                match shown {
+                    // No value of its own: unset, or derived from another key.
+                    None => assert!(
+                        default.starts_with("unset") || default.starts_with("`<"),
+                        "{doc}: `{key}` has no default, the table says {default}"
+                    ),
+                    Some(shown) => assert!(
+                        default.starts_with(&format!("`{shown}`")),
+                        "{doc}: `{key}` defaults to {shown}, the table says {default}"
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn environment_wins_over_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
