@@ -561,7 +561,7 @@ impl Config {
 }
 
 /// `path` joined to `base` when relative, without `.` components.
-pub fn absolute_from(base: &Path, path: &Path) -> PathBuf {
+fn absolute_from(base: &Path, path: &Path) -> PathBuf {
     base.join(path).components().collect()
 }
 
