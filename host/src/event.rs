@@ -175,9 +175,12 @@ fn whole_number(text: &str) -> Option<i64> {
     let scale = exponent.checked_sub(i64::try_from(fraction.len()).ok()?)?;
     let digits = whole.bytes().chain(fraction.bytes());
     let count = whole.len() + fraction.len();
-    let kept = match usize::try_from(-scale) {
-        Ok(dropped) => count.saturating_sub(dropped),
-        Err(_) => count,
+    // Digits past `kept` stand after the decimal point. `unsigned_abs`:
+    // an exponent of i64::MIN must not overflow a negation.
+    let kept = if scale < 0 {
+        count.saturating_sub(usize::try_from(scale.unsigned_abs()).unwrap_or(usize::MAX))
+    } else {
+        count
     };
     let mut value: i128 = 0;
     for (i, digit) in digits.enumerate() {
@@ -287,6 +290,9 @@ mod tests {
         assert_eq!(whole_number("0.0e-5"), Some(0));
         assert_eq!(whole_number("12.30e1"), Some(123));
         assert_eq!(whole_number("12.34e1"), None);
+        assert_eq!(whole_number("1e-9223372036854775808"), None);
+        assert_eq!(whole_number("0e-9223372036854775808"), Some(0));
+        assert_eq!(whole_number("1e9223372036854775807"), None);
     }
 
     #[test]
