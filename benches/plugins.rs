@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-use pulsehub::chain::Chain;
-use pulsehub::event::Event;
-use pulsehub::merge::Merger;
+use pulsehub::model::event::Event;
+use pulsehub::model::merge::Merger;
+use pulsehub::model::update::{Op, Update, Value};
+use pulsehub::plugin::chain::Chain;
 use pulsehub::plugin::{HostLimits, Plugin, PluginInstance, Runtime};
-use pulsehub::update::{Op, Update, Value};
 use pulsehub_plugin_sdk as sdk;
 use sdk::Plugin as _;
 

@@ -13,7 +13,7 @@ provisioning, the alert rules and docker-compose.yml, and fails when:
 - the dashboard provider's folder, or Grafana's home dashboard, is not where
   docker-compose.yml mounts the dashboards.
 
-The names below are those of host/src/metrics.rs; a metric renamed there must
+The names below are those of host/src/telemetry/; a metric renamed there must
 be renamed here and in deploy/.
 """
 

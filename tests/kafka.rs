@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, ensure_topic};
-use pulsehub::profile::Profile;
-use pulsehub::source::{Batch, BatchLimits, Lanes, Source};
+use pulsehub::model::profile::Profile;
+use pulsehub::pipeline::source::{Batch, BatchLimits, Lanes, Source};
 use pulsehub::store::{
     Commit, CommitOutcome, DeadLetter, DeadLetterSink, DeadReason, EventPublisher, OutgoingEvent,
     ProfileStore, StoreError, StoreResult,

@@ -9,13 +9,13 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pulsehub::merge::{AttributeChange, ProfileChanges, Provenance};
-use pulsehub::profile::Profile;
+use pulsehub::model::merge::{AttributeChange, ProfileChanges, Provenance};
+use pulsehub::model::profile::Profile;
+use pulsehub::model::update::{Op, Value};
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, OffsetRange, ProfileStore, StoreResult,
 };
-use pulsehub::update::{Op, Value};
 use sqlx::{Connection, Executor, PgConnection};
 
 const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use pulsehub::profile::{Attribute, Profile};
+use pulsehub::model::profile::{Attribute, Profile};
+use pulsehub::model::update::Value;
 use pulsehub::store::reader::{ProfileReader, ReaderStats};
 use pulsehub::store::redis::RedisCache;
 use pulsehub::store::{
     Commit, CommitOutcome, ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult,
 };
-use pulsehub::update::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use pulsehub::chain::Chain;
-use pulsehub::event::Event;
+use pulsehub::model::event::Event;
+use pulsehub::model::update::{Op, Update, Value};
+use pulsehub::plugin::chain::Chain;
 use pulsehub::plugin::{
     ErrorKind, HostLimits, LoadError, Manifest, Plugin, PluginInstance, Runtime,
 };
-use pulsehub::update::{Op, Update, Value};
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pulsehub::event::Event;
+use pulsehub::model::event::Event;
+use pulsehub::model::update::Op;
 use pulsehub::plugin::{HostLimits, PluginInstance, Runtime};
-use pulsehub::update::Op;
 
 const NAME: &str = "scaffold-probe";
 const ATTRIBUTE: &str = "scaffold_probe_events";

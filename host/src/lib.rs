@@ -2,29 +2,25 @@
 //! plugins.
 //!
 //! # Layout
-//! - [`event`]: the event as PulseHub sees it, and its decoding from the wire
-//!   format (contract §3).
-//! - [`plugin`]: the plugin runtime: manifests, loading and validating
-//!   components, per-worker instances with their sandbox limits (memory, CPU
-//!   time, output size), and the errors a plugin can cause.
-//! - [`chain`]: every loaded plugin run over a batch of events, swappable
-//!   atomically between batches.
-//! - [`update`]: attribute values and the operations plugins apply to them.
-//! - [`merge`]: the commutative updates of a batch folded into one change per
-//!   user and attribute, with provenance.
-//! - [`profile`]: a user's profile with per-attribute provenance, and how
-//!   merged changes apply to it.
-//! - [`store`]: the traits behind which PostgreSQL, Redis, Kafka and the
-//!   embedded backends sit, and their implementations.
-//! - [`source`]: partitioned logs read in batches into parallel lanes.
+//! Data flows one way: a source's events are decoded into the [`model`], run
+//! through the [`plugin`] chain, merged, committed to the [`store`] and served
+//! by the [`api`].
+//!
+//! - [`model`]: events, attribute updates, their merge and profiles; no I/O.
+//! - [`plugin`]: the sandbox runtime (manifests, loading and validating
+//!   components, per-worker instances with their limits, health and
+//!   quarantine) and the chain that runs every loaded plugin over a batch.
+//! - [`plugin_ops`]: live plugin operations: install (validate-then-swap),
+//!   rollback, remove, resume, quarantine, the registry on disk, the watched
+//!   plugin directory, the audit log.
+//! - [`pipeline`]: partitioned sources read into lanes; the enrich lane
+//!   (decode → chain → merge → commit) and the archive lane.
 //! - [`kafka`]: the Kafka source, dead-letter sink and publisher.
-//! - [`pipeline`]: decode → plugin chain → merge → commit, per lane.
-//! - [`manager`]: live plugin operations: the registry on disk,
-//!   validate-then-swap, rollback, quarantine, the watched plugin directory,
-//!   the audit log.
-//! - [`metrics`]: the Prometheus metrics of the plugins, the pipeline, the
+//! - [`store`]: the traits behind which PostgreSQL, Redis and the embedded
+//!   backend sit, and their implementations.
+//! - [`telemetry`]: the Prometheus metrics of the plugins, the pipeline, the
 //!   stores and the HTTP API.
-//! - [`api`]: the REST API (axum).
+//! - [`api`]: the REST API (axum) and its OpenAPI document.
 //! - [`config`]: file + environment configuration (contract §6).
 //! - `main.rs` and `cli`: the `pulsehub` binary.
 //!
@@ -32,16 +28,11 @@
 //! public contracts.
 
 pub mod api;
-pub mod chain;
 pub mod config;
-pub mod event;
 pub mod kafka;
-pub mod manager;
-pub mod merge;
-pub mod metrics;
+pub mod model;
 pub mod pipeline;
 pub mod plugin;
-pub mod profile;
-pub mod source;
+pub mod plugin_ops;
 pub mod store;
-pub mod update;
+pub mod telemetry;

@@ -17,8 +17,8 @@ use subtle::ConstantTimeEq;
 
 use super::plugins::PluginInfo;
 use super::{AppState, Problem};
-use crate::manager::{Actor, Installed, ManagerError, Package, PluginManager};
 use crate::plugin::LoadError;
+use crate::plugin_ops::{Actor, Installed, ManagerError, Package, PluginManager};
 
 /// The admin bearer token, kept as its SHA-256 so that every comparison
 /// takes the same time whatever the length of the candidate.

@@ -18,7 +18,7 @@ use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::{ApiLimits, AppState, EventFailure, Problem};
-use crate::event::Event;
+use crate::model::event::Event;
 use crate::store::OutgoingEvent;
 
 /// Most refused events listed in one problem.

@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 /// Records the request's route, method, final status and duration.
 pub(super) async fn record(

@@ -36,11 +36,11 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::chain::Chain;
 use crate::config::HttpConfig;
-use crate::manager::PluginManager;
-use crate::metrics::Metrics;
+use crate::plugin::chain::Chain;
+use crate::plugin_ops::PluginManager;
 use crate::store::{EventPublisher, ProfileCache, ProfileLookup, ProfileStore};
+use crate::telemetry::Metrics;
 
 pub use admin::AdminToken;
 pub use openapi::ApiDoc;

@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 use std::sync::atomic::Ordering;
 
 use super::{AppState, Problem};
-use crate::event::format_millis;
-use crate::manager::disk::PluginState;
-use crate::manager::{Counters, PluginView};
+use crate::model::event::format_millis;
 use crate::plugin::{Manifest, Plugin, PluginLimits, Subscription};
+use crate::plugin_ops::disk::PluginState;
+use crate::plugin_ops::{Counters, PluginView};
 
 /// The active plugins, by name.
 #[derive(Debug, Serialize, ToSchema)]

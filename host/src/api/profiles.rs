@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use utoipa::ToSchema;
 
 use super::{AppState, Problem};
-use crate::event::MAX_ID_BYTES;
+use crate::model::event::MAX_ID_BYTES;
 
 #[utoipa::path(
     get,

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use tower::ServiceExt;
 
 use super::{AdminToken, ApiLimits, AppState, PROBLEM_CONTENT_TYPE, router};
-use crate::chain::Chain;
+use crate::plugin::chain::Chain;
 use crate::plugin::{HostLimits, Runtime};
 use fakes::{FakeCache, FakeLookup, FakePublisher, FakeStore, Ping};
 

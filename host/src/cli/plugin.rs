@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use pulsehub::event::Event;
+use pulsehub::model::event::Event;
 use pulsehub::plugin::{HostLimits, Plugin, PluginInstance, Runtime, Subscription};
 
 /// Events handed to the plugin per call, as in production.

@@ -11,16 +11,15 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use pulsehub::api::{self, AdminToken, ApiLimits, AppState};
-use pulsehub::chain::Chain;
 use pulsehub::config::{Config, LogFormat, Mode};
 use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource};
-use pulsehub::manager::audit::{AuditLog, FileAudit};
-use pulsehub::manager::disk::Registry;
-use pulsehub::manager::{ManagerConfig, PluginManager, watch};
-use pulsehub::metrics::{Backend, Metrics};
+use pulsehub::pipeline::source::Source;
 use pulsehub::pipeline::{EnrichTargets, Pipeline, batch_limits};
+use pulsehub::plugin::chain::Chain;
 use pulsehub::plugin::{HostLimits, QuarantinePolicy, Runtime};
-use pulsehub::source::Source;
+use pulsehub::plugin_ops::audit::{AuditLog, FileAudit};
+use pulsehub::plugin_ops::disk::Registry;
+use pulsehub::plugin_ops::{ManagerConfig, PluginManager, watch};
 use pulsehub::store::embedded::EmbeddedStore;
 use pulsehub::store::instrumented;
 use pulsehub::store::postgres::PgStore;
@@ -29,6 +28,7 @@ use pulsehub::store::redis::RedisCache;
 use pulsehub::store::{
     DeadLetterSink, EventArchive, EventPublisher, OutgoingEvent, ProfileCache, ProfileStore,
 };
+use pulsehub::telemetry::{Backend, Metrics};
 
 /// The embedded inbox's consumer groups.
 const EMBEDDED_ENRICH_GROUP: &str = "enrich";

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::source::{BatchLimits, Record};
+use crate::pipeline::source::{BatchLimits, Record};
 
 /// Pending batches, one per lane.
 pub(super) struct Batcher {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batches::Batcher;
 use super::client_config;
-use crate::source::{Batch, BatchLimits, Closed, Lanes, Record, Source};
+use crate::pipeline::source::{Batch, BatchLimits, Closed, Lanes, Record, Source};
 use crate::store::ProfileStore;
 
 /// Longest a poll blocks, so that `stop` and batch deadlines are honoured.

@@ -9,8 +9,8 @@ use wasmtime::Store;
 use super::bindings::{self, Enricher};
 use super::runtime::{HostState, describe_failure, ticks};
 use super::{ErrorKind, Plugin, PluginError, Runtime};
-use crate::event::Event;
-use crate::update::{Op, Update, Value};
+use crate::model::event::Event;
+use crate::model::update::{Op, Update, Value};
 
 /// The result of one plugin on one event.
 pub type EventResult = Result<Vec<Update>, PluginError>;

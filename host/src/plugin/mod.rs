@@ -7,8 +7,11 @@
 //!   pre-linked, shared by every worker.
 //! - [`PluginInstance`]: one worker's live instance of a plugin, reused
 //!   across batches and rebuilt after any trap.
+//! - [`chain`]: every loaded plugin run over a batch of events, swappable
+//!   atomically between batches.
 
 mod bindings;
+pub mod chain;
 mod error;
 mod health;
 mod instance;

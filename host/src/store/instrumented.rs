@@ -16,8 +16,8 @@ use super::{
     ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, EventArchive, EventPublisher,
     OutgoingEvent, ProfileCache, ProfileStore, StoreResult,
 };
-use crate::metrics::{Backend, Metrics};
-use crate::profile::Profile;
+use crate::model::profile::Profile;
+use crate::telemetry::{Backend, Metrics};
 
 /// `inner` (a `dyn` store trait object), timed and counted as `backend`.
 pub struct Instrumented<T: ?Sized> {

@@ -25,8 +25,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use crate::merge::ProfileChanges;
-use crate::profile::Profile;
+use crate::model::merge::ProfileChanges;
+use crate::model::profile::Profile;
 
 /// A backend failed (unreachable, timed out, refused the statement). Always
 /// retryable from the pipeline's point of view.

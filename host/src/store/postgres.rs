@@ -17,8 +17,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::merge::ProfileChanges;
-use crate::profile::Profile;
+use crate::model::merge::ProfileChanges;
+use crate::model::profile::Profile;
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
 };

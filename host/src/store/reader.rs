@@ -17,8 +17,8 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 
 use super::{ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult};
-use crate::metrics::Metrics;
-use crate::profile::Profile;
+use crate::model::profile::Profile;
+use crate::telemetry::Metrics;
 
 /// Cache trouble is logged at most this often; the counters see all of it.
 const WARN_EVERY: Duration = Duration::from_secs(5);

@@ -25,7 +25,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisResult, ServerErrorKind};
 
 use super::{ProfileCache, StoreError, StoreResult};
-use crate::profile::Profile;
+use crate::model::profile::Profile;
 
 /// How long one connection attempt and one reply may take.
 const TIMEOUT: Duration = Duration::from_secs(1);

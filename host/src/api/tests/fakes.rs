@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::profile::Profile;
+use crate::model::profile::Profile;
 use crate::store::{
     Commit, CommitOutcome, EventPublisher, OutgoingEvent, ProfileCache, ProfileLookup,
     ProfileStore, StoreError, StoreResult,

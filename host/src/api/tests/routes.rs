@@ -14,10 +14,10 @@ use super::{Fakes, get, send};
 use crate::api::plugins::PluginInfo;
 use crate::api::problem::types;
 use crate::api::{AdminToken, ApiLimits, serve};
-use crate::chain::Chain;
+use crate::model::profile::{Attribute, Profile};
+use crate::model::update::Value;
+use crate::plugin::chain::Chain;
 use crate::plugin::{HostLimits, Manifest, PluginLimits, Runtime};
-use crate::profile::{Attribute, Profile};
-use crate::update::Value;
 
 fn profile() -> Profile {
     let mut profile = Profile::new("u-42", 1_795_989_000_000);

@@ -48,7 +48,7 @@ use redb::{
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use crate::profile::Profile;
+use crate::model::profile::Profile;
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, EventArchive, EventPublisher,
     OutgoingEvent, ProfileStore, StoreError, StoreResult,

@@ -8,7 +8,7 @@ use redb::ReadableDatabase;
 use tokio_util::sync::CancellationToken;
 
 use super::{INBOX, INBOX_NEXT, INBOX_PARTITION, INBOX_TOPIC, Inner, META, OFFSETS};
-use crate::source::{Batch, BatchLimits, Lanes, Record, Source};
+use crate::pipeline::source::{Batch, BatchLimits, Lanes, Record, Source};
 
 /// How often a caught-up source looks at its stop token at the least.
 const STOP_CHECK: Duration = Duration::from_millis(100);

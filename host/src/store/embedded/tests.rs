@@ -6,10 +6,10 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::merge::{AttributeChange, ProfileChanges, Provenance};
-use crate::source::{Batch, BatchLimits, Lanes, Record, Source};
+use crate::model::merge::{AttributeChange, ProfileChanges, Provenance};
+use crate::model::update::{Op, Value};
+use crate::pipeline::source::{Batch, BatchLimits, Lanes, Record, Source};
 use crate::store::{DeadReason, OffsetRange};
-use crate::update::{Op, Value};
 
 fn event(key: &str, n: usize) -> OutgoingEvent {
     OutgoingEvent {
@@ -565,8 +565,8 @@ async fn works_on_a_multi_thread_runtime_and_from_lane_threads() {
 /// inbox is emptied once both groups are past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipelines_run_on_the_embedded_store() {
-    use crate::chain::Chain;
     use crate::pipeline::{EnrichTargets, Pipeline, batch_limits};
+    use crate::plugin::chain::Chain;
     use crate::plugin::{HostLimits, Runtime};
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,7 +1,7 @@
 //! The sample events a new plugin version must get through before it may
 //! replace anything that runs.
 
-use crate::event::Event;
+use crate::model::event::Event;
 use crate::plugin::{ErrorKind, Manifest, Subscription};
 
 /// (kind, user agent, url, properties): varied enough to reach the usual

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::event::Event;
-use crate::merge::{Merger, ProfileChanges};
-use crate::metrics::Metrics;
+use crate::model::event::Event;
+use crate::model::merge::{Merger, ProfileChanges};
 use crate::plugin::{
     LoadError, Plugin, PluginError, PluginInstance, QuarantinePolicy, Runtime, Trip,
 };
+use crate::telemetry::Metrics;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// The active plugins, sorted by name.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::event::format_millis;
+use crate::model::event::format_millis;
 
 /// The value of one profile attribute. Stored as
 /// `{"type": "integer", "value": 17}` (timestamps as milliseconds).

@@ -5,9 +5,9 @@
 //! per user per batch instead of one per event. The merged change keeps the
 //! provenance of the event that decided it.
 
-use crate::event::Event;
+use crate::model::event::Event;
+use crate::model::update::{Op, Update};
 use crate::plugin::ErrorKind;
-use crate::update::{Op, Update};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -188,7 +188,7 @@ fn combine(existing: &mut Pending, op: Op, plugin: usize, event: usize, events: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::update::Value;
+    use crate::model::update::Value;
 
     fn event(id: &str, user: &str, at: i64) -> Event {
         Event {

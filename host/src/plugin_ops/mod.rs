@@ -14,7 +14,7 @@
 //!   wasmtime's cache in the registry makes that restart load machine code
 //!   instead of compiling.
 //! - When the chain takes a version out for its failure rate
-//!   ([`crate::chain::Tripped`]), the plugin is quarantined; if the failures
+//!   ([`crate::plugin::chain::Tripped`]), the plugin is quarantined; if the failures
 //!   began with a version installed over a healthy one not long ago, the
 //!   healthy one is restored at once.
 //! - Every action is written to the [`AuditLog`].
@@ -33,10 +33,10 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::chain::{Chain, Tripped};
-use crate::event::format_millis;
+use crate::model::event::format_millis;
+use crate::model::profile::now_ms;
+use crate::plugin::chain::{Chain, Tripped};
 use crate::plugin::{LoadError, Manifest, Plugin};
-use crate::profile::now_ms;
 use audit::{AuditEntry, AuditLog};
 use disk::{PluginRecord, PluginState, Registry, VersionRecord, version_id};
 

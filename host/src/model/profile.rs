@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::event::format_millis;
-use crate::merge::AttributeChange;
-use crate::update::{Op, Value};
+use crate::model::event::format_millis;
+use crate::model::merge::AttributeChange;
+use crate::model::update::{Op, Value};
 
 /// One attribute: its value and who last changed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::Provenance;
+    use crate::model::merge::Provenance;
     use std::sync::Arc;
 
     fn change(op: Op, event_time_ms: i64, event_id: &str) -> AttributeChange {

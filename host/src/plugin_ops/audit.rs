@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::event::format_millis;
+use crate::model::event::format_millis;
 use crate::store::postgres::PgStore;
 
 /// One audited action.

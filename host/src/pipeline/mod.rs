@@ -19,6 +19,8 @@
 //! attempts and dead letters in [`Metrics`], and asks its source for the
 //! consumer lag every [`LAG_EVERY`].
 
+pub mod source;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,15 +31,15 @@ use anyhow::Context as _;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use crate::chain::{Chain, ChainWorker};
-use crate::event::Event;
-use crate::metrics::{Metrics, PipelineRole};
-use crate::profile::now_ms;
-use crate::source::{Batch, BatchLimits, LaneReceiver, Lanes, Record, Source};
+use crate::model::event::Event;
+use crate::model::profile::now_ms;
+use crate::pipeline::source::{Batch, BatchLimits, LaneReceiver, Lanes, Record, Source};
+use crate::plugin::chain::{Chain, ChainWorker};
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, DeadReason, EventArchive,
     OffsetRange, ProfileCache, ProfileStore, StoreResult,
 };
+use crate::telemetry::{Metrics, PipelineRole};
 
 /// How often a pipeline asks its source how far behind it is.
 pub const LAG_EVERY: Duration = Duration::from_secs(5);
