@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, ensure_topic};
 use pulsehub::model::profile::Profile;
+use pulsehub::pipeline::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
+use pulsehub::pipeline::publish::{EventPublisher, OutgoingEvent};
 use pulsehub::pipeline::source::{Batch, BatchLimits, Lanes, Source};
-use pulsehub::store::{
-    Commit, CommitOutcome, DeadLetter, DeadLetterSink, DeadReason, EventPublisher, OutgoingEvent,
-    ProfileStore, StoreError, StoreResult,
-};
+use pulsehub::plugin::ErrorKind;
+use pulsehub::store::{Commit, CommitOutcome, ProfileStore, StoreError, StoreResult};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -449,7 +449,7 @@ async fn dead_letters_carry_payload_key_and_reason_headers() {
             reason: DeadReason::PluginError {
                 plugin: "device-classifier".into(),
                 plugin_version: "1.2.0".into(),
-                kind: "trap".into(),
+                kind: ErrorKind::Trap,
                 detail: "wasm trap: unreachable".into(),
             },
         },

@@ -28,6 +28,7 @@
 //! public contracts.
 
 pub mod api;
+pub mod app;
 pub mod config;
 pub mod kafka;
 pub mod model;

@@ -19,7 +19,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::{ApiLimits, AppState, EventFailure, Problem};
 use crate::model::event::Event;
-use crate::store::OutgoingEvent;
+use crate::pipeline::publish::OutgoingEvent;
 
 /// Most refused events listed in one problem.
 const MAX_LISTED_FAILURES: usize = 20;

@@ -37,9 +37,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::HttpConfig;
+use crate::pipeline::publish::EventPublisher;
 use crate::plugin::chain::Chain;
 use crate::plugin_ops::PluginManager;
-use crate::store::{EventPublisher, ProfileCache, ProfileLookup, ProfileStore};
+use crate::store::{ProfileCache, ProfileLookup, ProfileStore};
 use crate::telemetry::Metrics;
 
 pub use admin::AdminToken;

@@ -6,13 +6,11 @@ use axum::extract::{Path, State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use std::sync::atomic::Ordering;
-
 use super::{AppState, Problem};
 use crate::model::event::format_millis;
-use crate::plugin::{Manifest, Plugin, PluginLimits, Subscription};
+use crate::plugin::{Manifest, Plugin, PluginLimits, Subscription, Totals};
+use crate::plugin_ops::PluginView;
 use crate::plugin_ops::disk::PluginState;
-use crate::plugin_ops::{Counters, PluginView};
 
 /// The active plugins, by name.
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,15 +101,31 @@ impl PluginInfo {
     }
 }
 
+/// Counters of the running version since it was loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Counters {
+    /// Calls into the plugin (one per batch it had events in).
+    pub calls: u64,
+    /// Events handed to it.
+    pub events: u64,
+    /// Events it failed on (errors, traps, timeouts, limits).
+    pub failures: u64,
+}
+
+impl From<Totals> for Counters {
+    fn from(totals: Totals) -> Self {
+        Counters {
+            calls: totals.calls,
+            events: totals.events,
+            failures: totals.failures,
+        }
+    }
+}
+
 impl From<&Plugin> for PluginInfo {
     fn from(plugin: &Plugin) -> Self {
         let mut info = Self::new(&plugin.manifest, &plugin.limits, &plugin.sha256);
-        let health = &plugin.health;
-        info.counters = Counters {
-            calls: health.calls.load(Ordering::Relaxed),
-            events: health.events.load(Ordering::Relaxed),
-            failures: health.failures.load(Ordering::Relaxed),
-        };
+        info.counters = plugin.health.totals().into();
         info
     }
 }
@@ -129,7 +143,7 @@ impl From<&PluginView> for PluginInfo {
         info.since = Some(format_millis(record.since_ms));
         info.reason = record.reason.clone();
         info.source = Some(record.current.source.clone());
-        info.counters = view.counters.clone();
+        info.counters = view.plugin.health.totals().into();
         info.previous = record
             .previous
             .iter()

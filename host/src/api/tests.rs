@@ -17,6 +17,7 @@ use tower::ServiceExt;
 use super::{AdminToken, ApiLimits, AppState, PROBLEM_CONTENT_TYPE, router};
 use crate::plugin::chain::Chain;
 use crate::plugin::{HostLimits, Runtime};
+use crate::telemetry::Metrics;
 use fakes::{FakeCache, FakeLookup, FakePublisher, FakeStore, Ping};
 
 /// The backends of one test, and the limits it runs under.
@@ -26,6 +27,7 @@ struct Fakes {
     cache: Option<Ping>,
     publisher: Arc<FakePublisher>,
     chain: Option<Arc<Chain>>,
+    metrics: Arc<Metrics>,
     admin_token: Option<AdminToken>,
     limits: ApiLimits,
 }
@@ -38,6 +40,7 @@ impl Default for Fakes {
             cache: Some(Ping::Up),
             publisher: Arc::new(FakePublisher::default()),
             chain: None,
+            metrics: Arc::new(Metrics::new()),
             admin_token: None,
             limits: ApiLimits::default(),
         }
@@ -50,8 +53,10 @@ impl Fakes {
     }
 
     fn state(self) -> AppState {
+        let metrics = self.metrics;
         let chain = self.chain.unwrap_or_else(|| {
-            Chain::new(Runtime::new(HostLimits::default()).expect("plugin runtime starts"))
+            let runtime = Runtime::new(HostLimits::default()).expect("plugin runtime starts");
+            Chain::with_metrics(runtime, metrics.clone())
         });
         AppState {
             profiles: Arc::new(self.lookup),
@@ -60,7 +65,7 @@ impl Fakes {
                 .cache
                 .map(|ping| Arc::new(FakeCache(ping)) as Arc<dyn crate::store::ProfileCache>),
             publisher: self.publisher,
-            metrics: chain.metrics().clone(),
+            metrics,
             manager: None,
             admin_token: self.admin_token,
             chain,

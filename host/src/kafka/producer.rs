@@ -18,9 +18,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{LogContext, client_config};
-use crate::store::{
-    DeadLetter, DeadLetterSink, DeadReason, EventPublisher, OutgoingEvent, StoreError, StoreResult,
-};
+use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
+use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
+use crate::store::{StoreError, StoreResult};
 
 /// How long a message may take from the call to its acknowledgement,
 /// retries included (`message.timeout.ms`).
@@ -152,7 +152,7 @@ fn letter_headers(letter: &DeadLetter) -> OwnedHeaders {
     {
         headers = header(headers, "pulsehub-plugin", plugin);
         headers = header(headers, "pulsehub-plugin-version", plugin_version);
-        headers = header(headers, "pulsehub-error-kind", kind);
+        headers = header(headers, "pulsehub-error-kind", kind.as_str());
     }
     headers
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batches::Batcher;
 use super::client_config;
+use crate::pipeline::retry::{Backoff, Until, retry};
 use crate::pipeline::source::{Batch, BatchLimits, Closed, Lanes, Record, Source};
 use crate::store::ProfileStore;
 
@@ -345,31 +346,18 @@ impl SourceContext {
     fn stored_offsets(&self) -> Option<HashMap<i32, i64>> {
         let (store, handle) = self.offsets.as_ref()?;
         let stop = self.stop();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            if stop.is_cancelled() {
-                return None;
-            }
-            match handle.block_on(store.offsets(&self.group, &self.topic)) {
-                Ok(offsets) => return Some(offsets),
-                Err(error) => {
-                    tracing::warn!(
-                        group = %self.group,
-                        topic = %self.topic,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "reading the stored offsets for a partition assignment failed, retrying: {:#}",
-                        error.0
-                    );
-                    handle.block_on(async {
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                    });
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let what = format!(
+            "reading the stored offsets of group {} on {} for a partition assignment",
+            self.group, self.topic
+        );
+        handle
+            .block_on(retry(
+                &what,
+                Backoff::ASSIGNMENT,
+                Until::Stopped(&stop),
+                async || store.offsets(&self.group, &self.topic).await,
+            ))
+            .ok()
     }
 
     /// Sets each partition of `list` to its stored next offset; the others

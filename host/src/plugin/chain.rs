@@ -16,7 +16,7 @@ use crate::plugin::{
     LoadError, Plugin, PluginError, PluginInstance, QuarantinePolicy, Runtime, Trip,
 };
 use crate::telemetry::Metrics;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// The active plugins, sorted by name.
 pub type PluginSet = Vec<Arc<Plugin>>;
@@ -27,7 +27,7 @@ pub struct Chain {
     metrics: Arc<Metrics>,
     policy: QuarantinePolicy,
     /// Where a plugin version taken out of the chain is reported.
-    trips: Mutex<Option<UnboundedSender<Tripped>>>,
+    trips: UnboundedSender<Tripped>,
     active: ArcSwap<PluginSet>,
     /// Serialises changes, so the ownership check and the swap are one step.
     writer: Mutex<()>,
@@ -48,6 +48,10 @@ pub struct Tripped {
     pub trip: Trip,
 }
 
+/// The plugin versions a chain takes out, as it takes them out (see
+/// [`Chain::configure`]).
+pub type Trips = UnboundedReceiver<Tripped>;
+
 /// What a batch produced: merged profile changes, and each plugin failure on
 /// an event (those events' other plugins still contributed).
 #[derive(Debug, Default)]
@@ -59,38 +63,38 @@ pub struct BatchOutcome {
 }
 
 impl Chain {
+    /// A chain with its own metrics and the default quarantine policy, whose
+    /// trips nobody hears of (the quarantined version is still taken out).
     pub fn new(runtime: Runtime) -> Arc<Self> {
         Self::with_metrics(runtime, Arc::new(Metrics::new()))
     }
 
     /// A chain that records its plugins' calls, errors and states in `metrics`.
     pub fn with_metrics(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
-        Self::configure(runtime, metrics, QuarantinePolicy::default())
+        Self::configure(runtime, metrics, QuarantinePolicy::default()).0
     }
 
     /// A chain that takes a plugin version out when its failures cross
-    /// `policy` (see [`Chain::on_trip`]).
+    /// `policy`, and reports each such version on the [`Trips`] returned.
     pub fn configure(
         runtime: Runtime,
         metrics: Arc<Metrics>,
         policy: QuarantinePolicy,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> (Arc<Self>, Trips) {
+        let (trips, tripped) = unbounded_channel();
+        let chain = Arc::new(Self {
             runtime,
             metrics,
             policy,
-            trips: Mutex::new(None),
+            trips,
             active: ArcSwap::from_pointee(Vec::new()),
             writer: Mutex::new(()),
-        })
+        });
+        (chain, tripped)
     }
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// The active plugins now.
@@ -144,11 +148,6 @@ impl Chain {
         Some(removed)
     }
 
-    /// Reports every plugin version the chain takes out to `to`.
-    pub fn on_trip(&self, to: UnboundedSender<Tripped>) {
-        *self.trips.lock().unwrap_or_else(PoisonError::into_inner) = Some(to);
-    }
-
     /// Takes `plugin` out of the active set, if that version is still in it,
     /// and reports it.
     fn trip(&self, plugin: &Arc<Plugin>, trip: Trip) {
@@ -173,13 +172,11 @@ impl Chain {
         self.metrics
             .plugin_state(plugin.name(), Some((&plugin.version, "quarantined")));
         self.metrics.plugin_action(plugin.name(), "quarantine");
-        let trips = self.trips.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(to) = &*trips {
-            let _ = to.send(Tripped {
-                plugin: plugin.clone(),
-                trip,
-            });
-        }
+        // Nobody listens to a chain made without `configure`'s receiver.
+        let _ = self.trips.send(Tripped {
+            plugin: plugin.clone(),
+            trip,
+        });
     }
 
     /// A worker with its own instances, for one thread.

@@ -58,6 +58,18 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Trap,
+        ErrorKind::Timeout,
+        ErrorKind::Memory,
+        ErrorKind::OutputLimit,
+        ErrorKind::UndeclaredWrite,
+        ErrorKind::InvalidOutput,
+        ErrorKind::InvalidEvent,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind's name in dead-letter headers and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Trap => "trap",
@@ -69,6 +81,22 @@ impl ErrorKind {
             ErrorKind::InvalidEvent => "invalid-event",
             ErrorKind::Internal => "internal",
         }
+    }
+}
+
+/// A name that is not one of [`ErrorKind::as_str`]'s.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown plugin error kind `{0}`")]
+pub struct UnknownErrorKind(pub String);
+
+impl std::str::FromStr for ErrorKind {
+    type Err = UnknownErrorKind;
+
+    fn from_str(name: &str) -> Result<ErrorKind, UnknownErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| UnknownErrorKind(name.to_owned()))
     }
 }
 
@@ -87,4 +115,17 @@ pub struct PluginError {
     pub event_id: String,
     pub kind: ErrorKind,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_its_name() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(kind.as_str().parse::<ErrorKind>().ok(), Some(kind));
+        }
+        assert!("segfault".parse::<ErrorKind>().is_err());
+    }
 }

@@ -2,7 +2,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: the same as std's at run time, and pausable in tests.
+use tokio::time::Instant;
 
 /// When a plugin version is taken out of the chain: at least `min_events`
 /// events in the last `window`, and at least `max_failure_ratio` of them
@@ -31,9 +34,9 @@ const BUCKETS: usize = 12;
 /// of recent outcomes.
 #[derive(Debug)]
 pub struct Health {
-    pub calls: AtomicU64,
-    pub events: AtomicU64,
-    pub failures: AtomicU64,
+    calls: AtomicU64,
+    events: AtomicU64,
+    failures: AtomicU64,
     window: Mutex<Window>,
     tripped: AtomicBool,
 }
@@ -58,6 +61,16 @@ impl Default for Health {
             tripped: AtomicBool::new(false),
         }
     }
+}
+
+/// A plugin version's counts since it was loaded (or last cleared).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Batch calls.
+    pub calls: u64,
+    pub events: u64,
+    /// Events the plugin failed on.
+    pub failures: u64,
 }
 
 /// Why a plugin version was taken out of the chain.
@@ -107,6 +120,15 @@ impl Health {
             });
         }
         None
+    }
+
+    /// The counts since the version was loaded (or last cleared).
+    pub fn totals(&self) -> Totals {
+        Totals {
+            calls: self.calls.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Forgets everything: totals, window and trip.
@@ -168,9 +190,10 @@ mod tests {
         assert_eq!((trip.events, trip.failures), (100, 60));
         // Only once.
         assert_eq!(health.record(100, 100, &policy), None);
-        assert_eq!(health.events.load(Ordering::Relaxed), 200);
-        assert_eq!(health.failures.load(Ordering::Relaxed), 160);
-        assert_eq!(health.calls.load(Ordering::Relaxed), 3);
+        let totals = health.totals();
+        assert_eq!(totals.events, 200);
+        assert_eq!(totals.failures, 160);
+        assert_eq!(totals.calls, 3);
     }
 
     #[test]
@@ -182,8 +205,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn failures_leave_the_window() {
+    #[tokio::test(start_paused = true)]
+    async fn failures_leave_the_window() {
         let health = Health::default();
         let policy = QuarantinePolicy {
             window: Duration::from_millis(120),
@@ -191,7 +214,7 @@ mod tests {
             max_failure_ratio: 0.5,
         };
         assert_eq!(health.record(9, 9, &policy), None);
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::advance(Duration::from_millis(200)).await;
         // The 9 old failures are out of the window: 10 new, 1 failed.
         assert_eq!(health.record(10, 1, &policy), None);
         health.reset();

@@ -20,7 +20,7 @@ mod manifest;
 mod runtime;
 
 pub use error::{ErrorKind, LoadError, PluginError};
-pub use health::{Health, QuarantinePolicy, Trip};
+pub use health::{Health, QuarantinePolicy, Totals, Trip};
 pub use instance::PluginInstance;
 pub use limits::{HostLimits, PluginLimits};
 pub use manifest::{

@@ -30,13 +30,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::Serialize;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::model::event::format_millis;
 use crate::model::profile::now_ms;
-use crate::plugin::chain::{Chain, Tripped};
+use crate::plugin::chain::{Chain, Tripped, Trips};
 use crate::plugin::{LoadError, Manifest, Plugin};
+use crate::telemetry::Metrics;
 use audit::{AuditEntry, AuditLog};
 use disk::{PluginRecord, PluginState, Registry, VersionRecord, version_id};
 
@@ -154,23 +153,11 @@ pub enum Installed {
     Unchanged,
 }
 
-/// Counters of the running version since it was loaded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Counters {
-    /// Calls into the plugin (one per batch it had events in).
-    pub calls: u64,
-    /// Events handed to it.
-    pub events: u64,
-    /// Events it failed on (errors, traps, timeouts, limits).
-    pub failures: u64,
-}
-
 /// One plugin as the API shows it.
 #[derive(Debug, Clone)]
 pub struct PluginView {
     pub plugin: Arc<Plugin>,
     pub record: PluginRecord,
-    pub counters: Counters,
 }
 
 /// The live plugin operations of one process.
@@ -179,6 +166,8 @@ pub struct PluginManager {
     registry: Registry,
     config: ManagerConfig,
     audit: Arc<dyn AuditLog>,
+    /// Where plugin actions and states are counted.
+    metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     /// Serialises changes: one at a time, validation included.
     ops: tokio::sync::Mutex<()>,
@@ -210,6 +199,7 @@ impl PluginManager {
         registry: Registry,
         config: ManagerConfig,
         audit: Arc<dyn AuditLog>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let records = registry.load()?;
         let manager = Arc::new(Self {
@@ -217,6 +207,7 @@ impl PluginManager {
             registry,
             config,
             audit,
+            metrics,
             inner: Mutex::new(Inner::default()),
             ops: tokio::sync::Mutex::new(()),
         });
@@ -247,7 +238,7 @@ impl PluginManager {
 
     /// Quarantines (or rolls back) the versions the chain takes out, until
     /// the chain is dropped.
-    pub fn handle_trips(self: &Arc<Self>, mut trips: UnboundedReceiver<Tripped>) {
+    pub fn handle_trips(self: &Arc<Self>, mut trips: Trips) {
         let manager = self.clone();
         tokio::spawn(async move {
             while let Some(tripped) = trips.recv().await {
@@ -409,7 +400,7 @@ impl PluginManager {
             Installed::Replaced => ("replace", "replaced"),
             _ => ("load", "loaded"),
         };
-        self.chain.metrics().plugin_action(name, action);
+        self.metrics.plugin_action(name, action);
         tracing::info!(
             plugin = %name,
             version = %plugin.version,
@@ -544,7 +535,7 @@ impl PluginManager {
             return Err(ManagerError::Internal(error));
         }
         self.show_state(name, &plugin, PluginState::Active);
-        self.chain.metrics().plugin_action(name, "rollback");
+        self.metrics.plugin_action(name, "rollback");
         tracing::info!(plugin = %name, version = %plugin.version, "plugin rolled back");
         let view = self
             .get(name)
@@ -585,8 +576,8 @@ impl PluginManager {
         if let Err(error) = self.registry.collect_garbage(&inner.records) {
             tracing::warn!("cleaning the plugin registry: {error:#}");
         }
-        self.chain.metrics().plugin_state(name, None);
-        self.chain.metrics().plugin_action(name, "remove");
+        self.metrics.plugin_state(name, None);
+        self.metrics.plugin_action(name, "remove");
         tracing::info!(plugin = %name, "plugin removed");
         Ok(record)
     }
@@ -637,7 +628,7 @@ impl PluginManager {
             return Err(ManagerError::Internal(error));
         }
         self.show_state(name, &plugin, PluginState::Active);
-        self.chain.metrics().plugin_action(name, "lift");
+        self.metrics.plugin_action(name, "lift");
         self.get(name)
             .ok_or_else(|| ManagerError::NotFound(name.to_owned()))
     }
@@ -672,7 +663,7 @@ impl PluginManager {
                 .await
             {
                 Ok((view, from)) => {
-                    self.chain.metrics().plugin_action(&name, "auto_rollback");
+                    self.metrics.plugin_action(&name, "auto_rollback");
                     tracing::warn!(plugin = %name, version = %view.plugin.version, "{reason}; rolled back automatically");
                     self.audit_ok(
                         &Actor::Host,
@@ -822,8 +813,7 @@ impl PluginManager {
     }
 
     fn show_state(&self, name: &str, plugin: &Plugin, state: PluginState) {
-        self.chain
-            .metrics()
+        self.metrics
             .plugin_state(name, Some((&plugin.version, state.as_str())));
     }
 
@@ -881,16 +871,9 @@ impl PluginManager {
 
 fn view(inner: &Inner, name: &str, record: &PluginRecord) -> Option<PluginView> {
     let plugin = inner.loaded.get(name)?.clone();
-    let health = &plugin.health;
-    let counters = Counters {
-        calls: health.calls.load(std::sync::atomic::Ordering::Relaxed),
-        events: health.events.load(std::sync::atomic::Ordering::Relaxed),
-        failures: health.failures.load(std::sync::atomic::Ordering::Relaxed),
-    };
     Some(PluginView {
         plugin,
         record: record.clone(),
-        counters,
     })
 }
 
@@ -938,12 +921,18 @@ mod tests {
         let registry = Registry::open(&dir.join("registry")).expect("registry");
         let runtime =
             Runtime::with_cache(HostLimits::default(), &registry.compiled_dir()).expect("runtime");
-        let chain = Chain::new(runtime);
+        let metrics = Arc::new(Metrics::new());
+        let chain = Chain::with_metrics(runtime, metrics.clone());
         let audit = Arc::new(audit::FileAudit::new(&dir.join("audit.log")));
-        let manager =
-            PluginManager::start(chain.clone(), registry, ManagerConfig::default(), audit)
-                .await
-                .expect("manager starts");
+        let manager = PluginManager::start(
+            chain.clone(),
+            registry,
+            ManagerConfig::default(),
+            audit,
+            metrics,
+        )
+        .await
+        .expect("manager starts");
         (chain, manager)
     }
 

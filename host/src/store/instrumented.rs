@@ -13,10 +13,11 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, EventArchive, EventPublisher,
-    OutgoingEvent, ProfileCache, ProfileStore, StoreResult,
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileCache, ProfileStore, StoreResult,
 };
 use crate::model::profile::Profile;
+use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
 use crate::telemetry::{Backend, Metrics};
 
 /// `inner` (a `dyn` store trait object), timed and counted as `backend`.

@@ -5,10 +5,11 @@
 //! - [`ProfileStore`]: the system of record. Commits a batch's profile
 //!   changes together with the consumer offsets they came from, atomically.
 //! - [`ProfileCache`]: the hot copy (Redis), written through after commits.
-//! - [`DeadLetterSink`]: where bad events go, acknowledged before offsets move.
-//! - [`EventPublisher`]: where `POST /api/v1/events` puts events (the topic,
-//!   or the embedded inbox).
 //! - [`EventArchive`]: the raw-event archive, idempotent by event id.
+//!
+//! The pipeline's own traits, [`DeadLetterSink`](crate::pipeline::dead_letter::DeadLetterSink)
+//! and [`EventPublisher`](crate::pipeline::publish::EventPublisher), report
+//! the same [`StoreError`].
 //!
 //! Every error of these traits is infrastructure trouble: the caller retries
 //! with backoff and moves no offset. Bad data never reaches them.
@@ -93,71 +94,6 @@ pub trait ProfileCache: Send + Sync + 'static {
     /// [`Profile::revision`] is kept instead.
     async fn put(&self, profiles: &[Profile]) -> StoreResult<()>;
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>>;
-    async fn ping(&self) -> StoreResult<()>;
-}
-
-/// Why an event could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeadReason {
-    /// The event broke the wire format (contract §3).
-    BadEvent { detail: String },
-    /// A plugin failed on this event.
-    PluginError {
-        plugin: String,
-        plugin_version: String,
-        /// [`crate::plugin::ErrorKind`] name, e.g. `trap`.
-        kind: String,
-        detail: String,
-    },
-}
-
-impl DeadReason {
-    /// `bad-event` or `plugin-error`: the `pulsehub-reason` header.
-    pub fn code(&self) -> &'static str {
-        match self {
-            DeadReason::BadEvent { .. } => "bad-event",
-            DeadReason::PluginError { .. } => "plugin-error",
-        }
-    }
-
-    pub fn detail(&self) -> &str {
-        match self {
-            DeadReason::BadEvent { detail } | DeadReason::PluginError { detail, .. } => detail,
-        }
-    }
-}
-
-/// A bad event with where it came from and why it was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    /// The original message value, byte for byte.
-    pub payload: Vec<u8>,
-    /// The event id when the event could be decoded.
-    pub event_id: Option<String>,
-    pub reason: DeadReason,
-}
-
-#[async_trait]
-pub trait DeadLetterSink: Send + Sync + 'static {
-    /// Returns once every letter is durably stored (acknowledged).
-    async fn send(&self, letters: &[DeadLetter]) -> StoreResult<()>;
-}
-
-/// One event for the ingest path: the message key (user id) and its JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutgoingEvent {
-    pub key: String,
-    pub payload: Vec<u8>,
-}
-
-#[async_trait]
-pub trait EventPublisher: Send + Sync + 'static {
-    /// Returns once every event is durably accepted, in order per key.
-    async fn publish(&self, events: &[OutgoingEvent]) -> StoreResult<()>;
     async fn ping(&self) -> StoreResult<()>;
 }
 

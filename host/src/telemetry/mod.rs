@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::DeadReason;
+use crate::pipeline::dead_letter::DeadReason;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,8 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 
 use super::{Backend, Metrics, PipelineRole};
-use crate::store::DeadReason;
+use crate::pipeline::dead_letter::DeadReason;
+use crate::plugin::ErrorKind;
 
 /// The value of the series `name{labels}` in `text`, labels written as
 /// rendered (`role="enrich",partition="3"`).
@@ -31,7 +32,7 @@ fn pipeline_series_carry_role_and_partition() {
         DeadReason::PluginError {
             plugin: "p".into(),
             plugin_version: "1.0.0".into(),
-            kind: "trap".into(),
+            kind: ErrorKind::Trap,
             detail: "unreachable".into(),
         },
         DeadReason::BadEvent {

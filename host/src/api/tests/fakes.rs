@@ -7,9 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::profile::Profile;
+use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
 use crate::store::{
-    Commit, CommitOutcome, EventPublisher, OutgoingEvent, ProfileCache, ProfileLookup,
-    ProfileStore, StoreError, StoreResult,
+    Commit, CommitOutcome, ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult,
 };
 
 /// How a backend answers.

@@ -49,9 +49,10 @@ use redb::{
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::model::profile::Profile;
+use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
 use crate::store::{
-    ArchivedEvent, Commit, CommitOutcome, DeadLetter, DeadLetterSink, EventArchive, EventPublisher,
-    OutgoingEvent, ProfileStore, StoreError, StoreResult,
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
 };
 
 pub use source::EmbeddedSource;

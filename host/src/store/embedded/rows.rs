@@ -20,7 +20,8 @@ use std::fmt::Write as _;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ArchivedEvent, DeadLetter, DeadReason};
+use crate::pipeline::dead_letter::{DeadLetter, DeadReason};
+use crate::store::ArchivedEvent;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct LetterRow {
@@ -59,7 +60,7 @@ impl LetterRow {
             } => (
                 Some(plugin.clone()),
                 Some(plugin_version.clone()),
-                Some(kind.clone()),
+                Some(kind.as_str().to_owned()),
             ),
         };
         LetterRow {
@@ -97,7 +98,8 @@ impl LetterRow {
                     .context("a plugin-error letter without plugin_version")?,
                 kind: self
                     .error_kind
-                    .context("a plugin-error letter without error_kind")?,
+                    .context("a plugin-error letter without error_kind")?
+                    .parse()?,
                 detail: self.detail,
             },
             other => bail!("unknown reason `{other}`"),

@@ -8,8 +8,10 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::model::merge::{AttributeChange, ProfileChanges, Provenance};
 use crate::model::update::{Op, Value};
+use crate::pipeline::dead_letter::DeadReason;
 use crate::pipeline::source::{Batch, BatchLimits, Lanes, Record, Source};
-use crate::store::{DeadReason, OffsetRange};
+use crate::plugin::ErrorKind;
+use crate::store::OffsetRange;
 
 fn event(key: &str, n: usize) -> OutgoingEvent {
     OutgoingEvent {
@@ -358,7 +360,7 @@ async fn dead_letters_round_trip_byte_for_byte() {
             reason: DeadReason::PluginError {
                 plugin: "device-classifier".into(),
                 plugin_version: "1.2.0".into(),
-                kind: "trap".into(),
+                kind: ErrorKind::Trap,
                 detail: "unreachable executed".into(),
             },
         },
@@ -565,9 +567,10 @@ async fn works_on_a_multi_thread_runtime_and_from_lane_threads() {
 /// inbox is emptied once both groups are past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipelines_run_on_the_embedded_store() {
-    use crate::pipeline::{EnrichTargets, Pipeline, batch_limits};
+    use crate::pipeline::{EnrichTargets, Pipeline, Setup, batch_limits};
     use crate::plugin::chain::Chain;
     use crate::plugin::{HostLimits, Runtime};
+    use crate::telemetry::Metrics;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = EmbeddedStore::open(dir.path()).expect("opens");
@@ -591,32 +594,26 @@ async fn the_pipelines_run_on_the_embedded_store() {
     );
     store.publish(&events[..20]).await.expect("publishes");
 
-    let chain = Chain::new(Runtime::new(HostLimits::default()).expect("plugin runtime"));
+    let metrics = Arc::new(Metrics::new());
+    let chain = Chain::with_metrics(
+        Runtime::new(HostLimits::default()).expect("plugin runtime"),
+        metrics.clone(),
+    );
     let targets = EnrichTargets {
         store: Arc::new(store.clone()),
         cache: None,
         dead_letters: Arc::new(store.clone()),
     };
-    let limits = batch_limits(8, 10);
-    let enrich = Pipeline::enrich(
-        enrich_source,
-        "enrich",
-        &chain,
-        targets,
-        2,
-        limits,
-        Handle::current(),
-    )
-    .expect("enrich starts");
-    let archive = Pipeline::archive(
-        archive_source,
-        Arc::new(store.clone()),
-        chain.metrics().clone(),
-        1,
-        limits,
-        Handle::current(),
-    )
-    .expect("archive starts");
+    let setup = |lanes| Setup {
+        metrics: metrics.clone(),
+        lanes,
+        limits: batch_limits(8, 10),
+        runtime: Handle::current(),
+    };
+    let enrich = Pipeline::enrich(enrich_source, "enrich", &chain, targets, setup(2))
+        .expect("enrich starts");
+    let archive = Pipeline::archive(archive_source, Arc::new(store.clone()), setup(1))
+        .expect("archive starts");
     store.publish(&events[20..]).await.expect("publishes");
 
     let total = i64::try_from(events.len()).expect("small");
@@ -658,7 +655,7 @@ async fn the_pipelines_run_on_the_embedded_store() {
     assert!(inbox_offsets(&store).is_empty());
 
     // Every record counted once per role, the bad one as a dead letter.
-    let text = chain.metrics().render();
+    let text = metrics.render();
     let series = |name: &str, labels: &str| -> Option<f64> {
         let prefix = format!("{name}{{{labels}}} ");
         text.lines()

@@ -1,0 +1,65 @@
+//! The archive lane: every raw event into the archive, idempotently by event
+//! id. Bad events are left to the enrich role's dead letters.
+
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use super::retry::{Backoff, Until, retry};
+use super::source::{Batch, Source};
+use super::{count_consumed, next_offsets};
+use crate::model::event::Event;
+use crate::store::{ArchivedEvent, EventArchive};
+use crate::telemetry::{Metrics, PipelineRole};
+
+pub(super) struct ArchiveLane {
+    pub(super) archive: Arc<dyn EventArchive>,
+    pub(super) source: Arc<dyn Source>,
+    pub(super) runtime: Handle,
+    pub(super) stop: CancellationToken,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl ArchiveLane {
+    pub(super) fn process(&self, batch: Batch) {
+        self.metrics
+            .batch_received(PipelineRole::Archive, batch.records.len());
+        let topic = &*batch.topic;
+        let mut events = Vec::with_capacity(batch.records.len());
+        let next = next_offsets(&batch.records);
+        for record in &batch.records {
+            let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
+            let Ok(event) = Event::from_json(&record.payload, fallback) else {
+                continue;
+            };
+            let Ok(payload) = String::from_utf8(record.payload.clone()) else {
+                continue;
+            };
+            events.push(ArchivedEvent {
+                event_id: event.id,
+                user_id: event.user_id,
+                event_type: event.kind,
+                event_time_ms: event.timestamp_ms,
+                topic: topic.to_owned(),
+                partition: record.partition,
+                offset: record.offset,
+                payload,
+            });
+        }
+        if !events.is_empty() {
+            let archive = &self.archive;
+            let done = self.runtime.block_on(retry(
+                "archiving events",
+                Backoff::LANE,
+                Until::Stopped(&self.stop),
+                async || archive.archive(&events).await,
+            ));
+            if done.is_err() {
+                return;
+            }
+        }
+        count_consumed(&self.metrics, PipelineRole::Archive, &batch.records);
+        self.source.committed(&next);
+    }
+}

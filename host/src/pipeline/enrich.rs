@@ -1,0 +1,220 @@
+//! The enrich lane: decode → plugin chain → dead letters → commit the merged
+//! changes with the offsets they came from → write through to the cache.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
+use super::retry::{Backoff, Until, retry};
+use super::source::{Batch, Record, Source};
+use super::{count_consumed, next_offsets};
+use crate::model::event::Event;
+use crate::model::profile::now_ms;
+use crate::plugin::chain::ChainWorker;
+use crate::store::{Commit, CommitOutcome, OffsetRange, ProfileCache, ProfileStore};
+use crate::telemetry::{Metrics, PipelineRole};
+
+/// Where the enrich role writes.
+#[derive(Clone)]
+pub struct EnrichTargets {
+    pub store: Arc<dyn ProfileStore>,
+    pub cache: Option<Arc<dyn ProfileCache>>,
+    pub dead_letters: Arc<dyn DeadLetterSink>,
+}
+
+/// One enrich lane: a chain worker and what it knows of the store's offsets.
+pub(super) struct EnrichLane {
+    pub(super) worker: ChainWorker,
+    pub(super) targets: EnrichTargets,
+    pub(super) source: Arc<dyn Source>,
+    pub(super) group: String,
+    /// Partition → next offset the store holds, as last read or written;
+    /// `None` until read. A partition missing from the map has no row.
+    pub(super) known: Option<HashMap<i32, i64>>,
+    pub(super) runtime: Handle,
+    pub(super) stop: CancellationToken,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    Committed,
+    /// Another consumer moved a partition: the offsets must be read again.
+    Stale,
+    /// The pipeline stopped while a backend was away.
+    Stopped,
+}
+
+impl EnrichLane {
+    pub(super) fn process(&mut self, batch: Batch) {
+        self.metrics
+            .batch_received(PipelineRole::Enrich, batch.records.len());
+        loop {
+            if self.known.is_none() {
+                let (store, group, topic) = (&self.targets.store, &self.group, &*batch.topic);
+                let loaded = self.runtime.block_on(retry(
+                    "loading consumer offsets",
+                    Backoff::LANE,
+                    Until::Stopped(&self.stop),
+                    async || store.offsets(group, topic).await,
+                ));
+                match loaded {
+                    Ok(offsets) => self.known = Some(offsets),
+                    Err(_) => return,
+                }
+            }
+            let known = self.known.as_ref();
+            let records: Vec<&Record> = batch
+                .records
+                .iter()
+                .filter(|r| {
+                    known
+                        .and_then(|k| k.get(&r.partition))
+                        .is_none_or(|&next| r.offset >= next)
+                })
+                .collect();
+            if records.is_empty() {
+                return;
+            }
+            match self.enrich_and_commit(&batch.topic, &records) {
+                Attempt::Committed => {
+                    count_consumed(&self.metrics, PipelineRole::Enrich, records);
+                    return;
+                }
+                // Learn where the partitions are now, go again.
+                Attempt::Stale => self.known = None,
+                Attempt::Stopped => return,
+            }
+        }
+    }
+
+    fn enrich_and_commit(&mut self, topic: &str, records: &[&Record]) -> Attempt {
+        let mut events = Vec::with_capacity(records.len());
+        let mut origin = Vec::with_capacity(records.len());
+        let mut letters = Vec::new();
+        for record in records {
+            let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
+            match Event::from_json(&record.payload, fallback) {
+                Ok(event) => {
+                    events.push(event);
+                    origin.push(*record);
+                }
+                Err(error) => letters.push(letter(
+                    topic,
+                    record,
+                    None,
+                    DeadReason::BadEvent {
+                        detail: error.to_string(),
+                    },
+                )),
+            }
+        }
+        let outcome = self.worker.run(&events);
+        for (index, error) in outcome.errors {
+            tracing::debug!(
+                plugin = %error.plugin,
+                version = %error.version,
+                event_id = %error.event_id,
+                partition = origin[index].partition,
+                "plugin failed on an event: {}",
+                error.message
+            );
+            letters.push(letter(
+                topic,
+                origin[index],
+                Some(error.event_id),
+                DeadReason::PluginError {
+                    plugin: error.plugin,
+                    plugin_version: error.version,
+                    kind: error.kind,
+                    detail: error.message,
+                },
+            ));
+        }
+        let (runtime, until) = (&self.runtime, Until::Stopped(&self.stop));
+        if !letters.is_empty() {
+            let sink = &self.targets.dead_letters;
+            let sent = runtime.block_on(retry(
+                "writing dead letters",
+                Backoff::LANE,
+                until,
+                async || sink.send(&letters).await,
+            ));
+            if sent.is_err() {
+                return Attempt::Stopped;
+            }
+            self.metrics
+                .dead_letters(letters.iter().map(|letter| &letter.reason));
+        }
+
+        let next = next_offsets(records.iter().copied());
+        let offsets: Vec<OffsetRange> = next
+            .iter()
+            .map(|&(partition, next)| OffsetRange {
+                partition,
+                expected: self.known.as_ref().and_then(|k| k.get(&partition).copied()),
+                next,
+            })
+            .collect();
+        let store = &self.targets.store;
+        let group = self.group.as_str();
+        let changes = &outcome.changes;
+        let metrics = &self.metrics;
+        let committed = runtime.block_on(retry(
+            "committing a batch",
+            Backoff::LANE,
+            until,
+            async || {
+                let commit = Commit {
+                    group,
+                    topic,
+                    changes,
+                    offsets: &offsets,
+                    now_ms: now_ms(),
+                };
+                let started = Instant::now();
+                let result = store.commit(commit).await;
+                metrics.commit_attempt(started.elapsed());
+                result
+            },
+        ));
+        let profiles = match committed {
+            Ok(CommitOutcome::Applied(profiles)) => profiles,
+            Ok(CommitOutcome::Stale) => return Attempt::Stale,
+            Err(_) => return Attempt::Stopped,
+        };
+        if let Some(known) = &mut self.known {
+            known.extend(next.iter().copied());
+        }
+        if let Some(cache) = &self.targets.cache
+            && !profiles.is_empty()
+            && let Err(error) = runtime.block_on(cache.put(&profiles))
+        {
+            // The cache forgets these keys and refills them from the store.
+            tracing::warn!("profile cache write-through failed: {:#}", error.0);
+        }
+        self.source.committed(&next);
+        Attempt::Committed
+    }
+}
+
+fn letter(
+    topic: &str,
+    record: &Record,
+    event_id: Option<String>,
+    reason: DeadReason,
+) -> DeadLetter {
+    DeadLetter {
+        topic: topic.to_owned(),
+        partition: record.partition,
+        offset: record.offset,
+        key: record.key.clone(),
+        payload: record.payload.clone(),
+        event_id,
+        reason,
+    }
+}
