@@ -21,7 +21,7 @@ mod problem;
 mod profiles;
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

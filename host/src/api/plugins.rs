@@ -10,7 +10,7 @@ use super::{AppState, Problem};
 use crate::model::event::format_millis;
 use crate::plugin::{Manifest, Plugin, PluginLimits, Subscription, Totals};
 use crate::plugin_ops::PluginView;
-use crate::plugin_ops::disk::PluginState;
+use crate::plugin_ops::registry::PluginState;
 
 /// The active plugins, by name.
 #[derive(Debug, Serialize, ToSchema)]

@@ -4,7 +4,7 @@ mod fakes;
 mod health;
 mod ingest;
 mod metrics;
-pub(crate) mod routes;
+mod routes;
 
 use std::sync::Arc;
 

@@ -31,7 +31,7 @@ use crate::pipeline::{EnrichTargets, Pipeline, Setup, batch_limits};
 use crate::plugin::chain::Chain;
 use crate::plugin::{HostLimits, QuarantinePolicy, Runtime};
 use crate::plugin_ops::audit::AuditLog;
-use crate::plugin_ops::disk::Registry;
+use crate::plugin_ops::registry::Registry;
 use crate::plugin_ops::{ManagerConfig, PluginManager, watch};
 use crate::store::reader::ProfileReader;
 use crate::telemetry::Metrics;
@@ -278,7 +278,7 @@ async fn plugins(
         );
     }
     if settings.watch {
-        watch::watch(manager.clone(), &settings.dir, stop.clone())?;
+        watch(manager.clone(), &settings.dir, stop.clone())?;
     }
     Ok((chain, Some(manager)))
 }

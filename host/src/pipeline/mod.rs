@@ -6,7 +6,7 @@
 //! Exactness under at-least-once delivery rests on the store: a lane knows,
 //! per partition, the next offset the store holds; it skips records below it
 //! and commits its batch only if the store still holds what it expected
-//! ([`CommitOutcome::Stale`] otherwise, after which it reloads and retries).
+//! ([`CommitOutcome::Stale`](crate::store::CommitOutcome::Stale) otherwise, after which it reloads and retries).
 //! A crash at any point therefore replays at most the uncommitted batch,
 //! whose records the store has not counted.
 //!

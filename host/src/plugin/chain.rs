@@ -15,7 +15,7 @@ use crate::model::merge::{Merger, ProfileChanges};
 use crate::plugin::{
     LoadError, Plugin, PluginError, PluginInstance, QuarantinePolicy, Runtime, Trip,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, PluginAction};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// The active plugins, sorted by name.
@@ -171,7 +171,8 @@ impl Chain {
         );
         self.metrics
             .plugin_state(plugin.name(), Some((&plugin.version, "quarantined")));
-        self.metrics.plugin_action(plugin.name(), "quarantine");
+        self.metrics
+            .plugin_action(plugin.name(), PluginAction::Quarantine);
         // Nobody listens to a chain made without `configure`'s receiver.
         let _ = self.trips.send(Tripped {
             plugin: plugin.clone(),

@@ -13,6 +13,8 @@
 mod bindings;
 pub mod chain;
 mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod health;
 mod instance;
 mod limits;
@@ -24,6 +26,7 @@ pub use health::{Health, QuarantinePolicy, Totals, Trip};
 pub use instance::PluginInstance;
 pub use limits::{HostLimits, PluginLimits};
 pub use manifest::{
-    FieldMask, Manifest, ManifestError, ManifestLimits, Subscription, check_attribute, check_name,
+    EVENT_FIELDS, FieldMask, MAX_NAME_LEN, Manifest, ManifestError, ManifestLimits, Subscription,
+    check_attribute, check_name,
 };
 pub use runtime::{Plugin, Runtime, RuntimeError};

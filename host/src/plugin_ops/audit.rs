@@ -1,6 +1,13 @@
 //! The audit log of plugin changes: who did what, when, to which versions.
-//! In PostgreSQL (table `plugin_audit`) with the production backends, in a
-//! JSON-lines file in embedded mode.
+//! In PostgreSQL (table `plugin_audit`, written by
+//! [`PgStore`](crate::store::postgres::PgStore)) with the production
+//! backends, in a JSON-lines file ([`FileAudit`]) in embedded mode.
+//!
+//! Its actions are not the `action` label values of
+//! `pulsehub_plugin_actions_total` ([`crate::telemetry::PluginAction`]), and
+//! both are public: the audit log records what was asked (`install`,
+//! `resume`), the metric what happened to the running set (`load` or
+//! `replace`, `lift`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,8 +17,10 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use super::registry::VersionRecord;
+use super::{Actor, ManagerError, PluginManager};
 use crate::model::event::format_millis;
-use crate::store::postgres::PgStore;
+use crate::model::profile::now_ms;
 
 /// One audited action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,11 +28,9 @@ pub struct AuditEntry {
     pub at_ms: i64,
     /// `admin <operator> from <address>`, `plugin-dir`, `host`.
     pub actor: String,
-    /// `install`, `rollback`, `remove`, `resume`, `quarantine`, `auto_rollback`.
-    pub action: String,
+    pub action: AuditAction,
     pub plugin: String,
-    /// `ok` or `refused`.
-    pub outcome: String,
+    pub outcome: AuditOutcome,
     /// The version that runs after the action, if any.
     pub version: Option<String>,
     pub version_id: Option<String>,
@@ -35,34 +42,60 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
-#[async_trait]
-pub trait AuditLog: Send + Sync {
-    async fn record(&self, entry: &AuditEntry) -> anyhow::Result<()>;
+/// What was asked of a plugin, or what the host did to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    Install,
+    Rollback,
+    Remove,
+    Resume,
+    Quarantine,
+    AutoRollback,
+}
+
+impl AuditAction {
+    /// The name in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Install => "install",
+            AuditAction::Rollback => "rollback",
+            AuditAction::Remove => "remove",
+            AuditAction::Resume => "resume",
+            AuditAction::Quarantine => "quarantine",
+            AuditAction::AutoRollback => "auto_rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the action was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Ok,
+    /// Refused; nothing that runs changed.
+    Refused,
+}
+
+impl AuditOutcome {
+    /// The name in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Refused => "refused",
+        }
+    }
 }
 
 #[async_trait]
-impl AuditLog for PgStore {
-    async fn record(&self, entry: &AuditEntry) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO plugin_audit (at, actor, action, plugin, outcome, version, version_id, \
-             sha256, previous_version_id, detail) \
-             VALUES (to_timestamp($1::double precision / 1000), $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(entry.at_ms as f64)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.plugin)
-        .bind(&entry.outcome)
-        .bind(&entry.version)
-        .bind(&entry.version_id)
-        .bind(&entry.sha256)
-        .bind(&entry.previous_version_id)
-        .bind(&entry.detail)
-        .execute(self.pool())
-        .await
-        .context("writing the plugin audit log to PostgreSQL")?;
-        Ok(())
-    }
+pub trait AuditLog: Send + Sync {
+    async fn record(&self, entry: &AuditEntry) -> anyhow::Result<()>;
 }
 
 /// The audit log as a file of JSON lines, one per action, synced on write.
@@ -109,5 +142,66 @@ impl AuditLog for FileAudit {
         file.write_all(&line)
             .and_then(|()| file.sync_data())
             .with_context(|| format!("writing the audit log {}", self.path.display()))
+    }
+}
+
+/// Writing the audit log; a failure to write is logged, never refuses the
+/// action (which has already happened).
+impl PluginManager {
+    pub(super) async fn audit_ok(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        plugin: &str,
+        version: &VersionRecord,
+        previous: Option<String>,
+        detail: Option<String>,
+    ) {
+        self.write_audit(AuditEntry {
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action,
+            plugin: plugin.to_owned(),
+            outcome: AuditOutcome::Ok,
+            version: Some(version.version.clone()),
+            version_id: Some(version.id.clone()),
+            sha256: Some(version.sha256.clone()),
+            previous_version_id: previous,
+            detail,
+        })
+        .await;
+    }
+
+    pub(super) async fn audit_refusal(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        plugin: &str,
+        error: &ManagerError,
+    ) {
+        self.write_audit(AuditEntry {
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action,
+            plugin: plugin.to_owned(),
+            outcome: AuditOutcome::Refused,
+            version: None,
+            version_id: None,
+            sha256: None,
+            previous_version_id: None,
+            detail: Some(error.to_string()),
+        })
+        .await;
+    }
+
+    pub(super) async fn write_audit(&self, entry: AuditEntry) {
+        if let Err(error) = self.audit.record(&entry).await {
+            tracing::error!(
+                action = %entry.action,
+                plugin = %entry.plugin,
+                at = %format_millis(entry.at_ms),
+                "could not write the audit log: {error:#}"
+            );
+        }
     }
 }

@@ -20,6 +20,38 @@ use prometheus_client::registry::Registry;
 
 use crate::pipeline::dead_letter::DeadReason;
 
+/// A change to the running plugins: the `action` label of
+/// `pulsehub_plugin_actions_total` (contract §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginAction {
+    /// A plugin of a new name started running.
+    Load,
+    /// A new version replaced the running one.
+    Replace,
+    Rollback,
+    Remove,
+    /// The chain took the version out for its failure rate.
+    Quarantine,
+    /// A quarantine lifted (an operator's resume).
+    Lift,
+    /// A quarantined version replaced by the healthy one before it.
+    AutoRollback,
+}
+
+impl PluginAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginAction::Load => "load",
+            PluginAction::Replace => "replace",
+            PluginAction::Rollback => "rollback",
+            PluginAction::Remove => "remove",
+            PluginAction::Quarantine => "quarantine",
+            PluginAction::Lift => "lift",
+            PluginAction::AutoRollback => "auto_rollback",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -338,12 +370,12 @@ impl Metrics {
     }
 
     /// An action on `plugin`, by an operator or by the host.
-    pub fn plugin_action(&self, plugin: &str, action: &str) {
+    pub fn plugin_action(&self, plugin: &str, action: PluginAction) {
         self.plugins
             .actions
             .get_or_create(&PluginActionLabels {
                 plugin: plugin.to_owned(),
-                action: action.to_owned(),
+                action: action.as_str().to_owned(),
             })
             .inc();
     }

@@ -8,6 +8,8 @@
 //! statement, commit. The schema is in `migrations/`, embedded
 //! in the binary.
 
+mod audit;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ use crate::store::{
 
 /// How long a statement waits for a pooled connection. A database that is
 /// down then shows up as an error the caller retries, not as a hang.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
