@@ -242,7 +242,7 @@ impl ChainWorker {
                         })
                 });
                 if let Err(error) = merged {
-                    metrics.plugin_error(plugin.name(), &plugin.version, error.kind.as_str());
+                    metrics.plugin_error(plugin.name(), &plugin.version, error.kind);
                     errors.push((index, error));
                 }
             }
