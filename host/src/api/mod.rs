@@ -36,7 +36,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::HttpConfig;
+use crate::config::{HttpConfig, PluginsConfig};
 use crate::pipeline::publish::EventPublisher;
 use crate::plugin::chain::Chain;
 use crate::plugin_ops::PluginManager;
@@ -66,21 +66,27 @@ impl ApiLimits {
     pub const DEFAULT_MAX_EVENTS_PER_REQUEST: usize = 10_000;
 }
 
-impl Default for ApiLimits {
-    fn default() -> Self {
-        Self::from(&HttpConfig::default())
-    }
-}
-
-impl From<&HttpConfig> for ApiLimits {
-    fn from(http: &HttpConfig) -> Self {
+impl ApiLimits {
+    /// The limits the `http` and `plugins` sections set: an upload may
+    /// carry the largest component accepted plus 1 MiB (its manifest and
+    /// the multipart framing), and a plugin change may take its validation
+    /// time plus 30 s.
+    pub fn new(http: &HttpConfig, plugins: &PluginsConfig) -> Self {
         Self {
             max_body_bytes: http.max_body_bytes,
             timeout: Duration::from_millis(http.timeout_ms),
             max_events_per_request: Self::DEFAULT_MAX_EVENTS_PER_REQUEST,
-            max_upload_bytes: 32 << 20,
-            admin_timeout: Duration::from_secs(60),
+            max_upload_bytes: plugins.max_component_bytes + (1 << 20),
+            admin_timeout: Duration::from_millis(plugins.validate_timeout_ms)
+                + Duration::from_secs(30),
         }
+    }
+}
+
+impl Default for ApiLimits {
+    /// The configuration's defaults.
+    fn default() -> Self {
+        Self::new(&HttpConfig::default(), &PluginsConfig::default())
     }
 }
 

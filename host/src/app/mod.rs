@@ -18,7 +18,7 @@
 mod backends;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -156,12 +156,7 @@ impl App {
             metrics,
             manager,
             admin_token: config.admin.token.as_deref().map(AdminToken::new),
-            limits: ApiLimits {
-                max_upload_bytes: config.plugins.max_component_bytes + (1 << 20),
-                admin_timeout: Duration::from_millis(config.plugins.validate_timeout_ms)
-                    + Duration::from_secs(30),
-                ..ApiLimits::from(&config.http)
-            },
+            limits: ApiLimits::new(&config.http, &config.plugins),
         };
         Ok(App {
             state,
@@ -231,11 +226,7 @@ async fn plugins(
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<Chain>, Option<Arc<PluginManager>>)> {
     let settings = &config.plugins;
-    let policy = QuarantinePolicy {
-        window: Duration::from_secs(settings.quarantine_window_secs),
-        min_events: settings.quarantine_min_events,
-        max_failure_ratio: settings.quarantine_failure_percent as f64 / 100.0,
-    };
+    let policy = QuarantinePolicy::from(settings);
     if !role.enrich() {
         // Plugins do not run here: the chain only answers the API's listing.
         let (chain, _) = Chain::configure(
@@ -248,12 +239,7 @@ async fn plugins(
     let registry = Registry::open(&config.registry_dir())?;
     let runtime = Runtime::with_cache(HostLimits::default(), &registry.compiled_dir())?;
     let (chain, tripped) = Chain::configure(runtime, metrics.clone(), policy);
-    let manager_config = ManagerConfig {
-        keep_versions: settings.keep_versions,
-        max_component_bytes: settings.max_component_bytes,
-        validate_timeout: Duration::from_millis(settings.validate_timeout_ms),
-        auto_rollback_within: Duration::from_secs(settings.auto_rollback_within_secs),
-    };
+    let manager_config = ManagerConfig::from(settings);
     let started = Instant::now();
     let manager = PluginManager::start(
         chain.clone(),

@@ -7,6 +7,8 @@ use std::time::Duration;
 // Tokio's clock: the same as std's at run time, and pausable in tests.
 use tokio::time::Instant;
 
+use crate::config::PluginsConfig;
+
 /// When a plugin version is taken out of the chain: at least `min_events`
 /// events in the last `window`, and at least `max_failure_ratio` of them
 /// failed (error, trap, timeout, memory or output trouble).
@@ -17,13 +19,20 @@ pub struct QuarantinePolicy {
     pub max_failure_ratio: f64,
 }
 
-impl Default for QuarantinePolicy {
-    fn default() -> Self {
+impl From<&PluginsConfig> for QuarantinePolicy {
+    fn from(plugins: &PluginsConfig) -> Self {
         Self {
-            window: Duration::from_secs(60),
-            min_events: 100,
-            max_failure_ratio: 0.5,
+            window: Duration::from_secs(plugins.quarantine_window_secs),
+            min_events: plugins.quarantine_min_events,
+            max_failure_ratio: plugins.quarantine_failure_percent as f64 / 100.0,
         }
+    }
+}
+
+impl Default for QuarantinePolicy {
+    /// The configuration's defaults.
+    fn default() -> Self {
+        Self::from(&PluginsConfig::default())
     }
 }
 

@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::config::PluginsConfig;
 use crate::plugin::chain::Chain;
 use crate::plugin::{LoadError, Plugin};
 use crate::telemetry::Metrics;
@@ -60,14 +61,21 @@ pub struct ManagerConfig {
     pub auto_rollback_within: Duration,
 }
 
-impl Default for ManagerConfig {
-    fn default() -> Self {
+impl From<&PluginsConfig> for ManagerConfig {
+    fn from(plugins: &PluginsConfig) -> Self {
         Self {
-            keep_versions: 3,
-            max_component_bytes: 32 << 20,
-            validate_timeout: Duration::from_secs(30),
-            auto_rollback_within: Duration::from_secs(15 * 60),
+            keep_versions: plugins.keep_versions,
+            max_component_bytes: plugins.max_component_bytes,
+            validate_timeout: Duration::from_millis(plugins.validate_timeout_ms),
+            auto_rollback_within: Duration::from_secs(plugins.auto_rollback_within_secs),
         }
+    }
+}
+
+impl Default for ManagerConfig {
+    /// The configuration's defaults.
+    fn default() -> Self {
+        Self::from(&PluginsConfig::default())
     }
 }
 

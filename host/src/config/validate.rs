@@ -1,0 +1,98 @@
+//! What a loaded configuration must satisfy; every error names its key.
+
+use super::Config;
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+    #[error("configuration key `{key}`: {reason}")]
+    Key { key: &'static str, reason: String },
+}
+
+pub(super) fn key_error(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let empty = |v: &Option<String>| v.as_deref().is_some_and(|s| s.trim().is_empty());
+        if empty(&self.kafka.brokers) {
+            return Err(key_error("kafka.brokers", "is empty"));
+        }
+        if self.kafka.topic.is_empty() {
+            return Err(key_error("kafka.topic", "is empty"));
+        }
+        if self.kafka.group.is_empty() {
+            return Err(key_error("kafka.group", "is empty"));
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(key_error(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(key_error(
+                "redis.url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(key_error("database.max_connections", "must be at least 1"));
+        }
+        if self.redis.ttl_secs == 0 {
+            return Err(key_error("redis.ttl_secs", "must be at least 1"));
+        }
+        if self.pipeline.batch_max_events == 0 {
+            return Err(key_error("pipeline.batch_max_events", "must be at least 1"));
+        }
+        if self.http.max_body_bytes == 0 {
+            return Err(key_error("http.max_body_bytes", "must be at least 1"));
+        }
+        if self.http.timeout_ms == 0 {
+            return Err(key_error("http.timeout_ms", "must be at least 1"));
+        }
+        if self.plugins.max_component_bytes == 0 {
+            return Err(key_error(
+                "plugins.max_component_bytes",
+                "must be at least 1",
+            ));
+        }
+        if self.plugins.validate_timeout_ms == 0 {
+            return Err(key_error(
+                "plugins.validate_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.plugins.quarantine_window_secs == 0 {
+            return Err(key_error(
+                "plugins.quarantine_window_secs",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=100).contains(&self.plugins.quarantine_failure_percent) {
+            return Err(key_error(
+                "plugins.quarantine_failure_percent",
+                "must be between 1 and 100",
+            ));
+        }
+        if let Some(token) = &self.admin.token
+            && token.len() < 16
+        {
+            return Err(key_error(
+                "admin.token",
+                "must be at least 16 characters long",
+            ));
+        }
+        Ok(())
+    }
+}
