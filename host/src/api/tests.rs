@@ -4,6 +4,7 @@ mod fakes;
 mod health;
 mod ingest;
 mod metrics;
+mod openapi;
 mod routes;
 
 use std::sync::Arc;

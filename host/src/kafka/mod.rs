@@ -13,6 +13,7 @@
 //!   all, then wait for every acknowledgement".
 
 mod batches;
+mod context;
 mod producer;
 mod source;
 
