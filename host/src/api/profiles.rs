@@ -5,10 +5,15 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
+use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::{AppState, Problem};
-use crate::model::event::MAX_ID_BYTES;
+use crate::model::event::{MAX_ID_BYTES, format_millis};
+use crate::model::profile::Profile;
+use crate::model::update::Value;
 
 #[utoipa::path(
     get,
@@ -28,12 +33,12 @@ use crate::model::event::MAX_ID_BYTES;
 pub(super) async fn get_profile(
     State(state): State<AppState>,
     user_id: Result<Path<String>, PathRejection>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<ProfileBody>, Problem> {
     // The only way the path segment fails to extract is bad percent-encoding.
     let Path(user_id) = user_id.map_err(|e| Problem::invalid_user_id(&e.body_text()))?;
     check_user_id(&user_id).map_err(Problem::invalid_user_id)?;
     match state.profiles.lookup(&user_id).await {
-        Ok(Some(profile)) => Ok(Json(profile.to_api_json())),
+        Ok(Some(profile)) => Ok(Json(ProfileBody::from(&profile))),
         Ok(None) => Err(Problem::profile_not_found(&user_id)),
         Err(error) => {
             tracing::warn!(
@@ -66,9 +71,8 @@ fn check_user_id(user_id: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A profile (contract §5), as `Profile::to_api_json` renders it.
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "describes the JSON `Profile::to_api_json` builds")]
+/// A profile (contract §5): the REST shape of a [`Profile`].
+#[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Profile)]
 pub(super) struct ProfileBody {
     user_id: String,
@@ -84,8 +88,7 @@ pub(super) struct ProfileBody {
 
 /// One attribute with its provenance: who last changed it, and from which
 /// event.
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "describes the JSON `Profile::to_api_json` builds")]
+#[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Attribute)]
 pub(super) struct AttributeBody {
     value: AttributeValue,
@@ -99,13 +102,108 @@ pub(super) struct AttributeBody {
     updated_at: String,
 }
 
-/// A string, a number (counters are integers) or a boolean; timestamps are
-/// RFC 3339 text. One variant per JSON type, so a value matches exactly one.
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "describes the JSON `Profile::to_api_json` builds")]
+/// An attribute's value: a string, a number (counters are integers) or a
+/// boolean; timestamps are RFC 3339 text.
+#[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub(super) enum AttributeValue {
     Text(String),
-    Number(f64),
+    Integer(i64),
+    Float(f64),
     Boolean(bool),
+}
+
+/// One schema per JSON type, so that a value matches exactly one (the
+/// derive would give integers two, `integer` and `number`).
+impl utoipa::PartialSchema for AttributeValue {
+    fn schema() -> RefOr<Schema> {
+        let of = |kind: Type| ObjectBuilder::new().schema_type(kind);
+        OneOfBuilder::new()
+            .item(of(Type::String))
+            .item(of(Type::Number))
+            .item(of(Type::Boolean))
+            .description(Some(
+                "A string, a number (counters are integers) or a boolean; timestamps are \
+                 RFC 3339 text. One variant per JSON type, so a value matches exactly one.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for AttributeValue {}
+
+impl From<&Value> for AttributeValue {
+    fn from(value: &Value) -> Self {
+        match value {
+            Value::Text(text) => AttributeValue::Text(text.clone()),
+            Value::Integer(n) => AttributeValue::Integer(*n),
+            Value::Float(x) => AttributeValue::Float(*x),
+            Value::Boolean(b) => AttributeValue::Boolean(*b),
+            Value::Timestamp(ms) => AttributeValue::Text(format_millis(*ms)),
+        }
+    }
+}
+
+impl From<&Profile> for ProfileBody {
+    fn from(profile: &Profile) -> Self {
+        let attributes = profile
+            .attributes
+            .iter()
+            .map(|(name, attribute)| {
+                let body = AttributeBody {
+                    value: AttributeValue::from(&attribute.value),
+                    plugin: attribute.plugin.clone(),
+                    plugin_version: attribute.plugin_version.clone(),
+                    event_id: attribute.event_id.clone(),
+                    updated_at: format_millis(attribute.event_time_ms),
+                };
+                (name.clone(), body)
+            })
+            .collect();
+        ProfileBody {
+            user_id: profile.user_id.clone(),
+            attributes,
+            created_at: format_millis(profile.created_at_ms),
+            updated_at: format_millis(profile.updated_at_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::merge::{AttributeChange, Provenance};
+    use crate::model::update::Op;
+
+    fn change(op: Op, event_time_ms: i64, event_id: &str) -> AttributeChange {
+        AttributeChange {
+            op,
+            provenance: Provenance {
+                plugin: "p".into(),
+                plugin_version: "1.0.0".into(),
+                event_id: event_id.into(),
+                event_time_ms,
+            },
+        }
+    }
+
+    /// Timestamps become RFC 3339 text; numbers stay numbers.
+    #[test]
+    fn a_profile_renders_in_the_api_shape() {
+        let mut p = Profile::new("u-1", 0);
+        let seen = (
+            "seen".to_owned(),
+            change(Op::Max(Value::Timestamp(1_000)), 1_000, "e1"),
+        );
+        let f = ("f".to_owned(), change(Op::Set(Value::Float(1.5)), 1, "e2"));
+        p.apply([(&seen.0, &seen.1), (&f.0, &f.1)], 5);
+        let api = serde_json::to_value(ProfileBody::from(&p)).expect("serialises");
+        assert_eq!(
+            api["attributes"]["seen"]["value"],
+            "1970-01-01T00:00:01.000Z"
+        );
+        assert_eq!(api["attributes"]["seen"]["event_id"], "e1");
+        assert_eq!(api["attributes"]["f"]["value"], 1.5);
+        assert_eq!(api["user_id"], "u-1");
+    }
 }

@@ -3,16 +3,14 @@
 //!
 //! Every store applies changes through [`Profile::apply`], so PostgreSQL and
 //! the embedded store agree by construction. A profile is stored and cached
-//! as the JSON of [`Profile`] (serde); [`Profile::to_api_json`] renders the
-//! REST shape of contract §5.
+//! as the JSON of [`Profile`] (serde); the REST shape of contract §5 is the
+//! API's business (`api/profiles.rs`).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::model::event::format_millis;
 use crate::model::merge::AttributeChange;
 use crate::model::update::{Op, Value};
 
@@ -102,32 +100,6 @@ impl Profile {
         }
         self.updated_at_ms = now_ms;
         self.revision += 1;
-    }
-
-    /// The REST shape of contract §5.
-    pub fn to_api_json(&self) -> serde_json::Value {
-        let attributes: serde_json::Map<String, serde_json::Value> = self
-            .attributes
-            .iter()
-            .map(|(name, a)| {
-                (
-                    name.clone(),
-                    json!({
-                        "value": a.value.to_json(),
-                        "plugin": a.plugin,
-                        "plugin_version": a.plugin_version,
-                        "event_id": a.event_id,
-                        "updated_at": format_millis(a.event_time_ms),
-                    }),
-                )
-            })
-            .collect();
-        json!({
-            "user_id": self.user_id,
-            "attributes": attributes,
-            "created_at": format_millis(self.created_at_ms),
-            "updated_at": format_millis(self.updated_at_ms),
-        })
     }
 }
 
@@ -226,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_through_json_and_renders_the_api_shape() {
+    fn round_trips_through_json() {
         let mut p = Profile::new("u-1", 0);
         apply(
             &mut p,
@@ -237,13 +209,5 @@ mod tests {
         let text = serde_json::to_string(&p).expect("serialises");
         let back: Profile = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, p);
-        let api = p.to_api_json();
-        assert_eq!(
-            api["attributes"]["seen"]["value"],
-            "1970-01-01T00:00:01.000Z"
-        );
-        assert_eq!(api["attributes"]["seen"]["event_id"], "e1");
-        assert_eq!(api["attributes"]["f"]["value"], 1.5);
-        assert_eq!(api["user_id"], "u-1");
     }
 }

@@ -49,7 +49,17 @@ async fn a_profile_is_served_in_the_contract_shape() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert_eq!(reply.content_type(), "application/json");
     let body = reply.json();
-    assert_eq!(body, profile().to_api_json());
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "user_id": "u-42",
+            "attributes": {"page_views": {
+                "value": 17, "plugin": "page-view-counter", "plugin_version": "1.0.0",
+                "event_id": "e-9", "updated_at": "2026-11-29T22:00:00.123Z"}},
+            "created_at": "2026-11-29T21:50:00.000Z",
+            "updated_at": "2026-11-29T22:00:00.500Z"
+        })
+    );
     assert_eq!(body["attributes"]["page_views"]["value"], 17);
     assert_eq!(
         body["attributes"]["page_views"]["plugin"],
