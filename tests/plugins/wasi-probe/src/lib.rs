@@ -17,6 +17,12 @@
 //!
 //! Built natively (for the workspace's tests), it sees nothing: no WASI there.
 
+// `allow`, not `expect`: the unsafe calls exist only in the wasm32 build.
+#![allow(
+    unsafe_code,
+    reason = "calling hand-declared WASI preview1 imports is unsafe"
+)]
+
 use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update, Value};
 
 /// The raw preview1 calls, as the WASI `wasi_snapshot_preview1` module exports
