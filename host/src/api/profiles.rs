@@ -172,18 +172,15 @@ impl From<&Profile> for ProfileBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::merge::{AttributeChange, Provenance};
-    use crate::model::update::Op;
+    use crate::model::profile::Attribute;
 
-    fn change(op: Op, event_time_ms: i64, event_id: &str) -> AttributeChange {
-        AttributeChange {
-            op,
-            provenance: Provenance {
-                plugin: "p".into(),
-                plugin_version: "1.0.0".into(),
-                event_id: event_id.into(),
-                event_time_ms,
-            },
+    fn attribute(value: Value, event_id: &str, event_time_ms: i64) -> Attribute {
+        Attribute {
+            value,
+            plugin: "p".into(),
+            plugin_version: "1.0.0".into(),
+            event_id: event_id.into(),
+            event_time_ms,
         }
     }
 
@@ -191,12 +188,10 @@ mod tests {
     #[test]
     fn a_profile_renders_in_the_api_shape() {
         let mut p = Profile::new("u-1", 0);
-        let seen = (
-            "seen".to_owned(),
-            change(Op::Max(Value::Timestamp(1_000)), 1_000, "e1"),
-        );
-        let f = ("f".to_owned(), change(Op::Set(Value::Float(1.5)), 1, "e2"));
-        p.apply([(&seen.0, &seen.1), (&f.0, &f.1)], 5);
+        let seen = attribute(Value::Timestamp(1_000), "e1", 1_000);
+        p.attributes.insert("seen".into(), seen);
+        p.attributes
+            .insert("f".into(), attribute(Value::Float(1.5), "e2", 1));
         let api = serde_json::to_value(ProfileBody::from(&p)).expect("serialises");
         assert_eq!(
             api["attributes"]["seen"]["value"],
