@@ -129,7 +129,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
             "migrating the database",
             Backoff::START_UP,
             Until::Elapsed(MIGRATE_PATIENCE),
-            async || store.migrate().await,
+            || store.migrate(),
         )
         .await;
         match migrated {

@@ -16,6 +16,8 @@
 //! ```
 
 mod backends;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;

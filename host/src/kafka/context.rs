@@ -157,7 +157,7 @@ impl SourceContext {
                 &what,
                 Backoff::ASSIGNMENT,
                 Until::Stopped(&stop),
-                async || store.offsets(&self.group, &self.topic).await,
+                || store.offsets(&self.group, &self.topic),
             ))
             .ok()
     }

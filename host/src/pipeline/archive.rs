@@ -53,7 +53,7 @@ impl ArchiveLane {
                 "archiving events",
                 Backoff::LANE,
                 Until::Stopped(&self.stop),
-                async || archive.archive(&events).await,
+                || archive.archive(&events),
             ));
             if done.is_err() {
                 return;

@@ -60,7 +60,7 @@ impl EnrichLane {
                     "loading consumer offsets",
                     Backoff::LANE,
                     Until::Stopped(&self.stop),
-                    async || store.offsets(group, topic).await,
+                    || store.offsets(group, topic),
                 ));
                 match loaded {
                     Ok(offsets) => self.known = Some(offsets),
@@ -138,12 +138,10 @@ impl EnrichLane {
         let (runtime, until) = (&self.runtime, Until::Stopped(&self.stop));
         if !letters.is_empty() {
             let sink = &self.targets.dead_letters;
-            let sent = runtime.block_on(retry(
-                "writing dead letters",
-                Backoff::LANE,
-                until,
-                async || sink.send(&letters).await,
-            ));
+            let sent =
+                runtime.block_on(retry("writing dead letters", Backoff::LANE, until, || {
+                    sink.send(&letters)
+                }));
             if sent.is_err() {
                 return Attempt::Stopped;
             }
@@ -164,16 +162,17 @@ impl EnrichLane {
         let group = self.group.as_str();
         let changes = &outcome.changes;
         let metrics = &self.metrics;
+        let offsets = &offsets;
         let committed = runtime.block_on(retry(
             "committing a batch",
             Backoff::LANE,
             until,
-            async || {
+            || async move {
                 let commit = Commit {
                     group,
                     topic,
                     changes,
-                    offsets: &offsets,
+                    offsets,
                     now_ms: now_ms(),
                 };
                 let started = Instant::now();

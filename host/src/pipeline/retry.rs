@@ -64,11 +64,15 @@ pub enum GaveUp<E> {
 
 /// Runs `attempt` until it succeeds, waiting between failures as `backoff`
 /// says and logging each failure as a warning naming `what`.
-pub async fn retry<T, E: Display>(
+///
+/// `attempt` is a closure returning a future (`|| store.ping()`), not an
+/// `async` closure: the futures of `async` closures cannot yet be shown to be
+/// `Send`, and start-up runs on spawned tasks.
+pub async fn retry<T, E: Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     backoff: Backoff,
     until: Until<'_>,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+    mut attempt: impl FnMut() -> F,
 ) -> Result<T, GaveUp<E>> {
     let started = Instant::now();
     let mut delay = backoff.first;
@@ -159,8 +163,8 @@ mod tests {
             first: Duration::from_millis(100),
             max: Duration::from_millis(500),
         };
-        let value = retry("probing", backoff, Until::Stopped(&stop), async || {
-            flaky.attempt().await
+        let value = retry("probing", backoff, Until::Stopped(&stop), || {
+            flaky.attempt()
         })
         .await;
         assert_eq!(value, Ok(6));
@@ -178,12 +182,9 @@ mod tests {
             canceller.cancel();
         });
         let started = Instant::now();
-        let value = retry(
-            "probing",
-            Backoff::LANE,
-            Until::Stopped(&stop),
-            async || flaky.attempt().await,
-        )
+        let value = retry("probing", Backoff::LANE, Until::Stopped(&stop), || {
+            flaky.attempt()
+        })
         .await;
         assert_eq!(value, Err(GaveUp::Stopped));
         // Stopped during the wait that began at 750 ms, not after it.
@@ -198,7 +199,7 @@ mod tests {
             "migrating",
             Backoff::START_UP,
             Until::Elapsed(Duration::from_secs(5)),
-            async || flaky.attempt().await,
+            || flaky.attempt(),
         )
         .await;
         // Attempts at 0, 2, 4 and 6 s; the one at 6 s is past the limit.
@@ -213,7 +214,7 @@ mod tests {
             "probing",
             Backoff::LANE,
             Until::Elapsed(Duration::ZERO),
-            async || flaky.attempt().await,
+            || flaky.attempt(),
         )
         .await;
         assert_eq!(value, Ok(1));
