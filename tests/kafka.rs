@@ -2,9 +2,9 @@
 //! `PULSEHUB_TEST_KAFKA` (default `127.0.0.1:9092`; `scripts/broker.sh
 //! start` runs one). Every test makes its own topics and consumer groups.
 
-use std::collections::hash_map::RandomState;
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -18,29 +18,15 @@ use pulsehub::pipeline::publish::{EventPublisher, OutgoingEvent};
 use pulsehub::pipeline::source::{Batch, BatchLimits, Lanes, Source};
 use pulsehub::plugin::ErrorKind;
 use pulsehub::store::{Commit, CommitOutcome, ProfileStore, StoreError, StoreResult};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-fn brokers() -> String {
-    std::env::var("PULSEHUB_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-/// `pulsehub-test-<what>-<random>`: topics and groups no other run shares.
-fn unique(what: &str) -> String {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos(),
-    );
-    format!("pulsehub-test-{what}-{:016x}", hasher.finish())
-}
+use support::kafka::{consumer, message_headers, producer};
+use support::services::{kafka_brokers, unique};
 
 /// Runs `source` into `lanes` lanes until `expected` records arrived (or a
 /// minute passed), then for `settle` more to catch extra records, and stops
@@ -122,7 +108,7 @@ async fn source_reads_every_published_event_once_in_order_per_lane() {
     const EVENTS: usize = 10_000;
     const USERS: usize = 50;
     const MAX_EVENTS: usize = 256;
-    let brokers = brokers();
+    let brokers = kafka_brokers();
     let topic = unique("events");
     let group = unique("enrich");
     ensure_topic(&brokers, &topic, 4)
@@ -235,7 +221,7 @@ fn wait_group_offsets(
     topic: &str,
     want: &[(i32, i64)],
 ) -> Vec<(i32, i64)> {
-    let consumer = plain_consumer(brokers, group);
+    let consumer = consumer(brokers, group);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut list = TopicPartitionList::new();
@@ -256,15 +242,6 @@ fn wait_group_offsets(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn plain_consumer(brokers: &str, group: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("creating a test consumer")
 }
 
 /// A store that only knows offsets: fails the first `failures` reads, then
@@ -301,15 +278,13 @@ const PER_PARTITION: i64 = 20;
 
 /// A 4-partition topic with [`PER_PARTITION`] records in each partition, and
 /// a group that has committed partition 1 at 3 and partition 3 at 7.
-async fn topic_with_group_offsets(brokers: &str, group: &str) -> String {
+async fn topic_with_group_offsets(group: &str) -> String {
+    let brokers = kafka_brokers();
     let topic = unique("resume");
-    ensure_topic(brokers, &topic, 4)
+    ensure_topic(&brokers, &topic, 4)
         .await
         .expect("creating the topic");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("creating a test producer");
+    let producer = producer();
     for partition in 0..4 {
         for i in 0..PER_PARTITION {
             let payload = format!("p{partition}-{i}");
@@ -324,14 +299,14 @@ async fn topic_with_group_offsets(brokers: &str, group: &str) -> String {
                 .expect("producing to an explicit partition");
         }
     }
-    let (brokers, group, name) = (brokers.to_owned(), group.to_owned(), topic.clone());
+    let (group, name) = (group.to_owned(), topic.clone());
     tokio::task::spawn_blocking(move || {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&name, 1, Offset::Offset(3))
             .expect("offset");
         list.add_partition_offset(&name, 3, Offset::Offset(7))
             .expect("offset");
-        plain_consumer(&brokers, &group)
+        consumer(&brokers, &group)
             .commit(&list, CommitMode::Sync)
             .expect("committing the group's offsets");
     })
@@ -349,9 +324,9 @@ fn ranges(spec: &[(i32, i64)]) -> BTreeMap<i32, Vec<i64>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assignment_starts_at_the_stored_offsets() {
-    let brokers = brokers();
+    let brokers = kafka_brokers();
     let group = unique("enrich");
-    let topic = topic_with_group_offsets(&brokers, &group).await;
+    let topic = topic_with_group_offsets(&group).await;
     let store = Arc::new(OffsetStore {
         // Partition 2 is read to the end; partition 3 is unknown to the store.
         offsets: HashMap::from([(0, 5), (1, 12), (2, PER_PARTITION)]),
@@ -395,9 +370,9 @@ async fn assignment_starts_at_the_stored_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_store_the_group_offsets_are_used() {
-    let brokers = brokers();
+    let brokers = kafka_brokers();
     let group = unique("archive");
-    let topic = topic_with_group_offsets(&brokers, &group).await;
+    let topic = topic_with_group_offsets(&group).await;
     let source = KafkaSource::new(&brokers, &topic, &group, None).expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
@@ -421,7 +396,7 @@ async fn without_a_store_the_group_offsets_are_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_carry_payload_key_and_reason_headers() {
-    let brokers = brokers();
+    let brokers = kafka_brokers();
     let dlq = unique("dlq");
     ensure_topic(&brokers, &dlq, 1)
         .await
@@ -509,7 +484,7 @@ type ReadMessage = (Option<Vec<u8>>, Vec<u8>, BTreeMap<String, String>);
 
 /// The first `count` messages of partition 0 of `topic` (or fewer after 30 s).
 fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<ReadMessage> {
-    let consumer = plain_consumer(brokers, &unique("reader"));
+    let consumer = consumer(brokers, &unique("reader"));
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Beginning)
         .expect("offset");
@@ -521,18 +496,7 @@ fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<ReadMessage> {
             continue;
         };
         let message = message.expect("reading the topic");
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                        (h.key.to_owned(), value.unwrap_or_default())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = message_headers(&message);
         read.push((
             message.key().map(<[u8]>::to_vec),
             message.payload().map(<[u8]>::to_vec).unwrap_or_default(),

@@ -1,11 +1,12 @@
 //! The PostgreSQL store against a real server: each test creates its own
-//! database `pulsehub_test_<random>` and drops it at the end.
+//! database `pulsehub_test_<unique>` (`support::db`) and drops it at the end.
 //!
 //! The server comes from `PULSEHUB_TEST_DATABASE_URL` (any database on it
 //! serves to create the test ones), by default the local `postgres` one.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,88 +17,12 @@ use pulsehub::store::postgres::PgStore;
 use pulsehub::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, OffsetRange, ProfileStore, StoreResult,
 };
-use sqlx::{Connection, Executor, PgConnection};
 
-const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use support::db::{StoreDb, database_url};
+use support::services::DEFAULT_DATABASE_URL;
+
 const GROUP: &str = "pulsehub-enrich";
 const TOPIC: &str = "user-activity-events";
-
-/// A fresh, migrated database, dropped when the value is.
-struct TestDb {
-    server: String,
-    name: String,
-    store: PgStore,
-}
-
-impl TestDb {
-    async fn new() -> TestDb {
-        let server = std::env::var("PULSEHUB_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| DEFAULT_SERVER_URL.to_owned());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos();
-        let name = format!("pulsehub_test_{:016x}", RandomState::new().hash_one(nanos));
-        let mut admin = PgConnection::connect(&server)
-            .await
-            .expect("PostgreSQL reachable at PULSEHUB_TEST_DATABASE_URL");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create the test database");
-        admin.close().await.expect("close the admin connection");
-        let store = PgStore::connect(&database_url(&server, &name), 4).expect("valid URL");
-        store.migrate().await.expect("migrations apply");
-        TestDb {
-            server,
-            name,
-            store,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (server, name) = (self.server.clone(), self.name.clone());
-        // Drop runs inside the test's runtime, which cannot be blocked on;
-        // a thread with its own runtime does the cleanup. FORCE ends the
-        // store's pooled connections.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let mut admin = PgConnection::connect(&server).await?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await?;
-                admin.close().await
-            })
-        });
-        if let Ok(Err(e)) = cleanup.join() {
-            eprintln!("could not drop test database {}: {e}", self.name);
-        }
-    }
-}
-
-/// `server` with its database replaced by `name`.
-fn database_url(server: &str, name: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (server, None),
-    };
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let path = base[authority..]
-        .find('/')
-        .map_or(base.len(), |i| authority + i);
-    let mut url = format!("{}/{name}", &base[..path]);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
-}
 
 fn change(op: Op, event_id: &str, event_time_ms: i64) -> AttributeChange {
     AttributeChange {
@@ -183,7 +108,7 @@ async fn wait_for_lock_waiters(store: &PgStore, count: i64) {
 
 #[tokio::test]
 async fn migrating_twice_changes_nothing() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     db.store.migrate().await.expect("second migration run");
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables \
@@ -209,7 +134,7 @@ async fn migrating_twice_changes_nothing() {
 
 #[tokio::test]
 async fn commits_apply_every_operation_across_batches() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     let (t1, t2) = (1_700_000_000_123, 1_700_000_060_456);
     let first = changes(vec![
         ("alice", "page_views", change(Op::Increment(2), "e1", 100)),
@@ -311,7 +236,7 @@ async fn commits_apply_every_operation_across_batches() {
 
 #[tokio::test]
 async fn offsets_are_kept_and_a_stale_commit_writes_nothing() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     let batch = changes(vec![("u", "n", change(Op::Increment(1), "e1", 1))]);
     applied(
         commit(
@@ -369,7 +294,7 @@ async fn offsets_are_kept_and_a_stale_commit_writes_nothing() {
 
 #[tokio::test]
 async fn concurrent_commits_of_one_partition_apply_once() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     let batch = changes(vec![("u", "n", change(Op::Increment(5), "e1", 1))]);
     let commit_twice = |expected: Option<i64>, next: i64| {
         let spawn = || {
@@ -414,7 +339,7 @@ async fn concurrent_commits_of_one_partition_apply_once() {
 
 #[tokio::test]
 async fn concurrent_commits_of_one_user_from_two_partitions_both_count() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     let first = changes(vec![("u", "n", change(Op::Increment(1), "e0", 1))]);
     applied(
         commit(&db.store, &first, &[range(0, None, 1)], 1)
@@ -448,7 +373,7 @@ async fn concurrent_commits_of_one_user_from_two_partitions_both_count() {
 
 #[tokio::test]
 async fn a_concurrent_first_offset_insert_makes_the_commit_stale() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     let mut other = db.store.pool().begin().await.expect("begin");
     sqlx::query(
         "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_at) \
@@ -478,7 +403,7 @@ async fn a_concurrent_first_offset_insert_makes_the_commit_stale() {
 
 #[tokio::test]
 async fn a_profile_created_meanwhile_is_not_overwritten() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     // Another commit creates user u's profile and holds it uncommitted.
     let mut theirs = Profile::new("u", 1);
     theirs.apply(
@@ -540,7 +465,7 @@ fn archived(id: &str, offset: i64, payload: &str) -> ArchivedEvent {
 
 #[tokio::test]
 async fn archiving_is_idempotent_and_keeps_the_payload_text() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     // Spacing, key order, duplicate keys, escapes and a \u0000 that jsonb
     // would refuse: all kept as sent.
     let odd = r#"{ "type":"page_view",  "user_id" : "u-1", "p": {"b":1,"a":"x\u0000y"}, "p": 1.50e1 , "s":"caf\u00e9 ü"}"#;
@@ -581,7 +506,7 @@ async fn archiving_is_idempotent_and_keeps_the_payload_text() {
 
 #[tokio::test]
 async fn a_batch_of_five_thousand_users_commits() {
-    let db = TestDb::new().await;
+    let db = StoreDb::new().await;
     let users: Vec<String> = (0..5_000).map(|i| format!("user-{i:05}")).collect();
     let batch = |round: i64| {
         let mut changes = ProfileChanges::new();
@@ -647,7 +572,7 @@ async fn a_batch_of_five_thousand_users_commits() {
 
 #[tokio::test]
 async fn an_unreachable_database_fails_instead_of_hanging() {
-    assert!(PgStore::connect(DEFAULT_SERVER_URL, 0).is_err());
+    assert!(PgStore::connect(DEFAULT_DATABASE_URL, 0).is_err());
     assert!(PgStore::connect("not a url", 1).is_err());
     // Nothing listens on port 1.
     let store = PgStore::connect("postgres://postgres@127.0.0.1:1/postgres", 1).expect("valid URL");

@@ -1,12 +1,13 @@
 //! The Redis hot cache and the read-through reader, against a real Redis
 //! (`PULSEHUB_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`). Each test
-//! works under its own random key prefix and deletes its keys.
+//! works under a key prefix of its own and deletes its keys.
+
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pulsehub::model::profile::{Attribute, Profile};
@@ -17,23 +18,15 @@ use pulsehub::store::{
     Commit, CommitOutcome, ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult,
 };
 use redis::aio::MultiplexedConnection;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+
+use support::proxy::Proxy;
+use support::services::{redis_url, unique};
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn redis_url() -> String {
-    std::env::var("PULSEHUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
+/// `pulsehub_test_<unique>:`, the key prefix of one test.
 fn unique_prefix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("pulsehub-test-{}-{nanos}-{n}:", std::process::id())
+    format!("{}:", unique("pulsehub_test"))
 }
 
 fn key(prefix: &str, user_id: &str) -> String {
@@ -342,90 +335,8 @@ async fn lookups_answer_from_the_store_quickly_when_redis_is_down() {
     assert!(dead.put(&[profile("u", 2, 2)]).await.is_err());
 }
 
-/// A TCP proxy in front of the test Redis that can cut every connection and
-/// refuse new ones, then let them through again: Redis failing and
-/// recovering, without disturbing the server other tests use.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: Arc<Mutex<CancellationToken>>,
-    stop: CancellationToken,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(Mutex::new(CancellationToken::new()));
-        let stop = CancellationToken::new();
-        let (accept_up, accept_cut, accept_stop) = (up.clone(), cut.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let mut client = tokio::select! {
-                    _ = accept_stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((client, _)) => client,
-                        Err(_) => continue,
-                    },
-                };
-                let cut = accept_cut.lock().expect("proxy lock").clone();
-                // Checked after taking the token: `down` clears the flag
-                // before it swaps the token, so a connection accepted while
-                // it runs is either refused here or holds the token it cuts.
-                if !accept_up.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close
-                }
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        // A cut wins over bytes waiting to be copied: after
-                        // `down`, nothing more reaches Redis.
-                        biased;
-                        _ = cut.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            up,
-            cut,
-            stop,
-        }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        let mut cut = self.cut.lock().expect("proxy lock");
-        cut.cancel();
-        *cut = CancellationToken::new();
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-
-    /// `url` with its host and port replaced by the proxy's.
-    fn url(&self, url: &str) -> String {
-        let (scheme, rest) = url.split_once("://").expect("URL with a scheme");
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let credentials = authority.rfind('@').map_or("", |at| &authority[..=at]);
-        format!("{scheme}://{credentials}{}{path}", self.addr)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.cut.lock().expect("proxy lock").cancel();
-    }
-}
-
+/// `host:port` of the test Redis, for a [`Proxy`] in front of it: Redis
+/// failing and recovering, without disturbing the server other tests use.
 fn upstream_address(url: &str) -> String {
     let client = redis::Client::open(url).expect("valid test Redis URL");
     match client.get_connection_info().addr() {
@@ -449,7 +360,7 @@ async fn a_failed_put_is_a_miss_until_the_repair_task_replaces_the_stale_copy() 
     assert_eq!(cache.get("u").await.expect("get"), Some(v1.clone()));
 
     // Redis goes away; the store commits v2 and the write-through fails.
-    proxy.down();
+    proxy.cut();
     cache
         .put(std::slice::from_ref(&v2))
         .await
@@ -467,7 +378,7 @@ async fn a_failed_put_is_a_miss_until_the_repair_task_replaces_the_stale_copy() 
 
     // Redis answers again: the repair task replaces v1 with a tombstone.
     // Until it has, the cache never serves v1 although Redis still holds it.
-    proxy.up();
+    proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(cached) = cache.get("u").await {
@@ -515,7 +426,7 @@ async fn too_many_failed_ids_flush_every_cached_profile_under_the_prefix() {
         .expect("SET");
 
     // More failed ids than the cache remembers one by one (100 000).
-    proxy.down();
+    proxy.cut();
     let bulk: Vec<Profile> = (0..=100_000)
         .map(|i| {
             let mut p = Profile::new(format!("bulk-{i}"), 0);
@@ -531,7 +442,7 @@ async fn too_many_failed_ids_flush_every_cached_profile_under_the_prefix() {
         "every cached profile is suspect"
     );
 
-    proxy.up();
+    proxy.restore();
     let deadline = Instant::now() + Duration::from_secs(10);
     while stored(&prefix, "u").await != (None, None) || stored(&prefix, "w").await != (None, None) {
         assert!(Instant::now() < deadline, "the prefix was never flushed");

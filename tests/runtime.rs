@@ -4,7 +4,8 @@
 //!
 //! Every sandbox limit is tested in a pair: obeyed, then violated.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 use std::sync::Arc;
 
@@ -15,9 +16,7 @@ use pulsehub::plugin::{
     ErrorKind, HostLimits, LoadError, Manifest, Plugin, PluginInstance, Runtime,
 };
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use support::services::workspace;
 
 /// The bytes of a built component; run `cargo xtask plugins` to build them.
 fn component(dir: &str, name: &str) -> Vec<u8> {

@@ -7,22 +7,19 @@
 //! SDK (by path), lock file, toolchain and wasm build cache, so the wasm
 //! build compiles the new crate only.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 use pulsehub::model::event::Event;
 use pulsehub::model::update::Op;
 use pulsehub::plugin::{HostLimits, PluginInstance, Runtime};
 
+use support::services::workspace;
+
 const NAME: &str = "scaffold-probe";
 const ATTRIBUTE: &str = "scaffold_probe_events";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_path_buf()
-}
 
 /// A workspace with `plugins/*` as members and what a plugin crate inherits
 /// (the package fields, the SDK, the `plugin` profile) from this one.
@@ -75,7 +72,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn a_scaffolded_plugin_builds_loads_and_counts_events() {
-    let repo = repo();
+    let repo = workspace();
     let scratch = tempfile::tempdir().expect("tempdir");
     let ws = scratch.path();
     scratch_workspace(&repo, ws);
