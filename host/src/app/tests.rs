@@ -21,6 +21,10 @@ async fn runs_in_process_on_a_free_port_until_shut_down() {
     let mut config = Config::default();
     config.embedded.data_dir = data.path().to_owned();
     config.plugins.dir = builtin_plugins();
+    assert!(
+        config.plugins.dir.join("page-view-counter.wasm").exists(),
+        "the built-in plugins are not built: run `cargo xtask plugins`"
+    );
     config.plugins.watch = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
