@@ -35,22 +35,31 @@ use validate::key_error;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The REST API.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The plugin directory, the registry and live plugin operations.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// The broker, topic and consumer groups (services mode).
     #[serde(default)]
     pub kafka: KafkaConfig,
+    /// PostgreSQL, the system of record (services mode).
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// The hot profile cache (optional).
     #[serde(default)]
     pub redis: RedisConfig,
+    /// The single-file store used when no services are set.
     #[serde(default)]
     pub embedded: EmbeddedConfig,
+    /// Lanes and batch bounds.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The token of the admin routes.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// What is logged, and how.
     #[serde(default)]
     pub log: LogConfig,
 }
