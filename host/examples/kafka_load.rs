@@ -1,8 +1,11 @@
 //! Load generator and raw-consume meter for `scripts/bench-pipeline.sh`.
 //!
-//! - `kafka_load produce BROKERS TOPIC EVENTS USERS`: produces EVENTS events
-//!   of the wire format (contract §3), keyed by user id, spread over USERS
-//!   users (a third of them page views), and prints the rate.
+//! - `kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform]`:
+//!   produces EVENTS events of the wire format (contract §3), keyed by user
+//!   id, a third of them page views, and prints the rate. The users take
+//!   turns (`round-robin`, the default, which the README's figures used), or
+//!   each event's user is drawn uniformly at random from USERS (`uniform`,
+//!   with a fixed seed so runs repeat), as real traffic spreads.
 //! - `kafka_load consume BROKERS TOPIC EVENTS`: reads EVENTS messages from the
 //!   start of TOPIC with a fresh consumer group, doing nothing with them, and
 //!   prints `consumed N in S s: R events/s`: the broker's raw consume rate
@@ -31,15 +34,36 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("argument {} is not a number", i + 1))
     };
     match args.first().map(String::as_str) {
-        Some("produce") if args.len() == 5 => produce(&args[1], &args[2], number(3)?, number(4)?),
+        Some("produce") if args.len() == 5 || args.len() == 6 => {
+            let spread = match args.get(5).map(String::as_str) {
+                None | Some("round-robin") => Spread::RoundRobin,
+                Some("uniform") => Spread::Uniform,
+                Some(other) => bail!("unknown spread `{other}`: round-robin or uniform"),
+            };
+            produce(&args[1], &args[2], number(3)?, number(4)?, spread)
+        }
         Some("consume") if args.len() == 4 => consume(&args[1], &args[2], number(3)?),
         _ => bail!(
-            "usage: kafka_load produce BROKERS TOPIC EVENTS USERS | consume BROKERS TOPIC EVENTS"
+            "usage: kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform] \
+             | consume BROKERS TOPIC EVENTS"
         ),
     }
 }
 
-fn produce(brokers: &str, topic: &str, events: u64, users: u64) -> anyhow::Result<()> {
+/// How the events are spread over the users.
+#[derive(Clone, Copy)]
+enum Spread {
+    RoundRobin,
+    Uniform,
+}
+
+fn produce(
+    brokers: &str,
+    topic: &str,
+    events: u64,
+    users: u64,
+    spread: Spread,
+) -> anyhow::Result<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -50,13 +74,18 @@ fn produce(brokers: &str, topic: &str, events: u64, users: u64) -> anyhow::Resul
         .context("creating the producer")?;
     let started = Instant::now();
     let base_ms: i64 = 1_795_000_000_000;
+    let mut rng = SplitMix64(0x005e_ed0f_b37c_2a91);
     for i in 0..events {
-        let user = format!("bench-u{}", i % users);
+        let u = match spread {
+            Spread::RoundRobin => i % users.max(1),
+            Spread::Uniform => rng.below(users.max(1)),
+        };
+        let user = format!("bench-u{u}");
         let kind = if i % 3 == 0 { "page_view" } else { "click" };
         let payload = format!(
             r#"{{"event_id":"bench-{i}","user_id":"{user}","event_type":"{kind}","timestamp":{},"user_agent":"{}","url":"https://shop.example/p/{}","properties":{{"n":{i}}}}}"#,
             base_ms + i as i64,
-            USER_AGENTS[(i % users) as usize % USER_AGENTS.len()],
+            USER_AGENTS[u as usize % USER_AGENTS.len()],
             i % 97
         );
         let mut record = BaseRecord::to(topic).key(&user).payload(&payload);
@@ -123,4 +152,22 @@ fn consume(brokers: &str, topic: &str, events: u64) -> anyhow::Result<()> {
         seen as f64 / seconds
     );
     Ok(())
+}
+
+/// SplitMix64: a small, fast generator, good enough to spread users.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (the modulo bias is below 2^-40 for n < 2^24).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }

@@ -104,7 +104,8 @@ impl PluginInfo {
 /// Counters of the running version since it was loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Counters {
-    /// Calls into the plugin (one per batch it had events in).
+    /// Calls into the plugin (one per batch it had events in, per 2,048
+    /// events).
     pub calls: u64,
     /// Events handed to it.
     pub events: u64,

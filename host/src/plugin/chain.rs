@@ -18,6 +18,14 @@ use crate::plugin::{
 use crate::telemetry::{Metrics, PluginAction};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+/// Most events handed to a plugin in one call. A lane's batch may hold many
+/// more (a batch gathers whatever arrived within `pipeline.batch_max_wait_ms`);
+/// it is handed over in chunks of this size, so that a call stays far below
+/// the host's time cap on one call (`max_batch_time_ms`, 250 ms) even on a
+/// busy machine. Batches within the default `pipeline.batch_max_events`
+/// (2,000) are one call, as they always were.
+pub const MAX_EVENTS_PER_CALL: usize = 2_048;
+
 /// The active plugins, sorted by name.
 pub type PluginSet = Vec<Arc<Plugin>>;
 
@@ -219,40 +227,45 @@ impl ChainWorker {
             batch.clear();
             batch.extend(selected.iter().map(|&i| &events[i]));
             let handle = merger.plugin(plugin.name(), &plugin.version);
-            let started = Instant::now();
-            let results = instance.enrich(&batch);
             let metrics = &self.chain.metrics;
-            let errors_before = errors.len();
-            metrics.plugin_call(
-                plugin.name(),
-                &plugin.version,
-                batch.len(),
-                started.elapsed(),
-            );
-            for (&index, result) in selected.iter().zip(results) {
-                let merged = result.and_then(|updates| {
-                    merger
-                        .add(handle, index, updates)
-                        .map_err(|(kind, message)| PluginError {
-                            plugin: plugin.name().to_owned(),
-                            version: plugin.version.clone(),
-                            event_id: events[index].id.clone(),
-                            kind,
-                            message,
-                        })
-                });
-                if let Err(error) = merged {
-                    metrics.plugin_error(plugin.name(), &plugin.version, error.kind);
-                    errors.push((index, error));
-                }
-            }
-            let failures = (errors.len() - errors_before) as u64;
-            if let Some(trip) =
-                plugin
-                    .health
-                    .record(batch.len() as u64, failures, &self.chain.policy)
+            for (selected, batch) in selected
+                .chunks(MAX_EVENTS_PER_CALL)
+                .zip(batch.chunks(MAX_EVENTS_PER_CALL))
             {
-                self.chain.trip(&plugin, trip);
+                let started = Instant::now();
+                let results = instance.enrich(batch);
+                let errors_before = errors.len();
+                metrics.plugin_call(
+                    plugin.name(),
+                    &plugin.version,
+                    batch.len(),
+                    started.elapsed(),
+                );
+                for (&index, result) in selected.iter().zip(results) {
+                    let merged = result.and_then(|updates| {
+                        merger
+                            .add(handle, index, updates)
+                            .map_err(|(kind, message)| PluginError {
+                                plugin: plugin.name().to_owned(),
+                                version: plugin.version.clone(),
+                                event_id: events[index].id.clone(),
+                                kind,
+                                message,
+                            })
+                    });
+                    if let Err(error) = merged {
+                        metrics.plugin_error(plugin.name(), &plugin.version, error.kind);
+                        errors.push((index, error));
+                    }
+                }
+                let failures = (errors.len() - errors_before) as u64;
+                if let Some(trip) =
+                    plugin
+                        .health
+                        .record(batch.len() as u64, failures, &self.chain.policy)
+                {
+                    self.chain.trip(&plugin, trip);
+                }
             }
         }
         BatchOutcome {
@@ -279,5 +292,49 @@ impl ChainWorker {
             )
             .collect();
         self.set = current;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::fixtures::{QUIET_MANIFEST, QUIET_PLUGIN};
+    use crate::plugin::{HostLimits, Manifest};
+
+    fn click(n: usize) -> Event {
+        Event {
+            id: format!("e-{n}"),
+            user_id: format!("u-{}", n % 7),
+            kind: "click".into(),
+            timestamp_ms: 1_000 + n as i64,
+            user_agent: None,
+            url: None,
+            properties: "{}".into(),
+        }
+    }
+
+    /// A batch larger than a call is handed over in calls of at most
+    /// MAX_EVENTS_PER_CALL events, every event once.
+    #[test]
+    fn a_large_batch_is_handed_over_in_bounded_calls() {
+        let runtime = Runtime::new(HostLimits::default()).expect("plugin runtime starts");
+        let manifest: Manifest = QUIET_MANIFEST.parse().expect("the test manifest is valid");
+        let component = wat::parse_str(QUIET_PLUGIN).expect("the test component assembles");
+        let plugin = runtime.load(manifest, &component).expect("loads");
+        let chain = Chain::new(runtime);
+        chain.insert(plugin.clone()).expect("no other plugin");
+        let mut worker = chain.worker();
+
+        let events: Vec<Event> = (0..2 * MAX_EVENTS_PER_CALL + 1).map(click).collect();
+        let outcome = worker.run(&events);
+        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
+        let totals = plugin.health.totals();
+        assert_eq!(totals.calls, 3);
+        assert_eq!(totals.events, events.len() as u64);
+
+        // Within one call's size: one call, as before.
+        plugin.health.clear();
+        worker.run(&events[..MAX_EVENTS_PER_CALL]);
+        assert_eq!(plugin.health.totals().calls, 1);
     }
 }

@@ -92,7 +92,8 @@ pub struct PluginNameLabels {
 /// Per-plugin series.
 #[derive(Debug)]
 pub struct PluginMetrics {
-    /// Calls into the plugin (one per batch it had events in).
+    /// Calls into the plugin (one per batch it had events in, per 2,048
+    /// events).
     pub calls: Family<PluginLabels, Counter>,
     /// Events handed to the plugin.
     pub events: Family<PluginLabels, Counter>,
@@ -116,7 +117,7 @@ impl PluginMetrics {
         };
         registry.register(
             "plugin_calls",
-            "Calls into a plugin version (one per batch with events for it)",
+            "Calls into a plugin version (one per batch with events for it, per 2,048 events)",
             plugins.calls.clone(),
         );
         registry.register(
