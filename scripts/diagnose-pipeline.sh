@@ -11,7 +11,9 @@
 #  - a perf profile of the enrich process (when perf is there), top symbols.
 # Sizes: DIAG_EVENTS, DIAG_USERS, DIAG_PARTITIONS; batch bounds of the enrich
 # role: DIAG_BATCH_EVENTS, DIAG_BATCH_WAIT_MS (the configuration's defaults
-# when unset); DIAG_PERF=0 skips perf. Output: target/diagnose/.
+# when unset); DIAG_FILLFACTOR sets `profiles`' fillfactor before the run
+# (an experiment; the migrations leave PostgreSQL's default, 100);
+# DIAG_PERF=0 skips perf. Output: target/diagnose/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +58,9 @@ db="${RUN_ID}"
 psql -q "$PGADMIN" -c "CREATE DATABASE $db" >/dev/null
 url="$PGBASE/$db"
 PULSEHUB_DATABASE_URL="$url" PULSEHUB_LOG=warn $BIN migrate
+if [[ -n "${DIAG_FILLFACTOR:-}" ]]; then
+    psql -qtA "$url" -c "ALTER TABLE profiles SET (fillfactor = $DIAG_FILLFACTOR)" >/dev/null
+fi
 psql -qtA "$url" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
 psql -qtA "$url" -c "SELECT pg_stat_statements_reset()" >/dev/null
 
@@ -96,7 +101,7 @@ kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 n=$((EVENTS - first_count))
 secs=$(awk -v a="$first" -v b="$last" 'BEGIN{printf "%.2f", b-a}')
 {
-echo "== $EVENTS events, $USERS users (uniform), $PARTITIONS partitions, batches of up to $BATCH_EVENTS events or $BATCH_WAIT_MS ms"
+echo "== $EVENTS events, $USERS users (uniform), $PARTITIONS partitions, batches of up to $BATCH_EVENTS events or $BATCH_WAIT_MS ms, fillfactor ${DIAG_FILLFACTOR:-100}"
 echo "throughput: $n events after the first commit in $secs s: $(awk -v n="$n" -v s="$secs" 'BEGIN{printf "%.0f", n/s}') events/s"
 echo "CPU per event over the whole run (µs): enrich $(awk -v c="$host_cpu" -v n="$EVENTS" 'BEGIN{printf "%.1f", c*1e6/n}'), postgres $(awk -v a="$pg_before" -v b="$pg_after" -v n="$EVENTS" 'BEGIN{printf "%.1f", (b-a)*1e6/n}'), redis $(awk -v a="$redis_before" -v b="$redis_after" -v n="$EVENTS" 'BEGIN{printf "%.1f", (b-a)*1e6/n}')"
 echo "enrich peak RSS: $((rss / 1024)) MiB"
