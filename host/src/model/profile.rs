@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 use crate::model::merge::AttributeChange;
 use crate::model::update::{Op, Value};
 
-/// One attribute: its value and who last changed it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One attribute: its value and who last changed it. Stored as
+/// `{"type": "integer", "value": 17, "plugin": …, "plugin_version": …,
+/// "event_id": …, "event_time_ms": …}`; read by a hand-written
+/// [`Deserialize`] that decodes `value` as the `type` it follows, instead of
+/// serde's buffering `flatten` path (the commit decodes every profile a batch
+/// changes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Attribute {
     #[serde(flatten)]
     pub value: Value,
@@ -24,6 +29,108 @@ pub struct Attribute {
     pub event_id: String,
     /// Time of the deciding event, milliseconds since the Unix epoch.
     pub event_time_ms: i64,
+}
+
+impl<'de> Deserialize<'de> for Attribute {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(AttributeVisitor)
+    }
+}
+
+struct AttributeVisitor;
+
+/// The keys of a stored attribute; others are skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Type,
+    Value,
+    Plugin,
+    PluginVersion,
+    EventId,
+    EventTimeMs,
+    #[serde(other)]
+    Other,
+}
+
+/// The `type` of a stored value.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Text,
+    Integer,
+    Float,
+    Boolean,
+    Timestamp,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Integer => "integer",
+            Kind::Float => "float",
+            Kind::Boolean => "boolean",
+            Kind::Timestamp => "timestamp",
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AttributeVisitor {
+    type Value = Attribute;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a profile attribute")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Attribute, A::Error> {
+        use serde::de::Error;
+        let mut kind: Option<Kind> = None;
+        // The value, decoded at once when its `type` came first (as PulseHub
+        // writes it, and as PostgreSQL's `jsonb` orders keys), else kept
+        // until the `type` is known.
+        let mut value: Option<Value> = None;
+        let mut untyped: Option<serde_json::Value> = None;
+        let (mut plugin, mut plugin_version, mut event_id, mut event_time_ms) =
+            (None, None, None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Type => kind = Some(map.next_value()?),
+                Field::Value => match kind {
+                    Some(Kind::Text) => value = Some(Value::Text(map.next_value()?)),
+                    Some(Kind::Integer) => value = Some(Value::Integer(map.next_value()?)),
+                    Some(Kind::Float) => value = Some(Value::Float(map.next_value()?)),
+                    Some(Kind::Boolean) => value = Some(Value::Boolean(map.next_value()?)),
+                    Some(Kind::Timestamp) => value = Some(Value::Timestamp(map.next_value()?)),
+                    None => untyped = Some(map.next_value()?),
+                },
+                Field::Plugin => plugin = Some(map.next_value()?),
+                Field::PluginVersion => plugin_version = Some(map.next_value()?),
+                Field::EventId => event_id = Some(map.next_value()?),
+                Field::EventTimeMs => event_time_ms = Some(map.next_value()?),
+                Field::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let value = match (value, untyped) {
+            (Some(value), _) => value,
+            (None, Some(raw)) => {
+                let kind = kind.ok_or_else(|| A::Error::missing_field("type"))?;
+                serde_json::from_value(serde_json::json!({"type": kind.name(), "value": raw}))
+                    .map_err(A::Error::custom)?
+            }
+            (None, None) => return Err(A::Error::missing_field("value")),
+        };
+        Ok(Attribute {
+            value,
+            plugin: plugin.ok_or_else(|| A::Error::missing_field("plugin"))?,
+            plugin_version: plugin_version
+                .ok_or_else(|| A::Error::missing_field("plugin_version"))?,
+            event_id: event_id.ok_or_else(|| A::Error::missing_field("event_id"))?,
+            event_time_ms: event_time_ms.ok_or_else(|| A::Error::missing_field("event_time_ms"))?,
+        })
+    }
 }
 
 /// A user's profile as stored (PostgreSQL `profiles.profile`, the embedded
@@ -209,5 +316,47 @@ mod tests {
         let text = serde_json::to_string(&p).expect("serialises");
         let back: Profile = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, p);
+    }
+
+    /// Every value type survives a round trip; the key order does not
+    /// matter (PostgreSQL's `jsonb` reorders keys; another writer may put
+    /// `value` first); unknown keys are skipped; a bad `type` is an error.
+    #[test]
+    fn attributes_decode_in_any_key_order() {
+        let values = [
+            Value::Text("a \"quoted\" é".into()),
+            Value::Integer(-17),
+            Value::Float(1.5),
+            Value::Boolean(true),
+            Value::Timestamp(1_795_989_600_123),
+        ];
+        for value in values {
+            let attribute = Attribute {
+                value: value.clone(),
+                plugin: "p".into(),
+                plugin_version: "1.0.0".into(),
+                event_id: "e-1".into(),
+                event_time_ms: 5,
+            };
+            let text = serde_json::to_string(&attribute).expect("encodes");
+            let back: Attribute = serde_json::from_str(&text).expect("decodes");
+            assert_eq!(back, attribute, "{text}");
+
+            let json = serde_json::to_value(&attribute).expect("encodes");
+            let value_first = format!(
+                r#"{{"extra":[1,{{"x":2}}],"value":{},"event_time_ms":5,"plugin_version":"1.0.0","event_id":"e-1","plugin":"p","type":{}}}"#,
+                json["value"], json["type"]
+            );
+            let back: Attribute = serde_json::from_str(&value_first).expect("decodes");
+            assert_eq!(back, attribute, "{value_first}");
+        }
+        let bad_type = r#"{"type":"colour","value":"red","plugin":"p","plugin_version":"1","event_id":"e","event_time_ms":1}"#;
+        assert!(serde_json::from_str::<Attribute>(bad_type).is_err());
+        let bad_value = r#"{"type":"integer","value":"7","plugin":"p","plugin_version":"1","event_id":"e","event_time_ms":1}"#;
+        assert!(serde_json::from_str::<Attribute>(bad_value).is_err());
+        let no_plugin =
+            r#"{"type":"integer","value":7,"plugin_version":"1","event_id":"e","event_time_ms":1}"#;
+        let error = serde_json::from_str::<Attribute>(no_plugin).expect_err("refused");
+        assert!(error.to_string().contains("plugin"), "{error}");
     }
 }
