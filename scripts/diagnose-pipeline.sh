@@ -36,7 +36,11 @@ cargo build --release -p pulsehub --bin pulsehub --example kafka_load 2>&1 | tai
 BIN=target/release/pulsehub
 LOAD=target/release/examples/kafka_load
 PID=""
-cleanup() { [[ -n "$PID" ]] && kill "$PID" 2>/dev/null || true; }
+db="${RUN_ID}"
+cleanup() {
+    if [[ -n "$PID" ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+    psql -q "$PGADMIN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 # utime + stime of the processes whose command matches $1, in seconds.
@@ -54,7 +58,6 @@ nisshi topic create "$TOPIC" --partitions "$PARTITIONS" >/dev/null 2>&1 || true
 nisshi topic create "$TOPIC.dlq" --partitions 1 >/dev/null 2>&1 || true
 $LOAD produce "$BROKERS" "$TOPIC" "$EVENTS" "$USERS" uniform
 
-db="${RUN_ID}"
 psql -q "$PGADMIN" -c "CREATE DATABASE $db" >/dev/null
 url="$PGBASE/$db"
 PULSEHUB_DATABASE_URL="$url" PULSEHUB_LOG=warn $BIN migrate
@@ -116,4 +119,3 @@ if [[ -f "$OUT/perf.data" ]]; then
     perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -30
 fi
 } | tee "$OUT/report.txt"
-psql -q "$PGADMIN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
