@@ -175,14 +175,14 @@ impl PulseHub {
 
     /// `GET path`: the status and the JSON body (null if it is not JSON).
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("GET answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        reply(
+            self.http
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("GET answers"),
+        )
+        .await
     }
 
     /// `GET /metrics`, parsed.

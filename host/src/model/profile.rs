@@ -64,15 +64,19 @@ enum Kind {
     Timestamp,
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Text => "text",
-            Kind::Integer => "integer",
-            Kind::Float => "float",
-            Kind::Boolean => "boolean",
-            Kind::Timestamp => "timestamp",
-        }
+/// A stored value's `type` reads its `value`: from the attribute's map
+/// directly, or from a value kept while the `type` was not yet known.
+impl<'de> serde::de::DeserializeSeed<'de> for Kind {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Ok(match self {
+            Kind::Text => Value::Text(Deserialize::deserialize(d)?),
+            Kind::Integer => Value::Integer(Deserialize::deserialize(d)?),
+            Kind::Float => Value::Float(Deserialize::deserialize(d)?),
+            Kind::Boolean => Value::Boolean(Deserialize::deserialize(d)?),
+            Kind::Timestamp => Value::Timestamp(Deserialize::deserialize(d)?),
+        })
     }
 }
 
@@ -97,11 +101,7 @@ impl<'de> serde::de::Visitor<'de> for AttributeVisitor {
             match field {
                 Field::Type => kind = Some(map.next_value()?),
                 Field::Value => match kind {
-                    Some(Kind::Text) => value = Some(Value::Text(map.next_value()?)),
-                    Some(Kind::Integer) => value = Some(Value::Integer(map.next_value()?)),
-                    Some(Kind::Float) => value = Some(Value::Float(map.next_value()?)),
-                    Some(Kind::Boolean) => value = Some(Value::Boolean(map.next_value()?)),
-                    Some(Kind::Timestamp) => value = Some(Value::Timestamp(map.next_value()?)),
+                    Some(kind) => value = Some(map.next_value_seed(kind)?),
                     None => untyped = Some(map.next_value()?),
                 },
                 Field::Plugin => plugin = Some(map.next_value()?),
@@ -117,8 +117,7 @@ impl<'de> serde::de::Visitor<'de> for AttributeVisitor {
             (Some(value), _) => value,
             (None, Some(raw)) => {
                 let kind = kind.ok_or_else(|| A::Error::missing_field("type"))?;
-                serde_json::from_value(serde_json::json!({"type": kind.name(), "value": raw}))
-                    .map_err(A::Error::custom)?
+                serde::de::DeserializeSeed::deserialize(kind, raw).map_err(A::Error::custom)?
             }
             (None, None) => return Err(A::Error::missing_field("value")),
         };
