@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, ensure_topic};
+use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership, ensure_topic};
 use pulsehub::model::profile::Profile;
 use pulsehub::pipeline::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
 use pulsehub::pipeline::publish::{EventPublisher, OutgoingEvent};
@@ -27,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use support::kafka::{consumer, message_headers, producer};
 use support::services::{kafka_brokers, unique};
+
+/// A dynamic member with a 10 s session, as PulseHub's default.
+fn dynamic() -> Membership {
+    Membership::dynamic(Duration::from_secs(10))
+}
 
 /// Runs `source` into `lanes` lanes until `expected` records arrived (or a
 /// minute passed), then for `settle` more to catch extra records, and stops
@@ -128,8 +133,9 @@ async fn source_reads_every_published_event_once_in_order_per_lane() {
         publisher.publish(chunk).await.expect("publishing");
     }
 
-    let source =
-        Arc::new(KafkaSource::new(&brokers, &topic, &group, None).expect("creating the source"));
+    let source = Arc::new(
+        KafkaSource::new(&brokers, &topic, &group, &dynamic(), None).expect("creating the source"),
+    );
     assert_eq!(source.topic(), topic);
     let limits = BatchLimits {
         max_events: MAX_EVENTS,
@@ -337,6 +343,7 @@ async fn assignment_starts_at_the_stored_offsets() {
         &brokers,
         &topic,
         &group,
+        &dynamic(),
         Some((store.clone(), Handle::current())),
     )
     .expect("creating the source");
@@ -373,7 +380,8 @@ async fn without_a_store_the_group_offsets_are_used() {
     let brokers = kafka_brokers();
     let group = unique("archive");
     let topic = topic_with_group_offsets(&group).await;
-    let source = KafkaSource::new(&brokers, &topic, &group, None).expect("creating the source");
+    let source =
+        KafkaSource::new(&brokers, &topic, &group, &dynamic(), None).expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
         max_wait: Duration::from_millis(20),
