@@ -402,6 +402,88 @@ async fn without_a_store_the_group_offsets_are_used() {
     assert_eq!(offsets_by_partition(&batches), want);
 }
 
+/// Runs `source` on a thread of its own until `stop`; the receivers are
+/// returned so that its lanes stay open.
+fn run_source(
+    source: Arc<KafkaSource>,
+    stop: CancellationToken,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    Vec<mpsc::Receiver<Batch>>,
+) {
+    let (lanes, receivers) = Lanes::new(1, 4);
+    let limits = BatchLimits {
+        max_events: 10,
+        max_wait: Duration::from_millis(20),
+    };
+    let run = tokio::task::spawn_blocking(move || source.run(&lanes, limits, &stop));
+    (run, receivers)
+}
+
+/// Waits (up to 30 s) until `source` is assigned `partitions` partitions.
+async fn wait_assigned(source: &Arc<KafkaSource>, partitions: usize, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let source = source.clone();
+        let lag = tokio::task::spawn_blocking(move || source.lag())
+            .await
+            .expect("asking the lag");
+        if lag.as_ref().is_ok_and(|lag| lag.len() == partitions) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} was not assigned {partitions} partitions: {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_with_the_same_instance_id_stops_the_first() {
+    let brokers = kafka_brokers();
+    let topic = unique("events");
+    let group = unique("enrich");
+    ensure_topic(&brokers, &topic, 2)
+        .await
+        .expect("creating the topic");
+    let membership = Membership {
+        session_timeout: Duration::from_secs(10),
+        instance_id: Some(unique("pod")),
+    };
+    let source = || {
+        Arc::new(
+            KafkaSource::new(&brokers, &topic, &group, &membership, None)
+                .expect("creating the source"),
+        )
+    };
+    let stop = CancellationToken::new();
+    let first = source();
+    let (first_run, _first_lanes) = run_source(first.clone(), stop.clone());
+    wait_assigned(&first, 2, "the first consumer").await;
+
+    // A second process with the same id takes the first one's place (a
+    // static member's restart); the first is fenced and stops for good
+    // instead of idling outside the group.
+    let second = source();
+    let (second_run, _second_lanes) = run_source(second.clone(), stop.clone());
+    let ended = tokio::time::timeout(Duration::from_secs(30), first_run)
+        .await
+        .expect("the fenced consumer stops within 30 s")
+        .expect("the source thread panicked");
+    let error = format!("{:#}", ended.expect_err("a fenced consumer fails"));
+    assert!(
+        error.contains(&topic) && error.to_lowercase().contains("fenced"),
+        "{error}"
+    );
+    wait_assigned(&second, 2, "the second consumer").await;
+    stop.cancel();
+    second_run
+        .await
+        .expect("the source thread panicked")
+        .expect("the second consumer stops cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_carry_payload_key_and_reason_headers() {
     let brokers = kafka_brokers();

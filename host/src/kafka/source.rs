@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -155,7 +155,14 @@ impl Source for KafkaSource {
                 due.saturating_duration_since(Instant::now())
                     .min(POLL_INTERVAL)
             });
-            match self.consumer.poll(timeout) {
+            let polled = self.consumer.poll(timeout);
+            // A rebalance runs inside `poll`, so whatever `poll` returned
+            // comes after it: forget the moved partitions' records first.
+            if let Some(moved) = context.take_moved() {
+                // Kept, their records would be handed over twice.
+                batcher.forget(&moved);
+            }
+            match polled {
                 Some(Ok(message)) => {
                     let lane = lanes.lane_of(message.partition());
                     let record = Record {
@@ -172,12 +179,19 @@ impl Source for KafkaSource {
                         return Ok(());
                     }
                 }
-                Some(Err(error)) => errors.log(&self.topic, &error),
+                Some(Err(error)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        // E.g. another process joined with this process's
+                        // `group.instance.id`: this consumer never reads
+                        // again, so the process should stop and say why.
+                        bail!(
+                            "the Kafka consumer of topic {} failed for good ({code}): {reason}",
+                            self.topic
+                        );
+                    }
+                    errors.log(&self.topic, &error);
+                }
                 None => {}
-            }
-            if let Some(moved) = context.take_moved() {
-                // Kept, their records would be handed over twice.
-                batcher.forget(&moved);
             }
             let now = Instant::now();
             while let Some((lane, due)) = batcher.take_due(now) {
