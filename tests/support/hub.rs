@@ -1,7 +1,7 @@
 //! The `pulsehub run` child process of the end-to-end tests, and its HTTP
 //! API (profiles, readiness, metrics, the admin routes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub struct PulseHub {
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// The arguments after `pulsehub run` of every [`PulseHub::start`].
+    args: Vec<String>,
     /// Where its API listens.
     pub addr: SocketAddr,
     log: PathBuf,
@@ -45,6 +47,20 @@ impl PulseHub {
         Self::new(services_env(topic, database_url, redis))
     }
 
+    /// Like [`PulseHub::services`], with `extra` variables, run as
+    /// `pulsehub run <args>` at every start; started.
+    pub fn services_with(
+        topic: &str,
+        database_url: &str,
+        redis: Option<&str>,
+        extra: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        let mut env = services_env(topic, database_url, redis);
+        push_vars(&mut env, extra);
+        Self::with_args(env, args)
+    }
+
     /// A services-mode instance with the admin routes on
     /// ([`ADMIN_TOKEN`]), its plugins from `plugins`, and `extra`
     /// variables; started.
@@ -57,18 +73,19 @@ impl PulseHub {
         let mut env = services_env(topic, database_url, None);
         env.push(("PULSEHUB_PLUGIN_DIR".into(), plugins.display().to_string()));
         env.push(("PULSEHUB_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()));
-        env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        push_vars(&mut env, extra);
         Self::new(env)
     }
 
     /// An instance with the variables `env`, its API on a free port, the
     /// built-in plugins and a plugin registry of its own unless `env` says
     /// otherwise; started.
-    pub fn new(mut env: Vec<(String, String)>) -> Self {
+    pub fn new(env: Vec<(String, String)>) -> Self {
+        Self::with_args(env, &[])
+    }
+
+    /// Like [`PulseHub::new`], run as `pulsehub run <args>` at every start.
+    pub fn with_args(mut env: Vec<(String, String)>, args: &[&str]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         env.push(("PULSEHUB_HTTP_ADDR".into(), addr.to_string()));
@@ -89,6 +106,7 @@ impl PulseHub {
         let mut hub = PulseHub {
             child: None,
             env,
+            args: args.iter().map(|&a| a.to_owned()).collect(),
             addr,
             log,
             _dir: dir,
@@ -101,9 +119,10 @@ impl PulseHub {
         hub
     }
 
-    /// Starts the process (again).
+    /// Starts the process (again), with the arguments it was made with.
     pub fn start(&mut self) {
-        self.start_with_args(&[]);
+        let args = self.args.clone();
+        self.start_with_args(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Starts the process (again) as `pulsehub run <args>`; its stderr is
@@ -144,9 +163,65 @@ impl PulseHub {
         }
     }
 
+    /// SIGTERM, then waits (up to 30 s) for the process to exit; panics
+    /// unless it exits 0.
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM runs");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for pulsehub") {
+                assert!(status.success(), "pulsehub exited {status} on SIGTERM");
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "pulsehub did not exit within 30 s of SIGTERM:\n{}",
+                    tail(&self.log_text(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the process (all its starts) logged.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The partitions of consumer group `group` the process holds now, by
+    /// its log since its latest start: the "partitions assigned" and
+    /// "partitions revoked" lines. Needs `PULSEHUB_LOG_FORMAT=json`.
+    pub fn assignment(&self, group: &str) -> BTreeSet<i32> {
+        let mut held = BTreeSet::new();
+        for line in self.log_text().lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let fields = &entry["fields"];
+            let message = fields["message"].as_str().unwrap_or_default();
+            if message == "paths" {
+                // Logged first at every start.
+                held.clear();
+            }
+            if fields["group"].as_str() != Some(group) {
+                continue;
+            }
+            let listed = partitions_listed(fields["partitions"].as_str().unwrap_or_default());
+            match message {
+                "partitions assigned" => held.extend(listed),
+                "partitions revoked" => held.retain(|p| !listed.contains(p)),
+                _ => {}
+            }
+        }
+        held
     }
 
     /// The URL of `path` on its API.
@@ -350,6 +425,23 @@ fn services_env(topic: &str, database_url: &str, redis: Option<&str>) -> Vec<(St
         env.push(("PULSEHUB_REDIS_URL".into(), url.to_owned()));
     }
     env
+}
+
+/// The partitions of a logged `[(partition, offset), ...]` list.
+fn partitions_listed(text: &str) -> Vec<i32> {
+    text.split('(')
+        .skip(1)
+        .filter_map(|pair| pair.split(',').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// Appends `extra` to `env`.
+fn push_vars(env: &mut Vec<(String, String)>, extra: &[(&str, &str)]) {
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
 }
 
 /// A reply's status and JSON body (null if it is not JSON).

@@ -56,6 +56,26 @@ pub async fn produce(producer: &FutureProducer, topic: &str, events: &[(String, 
     }
 }
 
+/// Produces `(key, payload)` events to `topic` with all of them in flight at
+/// once, and waits until the broker acknowledged every one. ([`produce`]
+/// awaits each send before it makes the next, so it sends one event at a
+/// time: about 165 events/s on nisshi.)
+pub async fn produce_in_flight(
+    producer: &FutureProducer,
+    topic: &str,
+    events: &[(String, String)],
+) {
+    let sends = events.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(30),
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.map_err(|(e, _)| e).expect("the broker acknowledges");
+    }
+}
+
 /// A consumer in `group` that commits only when told to.
 pub fn consumer(brokers: &str, group: &str) -> BaseConsumer {
     consumer_config(brokers, group)

@@ -57,10 +57,13 @@ impl Membership {
         }
     }
 
-    /// A third of the session timeout, at most librdkafka's default of 3 s:
-    /// a session then survives two lost heartbeats.
+    /// A third of the session timeout (a session survives two lost
+    /// heartbeats), at most 1 s: a member learns of a rebalance at its next
+    /// heartbeat, and a cooperative rebalance takes two rounds, so a moved
+    /// partition waits up to two heartbeat intervals (librdkafka's default,
+    /// 3 s, made that 3 to 6 s).
     fn heartbeat_interval(&self) -> Duration {
-        (self.session_timeout / 3).min(Duration::from_secs(3))
+        (self.session_timeout / 3).min(Duration::from_secs(1))
     }
 }
 
