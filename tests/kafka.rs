@@ -133,6 +133,7 @@ async fn source_reads_every_published_event_once_in_order_per_lane() {
     assert_eq!(source.topic(), topic);
     let limits = BatchLimits {
         max_events: MAX_EVENTS,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let started = Instant::now();
@@ -342,6 +343,7 @@ async fn assignment_starts_at_the_stored_offsets() {
     .expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let want = ranges(&[(0, 5), (1, 12), (3, 7)]);
@@ -376,6 +378,7 @@ async fn without_a_store_the_group_offsets_are_used() {
     let source = KafkaSource::new(&brokers, &topic, &group, None).expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let want = ranges(&[(0, 0), (1, 3), (2, 0), (3, 7)]);
