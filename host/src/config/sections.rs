@@ -40,9 +40,9 @@ pub mod defaults {
 
     /// 0: one lane per CPU.
     pub const LANES: usize = 0;
-    pub const BATCH_MAX_EVENTS: usize = 2_000;
+    pub const BATCH_MAX_EVENTS: usize = 50_000;
     pub const BATCH_MAX_MIB: usize = 32;
-    pub const BATCH_MAX_WAIT_MS: u64 = 50;
+    pub const BATCH_MAX_WAIT_MS: u64 = 1_000;
     pub const PROFILE_CACHE_MIB: usize = 256;
 
     pub const LOG_FILTER: &str = "info";

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use lru::LruCache;
 
 use crate::model::merge::ProfileChanges;
-use crate::model::profile::Profile;
+use crate::model::profile::{Attribute, Profile};
 
 /// A lane's profiles, least recently committed evicted first, at most
 /// `capacity` estimated bytes.
@@ -88,12 +88,16 @@ impl LaneCache {
     }
 }
 
-/// The estimated bytes a cached profile takes: its strings plus a fixed
-/// share per attribute and per entry for the maps' nodes and headers.
+/// The estimated bytes a cached profile takes: the cache entry, the
+/// attribute map's nodes (a B-tree node holds up to 11 attributes and is
+/// allocated whole) and every string's bytes.
 fn weight(profile: &Profile) -> usize {
-    const PER_ENTRY: usize = 160;
-    const PER_ATTRIBUTE: usize = 144;
-    let attributes: usize = profile
+    const NODE_SLOTS: usize = 11;
+    const NODE: usize = NODE_SLOTS * (size_of::<String>() + size_of::<Attribute>()) + 16;
+    // Key, profile, the LRU list's links and the hash table's slot.
+    const PER_ENTRY: usize = size_of::<String>() + size_of::<Profile>() + 48;
+    let nodes = profile.attributes.len().div_ceil(NODE_SLOTS).max(1);
+    let strings: usize = profile
         .attributes
         .iter()
         .map(|(name, attribute)| {
@@ -101,8 +105,7 @@ fn weight(profile: &Profile) -> usize {
                 crate::model::update::Value::Text(text) => text.len(),
                 _ => 0,
             };
-            PER_ATTRIBUTE
-                + name.len()
+            name.len()
                 + text
                 + attribute.plugin.len()
                 + attribute.plugin_version.len()
@@ -110,7 +113,7 @@ fn weight(profile: &Profile) -> usize {
         })
         .sum();
     // The user id is held twice: as the key and in the profile.
-    PER_ENTRY + 2 * profile.user_id.len() + attributes
+    PER_ENTRY + nodes * NODE + 2 * profile.user_id.len() + strings
 }
 
 #[cfg(test)]

@@ -41,6 +41,12 @@ const SCAN_COUNT: usize = 1_000;
 /// readers waiting (Redis runs one script at a time).
 const KEYS_PER_SCRIPT: usize = 256;
 
+/// Profiles per round trip: a batch that changed 80,000 profiles sent in one
+/// pipeline took Redis longer than [`TIMEOUT`] to answer (measured with
+/// `scripts/diagnose-pipeline.sh` at 1,000,000 users), so large writes go
+/// in several round trips, each well within it.
+const KEYS_PER_ROUND_TRIP: usize = 4_096;
+
 /// For each key `KEYS[i]`, writes `rev` `ARGV[2i]` and `body` `ARGV[2i+1]`
 /// unless the stored copy has a higher revision, and refreshes the TTL
 /// `ARGV[1]`. A key of another type (not ours) is replaced. Returns how many
@@ -206,13 +212,16 @@ impl Inner {
     }
 
     async fn write(&self, profiles: &[Profile]) -> anyhow::Result<()> {
-        let mut entries = Vec::with_capacity(profiles.len());
-        for profile in profiles {
-            let body = serde_json::to_string(profile)
-                .with_context(|| format!("serialising profile {:?}", profile.user_id))?;
-            entries.push((self.key(&profile.user_id), profile.revision, body));
+        for chunk in profiles.chunks(KEYS_PER_ROUND_TRIP) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for profile in chunk {
+                let body = serde_json::to_string(profile)
+                    .with_context(|| format!("serialising profile {:?}", profile.user_id))?;
+                entries.push((self.key(&profile.user_id), profile.revision, body));
+            }
+            self.run_script(&entries).await?;
         }
-        self.run_script(&entries).await
+        Ok(())
     }
 
     /// Runs the write script over the `(key, revision, body)` entries,
@@ -264,7 +273,9 @@ impl Inner {
                     .iter()
                     .map(|(id, revision)| (self.key(id), *revision, String::new()))
                     .collect();
-                self.run_script(&entries).await?;
+                for chunk in entries.chunks(KEYS_PER_ROUND_TRIP) {
+                    self.run_script(chunk).await?;
+                }
             }
         }
         self.pending().repaired(work);
