@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, ensure_topic};
+use pulsehub::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership, ensure_topic};
 use pulsehub::model::profile::Profile;
 use pulsehub::pipeline::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
 use pulsehub::pipeline::publish::{EventPublisher, OutgoingEvent};
@@ -27,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use support::kafka::{consumer, message_headers, producer};
 use support::services::{kafka_brokers, unique};
+
+/// A dynamic member with a 10 s session, as PulseHub's default.
+fn dynamic() -> Membership {
+    Membership::dynamic(Duration::from_secs(10))
+}
 
 /// Runs `source` into `lanes` lanes until `expected` records arrived (or a
 /// minute passed), then for `settle` more to catch extra records, and stops
@@ -128,8 +133,9 @@ async fn source_reads_every_published_event_once_in_order_per_lane() {
         publisher.publish(chunk).await.expect("publishing");
     }
 
-    let source =
-        Arc::new(KafkaSource::new(&brokers, &topic, &group, None).expect("creating the source"));
+    let source = Arc::new(
+        KafkaSource::new(&brokers, &topic, &group, &dynamic(), None).expect("creating the source"),
+    );
     assert_eq!(source.topic(), topic);
     let limits = BatchLimits {
         max_events: MAX_EVENTS,
@@ -338,6 +344,7 @@ async fn assignment_starts_at_the_stored_offsets() {
         &brokers,
         &topic,
         &group,
+        &dynamic(),
         Some((store.clone(), Handle::current())),
     )
     .expect("creating the source");
@@ -375,7 +382,8 @@ async fn without_a_store_the_group_offsets_are_used() {
     let brokers = kafka_brokers();
     let group = unique("archive");
     let topic = topic_with_group_offsets(&group).await;
-    let source = KafkaSource::new(&brokers, &topic, &group, None).expect("creating the source");
+    let source =
+        KafkaSource::new(&brokers, &topic, &group, &dynamic(), None).expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
         max_bytes: usize::MAX,
@@ -395,6 +403,88 @@ async fn without_a_store_the_group_offsets_are_used() {
     .await
     .expect("consuming");
     assert_eq!(offsets_by_partition(&batches), want);
+}
+
+/// Runs `source` on a thread of its own until `stop`; the receivers are
+/// returned so that its lanes stay open.
+fn run_source(
+    source: Arc<KafkaSource>,
+    stop: CancellationToken,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    Vec<mpsc::Receiver<Batch>>,
+) {
+    let (lanes, receivers) = Lanes::new(1, 4);
+    let limits = BatchLimits {
+        max_events: 10,
+        max_wait: Duration::from_millis(20),
+    };
+    let run = tokio::task::spawn_blocking(move || source.run(&lanes, limits, &stop));
+    (run, receivers)
+}
+
+/// Waits (up to 30 s) until `source` is assigned `partitions` partitions.
+async fn wait_assigned(source: &Arc<KafkaSource>, partitions: usize, who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let source = source.clone();
+        let lag = tokio::task::spawn_blocking(move || source.lag())
+            .await
+            .expect("asking the lag");
+        if lag.as_ref().is_ok_and(|lag| lag.len() == partitions) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{who} was not assigned {partitions} partitions: {lag:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_with_the_same_instance_id_stops_the_first() {
+    let brokers = kafka_brokers();
+    let topic = unique("events");
+    let group = unique("enrich");
+    ensure_topic(&brokers, &topic, 2)
+        .await
+        .expect("creating the topic");
+    let membership = Membership {
+        session_timeout: Duration::from_secs(10),
+        instance_id: Some(unique("pod")),
+    };
+    let source = || {
+        Arc::new(
+            KafkaSource::new(&brokers, &topic, &group, &membership, None)
+                .expect("creating the source"),
+        )
+    };
+    let stop = CancellationToken::new();
+    let first = source();
+    let (first_run, _first_lanes) = run_source(first.clone(), stop.clone());
+    wait_assigned(&first, 2, "the first consumer").await;
+
+    // A second process with the same id takes the first one's place (a
+    // static member's restart); the first is fenced and stops for good
+    // instead of idling outside the group.
+    let second = source();
+    let (second_run, _second_lanes) = run_source(second.clone(), stop.clone());
+    let ended = tokio::time::timeout(Duration::from_secs(30), first_run)
+        .await
+        .expect("the fenced consumer stops within 30 s")
+        .expect("the source thread panicked");
+    let error = format!("{:#}", ended.expect_err("a fenced consumer fails"));
+    assert!(
+        error.contains(&topic) && error.to_lowercase().contains("fenced"),
+        "{error}"
+    );
+    wait_assigned(&second, 2, "the second consumer").await;
+    stop.cancel();
+    second_run
+        .await
+        .expect("the source thread panicked")
+        .expect("the second consumer stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

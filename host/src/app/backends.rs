@@ -9,7 +9,7 @@ use tokio::runtime::Handle;
 
 use super::Role;
 use crate::config::{Config, Mode};
-use crate::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource};
+use crate::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership};
 use crate::pipeline::dead_letter::DeadLetterSink;
 use crate::pipeline::publish::EventPublisher;
 use crate::pipeline::retry::{Backoff, GaveUp, Until, retry};
@@ -162,12 +162,17 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         None => None,
     };
     let kafka = &config.kafka;
+    let membership = |role: &str| Membership {
+        session_timeout: Duration::from_millis(kafka.session_timeout_ms),
+        instance_id: kafka.group_instance_id(role),
+    };
     let enrich = if role.enrich() {
         let offsets: Arc<dyn ProfileStore> = store.clone();
         let source: Arc<dyn Source> = Arc::new(KafkaSource::new(
             brokers,
             &kafka.topic,
             &kafka.group,
+            &membership("enrich"),
             Some((offsets, Handle::current())),
         )?);
         let dead_letters: Arc<dyn DeadLetterSink> =
@@ -185,6 +190,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
             brokers,
             &kafka.topic,
             &kafka.archive_group,
+            &membership("archive"),
             None,
         )?);
         let archive: Arc<dyn EventArchive> = store.clone();

@@ -68,6 +68,16 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Text,
     ),
     ("PULSEHUB_KAFKA_DLQ_TOPIC", "kafka.dlq_topic", Kind::Text),
+    (
+        "PULSEHUB_KAFKA_SESSION_TIMEOUT_MS",
+        "kafka.session_timeout_ms",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_KAFKA_INSTANCE_ID",
+        "kafka.instance_id",
+        Kind::Text,
+    ),
     ("PULSEHUB_DATABASE_URL", "database.url", Kind::Text),
     (
         "PULSEHUB_DATABASE_MAX_CONNECTIONS",

@@ -29,6 +29,7 @@ pub mod defaults {
     pub const KAFKA_TOPIC: &str = "user-activity-events";
     pub const KAFKA_GROUP: &str = "pulsehub-enrich";
     pub const KAFKA_ARCHIVE_GROUP: &str = "pulsehub-archive";
+    pub const KAFKA_SESSION_TIMEOUT_MS: u64 = 10_000;
 
     pub const DATABASE_MAX_CONNECTIONS: u32 = 8;
     pub const DATABASE_MIGRATE: bool = true;
@@ -131,6 +132,21 @@ pub struct KafkaConfig {
     pub archive_group: String,
     /// Dead-letter topic; default `<topic>.dlq`.
     pub dlq_topic: Option<String>,
+    /// How long a consumer may go without a heartbeat before the group
+    /// coordinator takes it out of the group and hands its partitions to the
+    /// others: after a crash, the longest its partitions wait for a
+    /// rebalance. Shorter fails over sooner but evicts a consumer that is
+    /// only cut off briefly. The broker bounds it (Apache Kafka by default
+    /// 6000 to 1800000: `group.min`/`group.max.session.timeout.ms`).
+    pub session_timeout_ms: u64,
+    /// Static group membership: each consumer of this process joins as
+    /// `group.instance.id = <instance_id>-<role>` (`-enrich`, `-archive`),
+    /// so that a restart within `session_timeout_ms` takes its partitions
+    /// back without a rebalance. Must be unique per process and stable
+    /// across its restarts (e.g. a StatefulSet pod name); a second process
+    /// with the same id fences the first out of the group, which then
+    /// stops. Unset: dynamic membership.
+    pub instance_id: Option<String>,
 }
 
 impl Default for KafkaConfig {
@@ -141,6 +157,8 @@ impl Default for KafkaConfig {
             group: defaults::KAFKA_GROUP.into(),
             archive_group: defaults::KAFKA_ARCHIVE_GROUP.into(),
             dlq_topic: None,
+            session_timeout_ms: defaults::KAFKA_SESSION_TIMEOUT_MS,
+            instance_id: None,
         }
     }
 }
@@ -151,6 +169,14 @@ impl KafkaConfig {
         self.dlq_topic
             .clone()
             .unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+
+    /// The `group.instance.id` of this process's consumer for `role`
+    /// (`enrich` or `archive`); `None` without `instance_id`.
+    pub fn group_instance_id(&self, role: &str) -> Option<String> {
+        self.instance_id
+            .as_deref()
+            .map(|instance| format!("{instance}-{role}"))
     }
 }
 

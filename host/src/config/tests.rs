@@ -155,3 +155,49 @@ fn errors_name_the_key() {
         .to_string();
     assert!(message.contains("adress"), "{message}");
 }
+
+#[test]
+fn group_membership_keys() {
+    let config = Config::load_from(None, vars(&[])).expect("defaults are valid");
+    assert_eq!(config.kafka.session_timeout_ms, 10_000);
+    assert_eq!(config.kafka.group_instance_id("enrich"), None, "dynamic");
+
+    let config = Config::load_from(
+        None,
+        vars(&[
+            ("PULSEHUB_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+            ("PULSEHUB_KAFKA_INSTANCE_ID", "pulsehub-enrich-0"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(config.kafka.session_timeout_ms, 6_000);
+    // One process's consumers are distinct members, one per role.
+    assert_eq!(
+        config.kafka.group_instance_id("enrich").as_deref(),
+        Some("pulsehub-enrich-0-enrich")
+    );
+    assert_eq!(
+        config.kafka.group_instance_id("archive").as_deref(),
+        Some("pulsehub-enrich-0-archive")
+    );
+
+    let error = |pairs: &[(&str, &str)]| {
+        Config::load_from(None, vars(pairs))
+            .expect_err("must be refused")
+            .to_string()
+    };
+    for timeout in ["999", "1800001", "0"] {
+        let message = error(&[("PULSEHUB_KAFKA_SESSION_TIMEOUT_MS", timeout)]);
+        assert!(
+            message.contains("kafka.session_timeout_ms") && message.contains("between 1000 and"),
+            "{timeout}: {message}"
+        );
+    }
+    for id in ["pod 1", "pod/1", "pödchen", &"p".repeat(242)] {
+        let message = error(&[("PULSEHUB_KAFKA_INSTANCE_ID", id)]);
+        assert!(message.contains("kafka.instance_id"), "{id}: {message}");
+    }
+    let longest = "p".repeat(241);
+    Config::load_from(None, vars(&[("PULSEHUB_KAFKA_INSTANCE_ID", &longest)]))
+        .expect("241 characters leave room for `-archive`");
+}

@@ -1,6 +1,18 @@
 //! What a loaded configuration must satisfy; every error names its key.
 
+use std::ops::RangeInclusive;
+
 use super::Config;
+
+/// The session timeouts PulseHub accepts: librdkafka sends a heartbeat every
+/// third of it (at most every 3 s), so below 1 s the heartbeats alone load
+/// the coordinator; 1800000 is Apache Kafka's default upper bound.
+const SESSION_TIMEOUT_MS: RangeInclusive<u64> = 1_000..=1_800_000;
+
+/// A `group.instance.id` must be a valid Kafka name (at most 249 ASCII
+/// letters, digits, `.`, `_` and `-`, as the Java client checks), and
+/// `<instance_id>-archive` is the longest one PulseHub makes of it.
+const INSTANCE_ID_MAX_LEN: usize = 249 - "-archive".len();
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +41,19 @@ impl Config {
         }
         if self.kafka.group.is_empty() {
             return Err(key_error("kafka.group", "is empty"));
+        }
+        if !SESSION_TIMEOUT_MS.contains(&self.kafka.session_timeout_ms) {
+            return Err(key_error(
+                "kafka.session_timeout_ms",
+                format!(
+                    "must be between {} and {} (milliseconds)",
+                    SESSION_TIMEOUT_MS.start(),
+                    SESSION_TIMEOUT_MS.end()
+                ),
+            ));
+        }
+        if let Some(id) = &self.kafka.instance_id {
+            check_instance_id(id)?;
         }
         if let Some(url) = &self.database.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -98,4 +123,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn check_instance_id(id: &str) -> Result<(), ConfigError> {
+    let key = "kafka.instance_id";
+    if id.is_empty() {
+        return Err(key_error(key, "is empty"));
+    }
+    if id.len() > INSTANCE_ID_MAX_LEN {
+        return Err(key_error(
+            key,
+            format!("is longer than {INSTANCE_ID_MAX_LEN} characters"),
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(key_error(
+            key,
+            format!("has {bad:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"),
+        ));
+    }
+    Ok(())
 }

@@ -166,7 +166,9 @@ impl SourceContext {
     /// keep "the group's committed offset". `false`: the source stopped
     /// before the store answered.
     pub(super) fn start_at_stored(&self, list: &mut TopicPartitionList) -> bool {
-        if self.offsets.is_none() {
+        // A cooperative rebalance that gives this consumer nothing new still
+        // ends in an (empty) assignment: no need to ask the store.
+        if self.offsets.is_none() || list.count() == 0 {
             return true;
         }
         let Some(stored) = self.stored_offsets() else {
@@ -224,6 +226,23 @@ impl SourceContext {
             tracing::error!(group = %self.group, topic = %self.topic, "releasing the revoked partitions failed: {error}");
         }
     }
+
+    /// Gives up the whole assignment: with a cooperative assignor only
+    /// incremental changes are allowed, so the current partitions are named.
+    fn release_all(&self, consumer: &BaseConsumer<Self>) {
+        let result = if cooperative(consumer) {
+            consumer.assignment().and_then(|assigned| {
+                self.note_moved(&assigned);
+                self.reset_positions(&assigned, true);
+                consumer.incremental_unassign(&assigned)
+            })
+        } else {
+            consumer.unassign()
+        };
+        if let Err(error) = result {
+            tracing::error!(group = %self.group, "releasing the partitions failed: {error}");
+        }
+    }
 }
 
 pub(super) fn cooperative(consumer: &BaseConsumer<SourceContext>) -> bool {
@@ -266,9 +285,7 @@ impl ConsumerContext for SourceContext {
             other => {
                 tracing::error!(group = %self.group, topic = %self.topic, "rebalance failed: {:?}; releasing every partition", other);
                 self.note_moved(list);
-                if let Err(error) = consumer.unassign() {
-                    tracing::error!(group = %self.group, "releasing the partitions failed: {error}");
-                }
+                self.release_all(consumer);
             }
         }
     }

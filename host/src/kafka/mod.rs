@@ -27,7 +27,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 pub use producer::{KafkaDeadLetters, KafkaPublisher};
-pub use source::KafkaSource;
+pub use source::{KafkaSource, Membership};
 
 /// How long [`ensure_topic`] waits for the broker to create the topic and
 /// for it to show up in the metadata.

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
@@ -34,6 +34,36 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long [`Source::lag`] waits for each answer of the broker.
 pub(super) const LAG_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How a consumer takes part in its group. Every PulseHub consumer uses the
+/// cooperative-sticky assignor: a rebalance moves only the partitions that
+/// change owner, and the others are read on throughout it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// Without a heartbeat for this long, the coordinator takes the consumer
+    /// out of the group and its partitions go to the others.
+    pub session_timeout: Duration,
+    /// `group.instance.id` (static membership): a consumer restarted with
+    /// the same id within the session timeout takes its partitions back
+    /// without a rebalance. `None`: a dynamic member.
+    pub instance_id: Option<String>,
+}
+
+impl Membership {
+    /// A dynamic member with `session_timeout`.
+    pub fn dynamic(session_timeout: Duration) -> Membership {
+        Membership {
+            session_timeout,
+            instance_id: None,
+        }
+    }
+
+    /// A third of the session timeout, at most librdkafka's default of 3 s:
+    /// a session then survives two lost heartbeats.
+    fn heartbeat_interval(&self) -> Duration {
+        (self.session_timeout / 3).min(Duration::from_secs(3))
+    }
+}
+
 /// One consumer of `group` on `topic`.
 pub struct KafkaSource {
     /// Shared by the thread that runs the source and the lanes that call
@@ -43,20 +73,32 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// A consumer of `group` subscribed to `topic`. With `offsets`, every
-    /// assigned partition starts at the next offset `store.offsets(group,
-    /// topic)` holds for it (read on the source's thread through `handle`);
-    /// partitions the store does not know, and every partition without
-    /// `offsets`, start at the group's committed offset, else the earliest.
+    /// A consumer of `group` subscribed to `topic`, a member of the group as
+    /// `membership` says. With `offsets`, every assigned partition starts at
+    /// the next offset `store.offsets(group, topic)` holds for it (read on
+    /// the source's thread through `handle`); partitions the store does not
+    /// know, and every partition without `offsets`, start at the group's
+    /// committed offset, else the earliest.
     pub fn new(
         brokers: &str,
         topic: &str,
         group: &str,
+        membership: &Membership,
         offsets: Option<(Arc<dyn ProfileStore>, Handle)>,
     ) -> anyhow::Result<KafkaSource> {
         let context = SourceContext::new(group, topic, offsets);
-        let consumer: BaseConsumer<SourceContext> = client_config(brokers)
+        let mut config = client_config(brokers);
+        config
             .set("group.id", group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                membership.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                membership.heartbeat_interval().as_millis().to_string(),
+            )
             // Offsets are the store's business; Kafka's are written by
             // `committed` once a batch is durable.
             .set("enable.auto.commit", "false")
@@ -67,7 +109,11 @@ impl KafkaSource {
             // never waits long for them to accumulate.
             .set("fetch.min.bytes", "65536")
             .set("fetch.wait.max.ms", "50")
-            .set("queued.min.messages", "200000")
+            .set("queued.min.messages", "200000");
+        if let Some(instance) = &membership.instance_id {
+            config.set("group.instance.id", instance);
+        }
+        let consumer: BaseConsumer<SourceContext> = config
             .create_with_context(context)
             .with_context(|| format!("creating a Kafka consumer for {brokers}"))?;
         consumer
@@ -109,7 +155,14 @@ impl Source for KafkaSource {
                 due.saturating_duration_since(Instant::now())
                     .min(POLL_INTERVAL)
             });
-            match self.consumer.poll(timeout) {
+            let polled = self.consumer.poll(timeout);
+            // A rebalance runs inside `poll`, so whatever `poll` returned
+            // comes after it: forget the moved partitions' records first.
+            if let Some(moved) = context.take_moved() {
+                // Kept, their records would be handed over twice.
+                batcher.forget(&moved);
+            }
+            match polled {
                 Some(Ok(message)) => {
                     let lane = lanes.lane_of(message.partition());
                     let record = Record {
@@ -126,12 +179,19 @@ impl Source for KafkaSource {
                         return Ok(());
                     }
                 }
-                Some(Err(error)) => errors.log(&self.topic, &error),
+                Some(Err(error)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        // E.g. another process joined with this process's
+                        // `group.instance.id`: this consumer never reads
+                        // again, so the process should stop and say why.
+                        bail!(
+                            "the Kafka consumer of topic {} failed for good ({code}): {reason}",
+                            self.topic
+                        );
+                    }
+                    errors.log(&self.topic, &error);
+                }
                 None => {}
-            }
-            if let Some(moved) = context.take_moved() {
-                // Kept, their records would be handed over twice.
-                batcher.forget(&moved);
             }
             let now = Instant::now();
             while let Some((lane, due)) = batcher.take_due(now) {
