@@ -417,6 +417,7 @@ fn run_source(
     let (lanes, receivers) = Lanes::new(1, 4);
     let limits = BatchLimits {
         max_events: 10,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let run = tokio::task::spawn_blocking(move || source.run(&lanes, limits, &stop));
