@@ -1,110 +1,321 @@
 #!/usr/bin/env bash
-# Measures PulseHub end to end on this machine, in one run (not a test):
-#  1. the broker's raw consume rate (a bare librdkafka consumer, nothing done
-#     with the messages), three times;
-#  2. events/s from the topic to committed profiles (enrich role: three
-#     plugins, PostgreSQL commit, Redis write-through), three times, each on
-#     a fresh database and consumer group over the same pre-produced topic,
-#     timed from the first commit to the last offset committed;
-#  3. profile GET latency under a paced load with wrk (about 5,000
-#     requests/s), three times.
-# Prints each run and the medians. Needs the services (scripts/services.sh)
-# and wrk (apt-get install wrk). Sizes: BENCH_EVENTS, BENCH_USERS,
-# BENCH_PARTITIONS.
+# Measures PulseHub end to end on this machine, all in one run (a benchmark,
+# not a test), the workloads of issue 11:
+#  - raw: the broker's raw consume rate on each topic (a bare librdkafka
+#    consumer doing nothing with the messages), beside the pipeline figures;
+#  - W1: 2,000,000 events of 20,000 users, each event's user drawn uniformly
+#    at random, on 4 partitions: events/s from the topic to committed
+#    profiles (enrich role: the plugins, the PostgreSQL commit with the
+#    offsets, the Redis write-through), timed from the first commit to the
+#    last offset, each run on a fresh database, consumer group and Redis
+#    prefix over the same pre-produced topic;
+#  - GET: profile reads (`GET /api/v1/profiles/{id}`, the API role) paced at
+#    5,000 requests/s with wrk (scripts/wrk-profiles.lua), p99: idle, over
+#    the last W1 run's profiles once it drained, and busy, during further W1
+#    runs (whose throughput under that load is reported too);
+#  - W2: 3,000,000 events of 1,000,000 users: events/s, and the enrich
+#    process's peak RSS;
+#  - embedded: `pulsehub run` with no services, 1,000,000 events of 20,000
+#    users POSTed to /api/v1/events in arrays of 10,000 (the fastest way in:
+#    see EMBEDDED_CHUNK), timed from the first POST until the last event
+#    shows in its user's profile.
+# Also per event: CPU µs of the PulseHub process, of all PostgreSQL processes
+# and of Redis, from /proc, over each whole run (start-up included).
+# Medians of 3 runs (BENCH_RUNS). Prints each run, then a Markdown report,
+# also written to target/bench/report.md (every process's log beside it).
+#
+# Sizes and choices, from the environment (defaults: issue 11's):
+#   BENCH_W1_EVENTS=2000000 BENCH_W1_USERS=20000 BENCH_PARTITIONS=4
+#   BENCH_W2_EVENTS=3000000 BENCH_W2_USERS=1000000
+#   BENCH_EMBEDDED_EVENTS=1000000 BENCH_EMBEDDED_USERS=20000
+#   BENCH_RUNS=3 BENCH_GET_RATE=5000 BENCH_GET_SECS=10
+#   BENCH_WORKLOADS="w1 get w2 embedded" (a subset runs only those; get
+#   needs w1)
+# A smoke run, under a minute once built (about 2 minutes with 3 runs):
+#   BENCH_RUNS=1 BENCH_W1_EVENTS=20000 BENCH_W1_USERS=2000 \
+#   BENCH_W2_EVENTS=20000 BENCH_W2_USERS=10000 BENCH_EMBEDDED_EVENTS=20000 \
+#   BENCH_GET_SECS=2 scripts/bench-pipeline.sh
+# PulseHub runs with its configured defaults; export PULSEHUB_* variables
+# (PULSEHUB_BATCH_MAX_EVENTS, PULSEHUB_BATCH_MAX_WAIT_MS, ...) to change
+# them: every process gets them, and the report's header lists what ran.
+# Needs the services (scripts/services.sh starts them), wrk (apt-get install
+# wrk), python3 and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/pipeline-bench.sh
+source scripts/lib/pipeline-bench.sh
 
-EVENTS=${BENCH_EVENTS:-300000}
-USERS=${BENCH_USERS:-20000}
+RUNS=${BENCH_RUNS:-3}
 PARTITIONS=${BENCH_PARTITIONS:-4}
-BROKERS=${PULSEHUB_TEST_KAFKA:-127.0.0.1:9092}
-PGADMIN=${PULSEHUB_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-REDIS=${PULSEHUB_TEST_REDIS_URL:-redis://127.0.0.1:6379}
-PGBASE=${PGADMIN%/*}
+W1_EVENTS=${BENCH_W1_EVENTS:-2000000}
+W1_USERS=${BENCH_W1_USERS:-20000}
+W2_EVENTS=${BENCH_W2_EVENTS:-3000000}
+W2_USERS=${BENCH_W2_USERS:-1000000}
+EMBEDDED_EVENTS=${BENCH_EMBEDDED_EVENTS:-1000000}
+EMBEDDED_USERS=${BENCH_EMBEDDED_USERS:-20000}
+GET_RATE=${BENCH_GET_RATE:-5000}
+GET_SECS=${BENCH_GET_SECS:-10}
+WORKLOADS=${BENCH_WORKLOADS:-w1 get w2 embedded}
+# Events per POST in the embedded mode: the route's cap (10,000 events),
+# one durable inbox write each. The other way in, `pulsehub run --events
+# FILE`, publishes in chunks of 1,000 (ten times the fsyncs) before the API
+# answers, so start-up falls inside the timing: 100,000 events took 6.0 s
+# to go in that way, 1.3 s by POST (2 busy cores; the pipeline behind both).
+EMBEDDED_CHUNK=10000
+# wrk: two threads (one per core here) and enough connections that the
+# paced rate is reached even when a request takes 10 ms.
+GET_THREADS=2
+GET_CONNECTIONS=50
 RUN_ID=bench_$$_$(date +%s)
-command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+OUT=target/bench
 
-scripts/services.sh >/dev/null
-cargo xtask plugins >/dev/null
-cargo build --release -p pulsehub --bin pulsehub --example kafka_load 2>&1 | tail -n 1
-BIN=target/release/pulsehub
-LOAD=target/release/examples/kafka_load
-LOGDIR=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
-trap cleanup EXIT
+want() { [[ " $WORKLOADS " == *" $1 "* ]]; }
 
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# 1234567 -> 1,234,567
+commas() { awk '{ n = $1; s = ""; while (n >= 1000) { s = sprintf(",%03d", n % 1000) s; n = int(n / 1000) } print n s }'; }
 
-TOPIC="${RUN_ID}_events"
-echo "bench: $EVENTS events, $USERS users, $PARTITIONS partitions, topic $TOPIC"
-nisshi topic create "$TOPIC" --partitions "$PARTITIONS" >/dev/null 2>&1 || true
-nisshi topic create "$TOPIC.dlq" --partitions 1 >/dev/null 2>&1 || true
-$LOAD produce "$BROKERS" "$TOPIC" "$EVENTS" "$USERS"
+# joined SEP WORDS...: the words with SEP between them.
+joined() {
+    local sep=$1 out=$2 word
+    shift 2
+    for word in "$@"; do out+="$sep$word"; done
+    echo "$out"
+}
 
-RAW=()
-for run in 1 2 3; do
-    line=$($LOAD consume "$BROKERS" "$TOPIC" "$EVENTS")
-    echo "raw consume $run: $line"
-    RAW+=("$(echo "$line" | sed -E 's/.*: ([0-9]+) events\/s/\1/')")
-done
+# Markdown rows of the report, added as each workload ends.
+THROUGHPUT_ROWS=()
+GET_ROWS=()
 
-PIPE=()
-for run in 1 2 3; do
-    db="${RUN_ID}_$run"
-    psql -q "$PGADMIN" -c "CREATE DATABASE $db" >/dev/null
-    url="$PGBASE/$db"
-    PULSEHUB_DATABASE_URL="$url" PULSEHUB_LOG=warn $BIN migrate
-    env -i PATH="$PATH" HOME="$HOME" \
-        PULSEHUB_KAFKA_BROKERS="$BROKERS" PULSEHUB_KAFKA_TOPIC="$TOPIC" \
-        PULSEHUB_KAFKA_GROUP="${db}_enrich" PULSEHUB_DATABASE_URL="$url" \
-        PULSEHUB_REDIS_URL="$REDIS" PULSEHUB_REDIS_KEY_PREFIX="$db:" \
-        PULSEHUB_LOG=warn \
-        $BIN run --role enrich 2>"$LOGDIR/enrich-$run.log" &
-    pid=$!; PIDS+=("$pid")
-    first=""; last=""
-    deadline=$(( $(date +%s) + 600 ))
-    while :; do
-        done_count=$(psql -qtA "$url" -c "SELECT coalesce(sum(next_offset),0) FROM consumer_offsets" 2>/dev/null || echo 0)
-        now=$(date +%s.%N)
-        if [[ -z "$first" && "$done_count" -gt 0 ]]; then first=$now; first_count=$done_count; fi
-        if [[ "$done_count" -ge "$EVENTS" ]]; then last=$now; break; fi
-        if (( $(date +%s) > deadline )); then echo "bench: pipeline run $run timed out at $done_count" >&2; exit 1; fi
+# The median of the arguments, or "–" when there are none.
+median_of() { if [[ $# -gt 0 ]]; then printf '%s\n' "$@" | median; else echo "–"; fi; }
+
+# throughput_row LABEL: a row from the figures of the runs just done (RATES,
+# HOST_US, PG_US, REDIS_US, RSS_MIB; empty where a figure does not apply).
+throughput_row() {
+    local runs cpu rss="–"
+    # shellcheck disable=SC2046 # one word per run
+    runs=$(joined " / " $(for rate in "${RATES[@]}"; do commas <<<"$rate"; done))
+    cpu="$(median_of "${HOST_US[@]}") | $(median_of "${PG_US[@]}") | $(median_of "${REDIS_US[@]}")"
+    if [[ ${#RSS_MIB[@]} -gt 0 ]]; then
+        rss="$(printf '%s\n' "${RSS_MIB[@]}" | sort -n | tail -n 1) MiB"
+    fi
+    THROUGHPUT_ROWS+=("| $1 | **$(median_of "${RATES[@]}" | commas)** | $runs | $cpu | $rss |")
+}
+
+# wrk_get URL SECS OUT: paced GETs of the W1 users' profiles for SECS
+# seconds, wrk's BENCH line into OUT.
+wrk_get() {
+    BENCH_USERS=$W1_USERS BENCH_RATE=$GET_RATE BENCH_THREADS=$GET_THREADS \
+        wrk -t"$GET_THREADS" -c"$GET_CONNECTIONS" -d"$2"s -s scripts/wrk-profiles.lua "$1" \
+        | grep '^BENCH' >"$3"
+}
+
+# Field NAME (p99_ms, rate, ...) of a wrk BENCH line.
+wrk_field() { sed -E "s/.* $1=([0-9.]+).*/\1/" "$2"; }
+
+# get_row LABEL FILES...: a GET row from the wrk results of the runs.
+get_row() {
+    local label=$1 file p99=() p50=() rate=() errors=0
+    shift
+    for file in "$@"; do
+        p99+=("$(wrk_field p99_ms "$file")")
+        p50+=("$(wrk_field p50_ms "$file")")
+        rate+=("$(wrk_field rate "$file")")
+        errors=$((errors + $(wrk_field errors "$file")))
+    done
+    GET_ROWS+=("| $label | **$(median_of "${p99[@]}") ms** | $(joined " / " "${p99[@]}") | $(median_of "${p50[@]}") ms | $(median_of "${rate[@]}" | commas)/s | $errors |")
+}
+
+# raw_consume LABEL TOPIC EVENTS
+raw_consume() {
+    local run line
+    RATES=() HOST_US=() PG_US=() REDIS_US=() RSS_MIB=()
+    for run in $(seq 1 "$RUNS"); do
+        line=$("$LOAD" consume "$BROKERS" "$2" "$3")
+        echo "raw consume $1 $run: $line"
+        RATES+=("$(sed -E 's/.*: ([0-9]+) events\/s/\1/' <<<"$line")")
+    done
+    throughput_row "raw consume, $1 topic (librdkafka, no work)"
+}
+
+# enrich_runs LABEL KEY TOPIC EVENTS [PREPARE AT HOOK [AFTER]]: RUNS
+# measured runs of the enrich role (pb_enrich_run; PREPARE, AT and HOOK
+# passed on), then a row. AFTER, a function, runs after each run with the
+# run's number, before its database and Redis keys are dropped.
+enrich_runs() {
+    local label=$1 key=$2 topic=$3 events=$4 prepare=${5:-} at=${6:-0} hook=${7:-} after=${8:-} run name
+    RATES=() HOST_US=() PG_US=() REDIS_US=() RSS_MIB=()
+    for run in $(seq 1 "$RUNS"); do
+        name="${RUN_ID}_${key}_$run"
+        pb_enrich_run "$name" "$topic" "$events" "$OUT/$key-$run.log" "$prepare" "$at" "$hook"
+        echo "$label, run $run: $(commas <<<"$RUN_EVENTS") events after the first commit in $RUN_SECS s:" \
+            "$(commas <<<"$RUN_RATE") events/s; CPU µs/event: PulseHub $RUN_HOST_US," \
+            "PostgreSQL $RUN_PG_US, Redis $RUN_REDIS_US; enrich peak RSS $RUN_RSS_MIB MiB"
+        RATES+=("$RUN_RATE") HOST_US+=("$RUN_HOST_US") PG_US+=("$RUN_PG_US")
+        REDIS_US+=("$RUN_REDIS_US") RSS_MIB+=("$RUN_RSS_MIB")
+        if [[ -n $after ]]; then "$after" "$run"; fi
+        pb_drop_run "$name"
+    done
+    throughput_row "$label"
+}
+
+# GET idle: after the last W1 run drained, over its profiles (Redis warm).
+idle_get() {
+    if [[ $1 != "$RUNS" ]] || ! want get; then return 0; fi
+    local run files=()
+    pb_start_api "$RUN_URL" "$RUN_PREFIX" "$OUT/api-idle.log"
+    for run in $(seq 1 "$RUNS"); do
+        wrk_get "$API_URL" "$GET_SECS" "$OUT/get-idle-$run.txt"
+        echo "GET idle, run $run: $(cat "$OUT/get-idle-$run.txt")"
+        files+=("$OUT/get-idle-$run.txt")
+    done
+    pb_stop "$PB_PID"
+    get_row "idle (after W1 drained)" "${files[@]}"
+}
+
+# GET busy: an API process over the run's database before the enrich
+# process starts; wrk once a tenth of the events are committed (so nearly
+# every user it asks for has a profile), for GET_SECS.
+BUSY_FILES=()
+busy_prepare() {
+    pb_start_api "$1" "$RUN_PREFIX" "$OUT/api-busy.log"
+    BUSY_API_PID=$PB_PID
+}
+busy_hook() {
+    BUSY_FILE="$OUT/get-busy-$((${#BUSY_FILES[@]} + 1)).txt"
+    wrk_get "$API_URL" "$GET_SECS" "$BUSY_FILE" &
+    BUSY_WRK_PID=$!
+    PB_PIDS+=("$BUSY_WRK_PID")
+    BUSY_WRK_END=$(awk -v t="$EPOCHREALTIME" -v s="$GET_SECS" 'BEGIN { printf "%.3f", t + s }')
+}
+busy_after() {
+    wait "$BUSY_WRK_PID"
+    pb_forget "$BUSY_WRK_PID"
+    pb_stop "$BUSY_API_PID"
+    echo "GET while W1 runs, run $1: $(cat "$BUSY_FILE")"
+    if awk -v a="$LAST_TIME" -v b="$BUSY_WRK_END" 'BEGIN { exit !(a < b) }'; then
+        echo "  (the pipeline drained $(awk -v a="$LAST_TIME" -v b="$BUSY_WRK_END" 'BEGIN { printf "%.1f", b - a }') s before wrk ended: part of this run was idle)"
+        BUSY_PARTLY_IDLE=1
+    fi
+    BUSY_FILES+=("$BUSY_FILE")
+}
+
+# embedded_run RUN: PulseHub with no services on a fresh data dir; the
+# events POSTed once it is ready, then its last event waited for in its
+# user's profile. Sets RUN_RATE, RUN_HOST_US (CPU of the whole process,
+# which also archives every event, from the first POST on) and RUN_RSS_MIB.
+embedded_run() {
+    local log="$OUT/embedded-$1.log" url pid started cpu ended moved_at progress seen=""
+    url="http://127.0.0.1:$(pb_free_port)"
+    pb_start all "$log" PULSEHUB_DATA_DIR="$WORK/embedded-$1" PULSEHUB_HTTP_ADDR="${url#http://}" \
+        PULSEHUB_HTTP_MAX_BODY_BYTES=$((16 << 20))
+    pid=$PB_PID
+    pb_wait_http "$url/readyz" "$pid" "$log"
+    started=$EPOCHREALTIME
+    cpu=$(pb_cpu_secs "$pid")
+    # Two requests in flight: one is checked while the other is written.
+    printf '%s\n' "$WORK"/chunks/*.json | xargs -P 2 -I{} curl -fsS -o /dev/null \
+        -H 'content-type: application/json' --data-binary @{} "$url/api/v1/events"
+    moved_at=$SECONDS
+    until curl -fs "$url/api/v1/profiles/$LAST_USER" | grep -qF "\"$LAST_EVENT\""; do
+        # Progress: the enrich pipeline's count of handled records moves.
+        progress=$(curl -fs "$url/metrics" | grep '^pulsehub_events_consumed_total{role="enrich"' || true)
+        if [[ $progress != "$seen" ]]; then
+            seen=$progress
+            moved_at=$SECONDS
+        fi
+        if ((SECONDS - moved_at > STALL_SECS)) || ! kill -0 "$pid" 2>/dev/null; then
+            echo "bench: the embedded run stopped short of $LAST_EVENT ($seen); last lines of $log:" >&2
+            tail -n 20 "$log" >&2
+            return 1
+        fi
         sleep 0.05
     done
-    rate=$(awk -v n="$((EVENTS - first_count))" -v a="$first" -v b="$last" 'BEGIN { printf "%.0f", n / (b - a) }')
-    echo "pipeline $run: $((EVENTS - first_count)) events after the first commit in $(awk -v a="$first" -v b="$last" 'BEGIN{printf "%.2f", b-a}') s: $rate events/s"
-    PIPE+=("$rate")
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-done
+    ended=$EPOCHREALTIME
+    RUN_HOST_US=$(pb_us_per_event "$cpu" "$(pb_cpu_secs "$pid")" "$EMBEDDED_EVENTS")
+    RUN_RSS_MIB=$(pb_peak_rss_mib "$pid")
+    pb_stop "$pid"
+    rm -rf "$WORK/embedded-$1"
+    RUN_RATE=$(awk -v n="$EMBEDDED_EVENTS" -v a="$started" -v b="$ended" 'BEGIN { printf "%.0f", n / (b - a) }')
+    echo "embedded, run $1: $(commas <<<"$EMBEDDED_EVENTS") events in $(awk -v a="$started" -v b="$ended" 'BEGIN { printf "%.2f", b - a }') s:" \
+        "$(commas <<<"$RUN_RATE") events/s; CPU µs/event: PulseHub $RUN_HOST_US; peak RSS $RUN_RSS_MIB MiB"
+}
 
-# GET latency: the API role over the last run's profiles, Redis warm or not.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-env -i PATH="$PATH" HOME="$HOME" \
-    PULSEHUB_KAFKA_BROKERS="$BROKERS" PULSEHUB_KAFKA_TOPIC="$TOPIC" \
-    PULSEHUB_DATABASE_URL="$url" PULSEHUB_REDIS_URL="$REDIS" \
-    PULSEHUB_REDIS_KEY_PREFIX="$db:" PULSEHUB_HTTP_ADDR="127.0.0.1:$port" PULSEHUB_LOG=warn \
-    $BIN run --role api 2>"$LOGDIR/api.log" &
-PIDS+=("$!")
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-P50=(); P99=(); RATE=()
-for run in 1 2 3; do
-    line=$(BENCH_USERS=$USERS BENCH_DELAY_MS=10 wrk -t2 -c50 -d15s -s scripts/wrk-profiles.lua "http://127.0.0.1:$port" | grep '^BENCH')
-    echo "GET $run: $line"
-    RATE+=("$(echo "$line" | sed -E 's/.* rate=([0-9.]+).*/\1/')")
-    P50+=("$(echo "$line" | sed -E 's/.* p50_ms=([0-9.]+).*/\1/')")
-    P99+=("$(echo "$line" | sed -E 's/.* p99_ms=([0-9.]+).*/\1/')")
-done
+embedded_runs() {
+    local run last
+    last=$(python3 scripts/lib/bench-events.py chunks "$EMBEDDED_EVENTS" "$EMBEDDED_USERS" "$WORK/chunks" "$EMBEDDED_CHUNK")
+    LAST_EVENT=${last% *} LAST_USER=${last#* }
+    RATES=() HOST_US=() PG_US=() REDIS_US=() RSS_MIB=()
+    for run in $(seq 1 "$RUNS"); do
+        embedded_run "$run"
+        RATES+=("$RUN_RATE") HOST_US+=("$RUN_HOST_US") RSS_MIB+=("$RUN_RSS_MIB")
+    done
+    throughput_row "embedded: $(commas <<<"$EMBEDDED_EVENTS") events, $(commas <<<"$EMBEDDED_USERS") users, POST → profiles"
+}
 
-raw=$(printf '%s\n' "${RAW[@]}" | median)
-pipe=$(printf '%s\n' "${PIPE[@]}" | median)
+# The report's header: what ran, where, with which settings.
+header() {
+    local vars
+    vars=$({ compgen -e | grep '^BENCH_' | while read -r v; do echo "$v=${!v}"; done; pb_passthrough; } | tr '\n' ' ')
+    echo "## Pipeline benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
+    echo
+    echo "- command: \`${vars}scripts/bench-pipeline.sh\`"
+    echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host plugins Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')"
+    echo "- machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); broker, PostgreSQL, Redis, PulseHub and the load tools share it"
+    want w1 && echo "- W1: $(commas <<<"$W1_EVENTS") events of $(commas <<<"$W1_USERS") users, $PARTITIONS partitions"
+    want w2 && echo "- W2: $(commas <<<"$W2_EVENTS") events of $(commas <<<"$W2_USERS") users, $PARTITIONS partitions"
+    want embedded && echo "- embedded: $(commas <<<"$EMBEDDED_EVENTS") events of $(commas <<<"$EMBEDDED_USERS") users"
+    echo "- each event's user drawn uniformly at random; $RUNS runs a workload, medians"
+    echo "- PulseHub settings:"
+    pb_settings | sed 's/^/  - /'
+}
+
+mkdir -p "$OUT"
+rm -f "$OUT"/*.log "$OUT"/*.txt
+command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+pb_setup
+WORK=$(mktemp -d)
+PB_DIRS+=("$WORK")
+header
 echo
-echo "== medians of 3 =="
-echo "raw consume:        $raw events/s"
-echo "pipeline:           $pipe events/s ($(awk -v a="$pipe" -v b="$raw" 'BEGIN{printf "%.2f", a/b}') x raw consume)"
-echo "GET rate:           $(printf '%s\n' "${RATE[@]}" | median) requests/s"
-echo "GET latency p50:    $(printf '%s\n' "${P50[@]}" | median) ms"
-echo "GET latency p99:    $(printf '%s\n' "${P99[@]}" | median) ms"
-cleanup
-sleep 1
-for run in 1 2 3; do psql -q "$PGADMIN" -c "DROP DATABASE IF EXISTS ${RUN_ID}_$run" >/dev/null 2>&1 || true; done
+
+if want w1; then
+    pb_topic "${RUN_ID}_w1" "$PARTITIONS" "$W1_EVENTS" "$W1_USERS"
+    raw_consume W1 "${RUN_ID}_w1" "$W1_EVENTS"
+    enrich_runs "W1: topic → PostgreSQL + Redis" w1 "${RUN_ID}_w1" "$W1_EVENTS" "" 0 "" idle_get
+    if want get; then
+        BUSY_PARTLY_IDLE=""
+        enrich_runs "W1 while serving GET at $(commas <<<"$GET_RATE")/s" w1get "${RUN_ID}_w1" "$W1_EVENTS" \
+            busy_prepare $((W1_EVENTS / 10 > 0 ? W1_EVENTS / 10 : 1)) busy_hook busy_after
+        get_row "while W1 runs flat out${BUSY_PARTLY_IDLE:+ (partly idle: the pipeline drained first)}" "${BUSY_FILES[@]}"
+    fi
+fi
+if want w2; then
+    pb_topic "${RUN_ID}_w2" "$PARTITIONS" "$W2_EVENTS" "$W2_USERS"
+    raw_consume W2 "${RUN_ID}_w2" "$W2_EVENTS"
+    enrich_runs "W2: topic → PostgreSQL + Redis" w2 "${RUN_ID}_w2" "$W2_EVENTS"
+fi
+if want embedded; then
+    embedded_runs
+fi
+
+{
+    header
+    echo
+    echo "| workload | median events/s | runs | CPU µs/event PulseHub | PostgreSQL | Redis | peak RSS |"
+    echo "|---|---:|---|---:|---:|---:|---:|"
+    printf '%s\n' "${THROUGHPUT_ROWS[@]}"
+    if [[ ${#GET_ROWS[@]} -gt 0 ]]; then
+        echo
+        echo "| GET \`/api/v1/profiles/{id}\` at $(commas <<<"$GET_RATE")/s (wrk, paced) | median p99 | p99 runs | median p50 | rate reached | errors (status ≥ 400, socket) |"
+        echo "|---|---:|---|---:|---:|---:|"
+        printf '%s\n' "${GET_ROWS[@]}"
+    fi
+    echo
+    echo "Events/s from the first commit to the last committed offset (group joining left out); embedded: from the first POST until the last event is in its profile."
+    echo "CPU per event over each whole run, start-up included, from /proc (utime + stime): the enrich process (embedded: the whole process, from the first POST); every PostgreSQL process, exited backends included; redis-server."
+    echo "PostgreSQL and Redis CPU counts every client they serve: figures are only clean on an otherwise quiet machine."
+    echo "Peak RSS: the enrich process's VmHWM (embedded: the whole process), the highest of the runs."
+    [[ ${#GET_ROWS[@]} -eq 0 ]] || echo "GET: wrk, $GET_THREADS threads, $GET_CONNECTIONS connections, ${GET_SECS} s a run, users drawn at random from the W1 users; idle over the last W1 run's profiles (Redis written through), busy from a tenth of a W1 run on."
+} | tee "$OUT/report.md.new"
+mv "$OUT/report.md.new" "$OUT/report.md"

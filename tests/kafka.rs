@@ -139,6 +139,7 @@ async fn source_reads_every_published_event_once_in_order_per_lane() {
     assert_eq!(source.topic(), topic);
     let limits = BatchLimits {
         max_events: MAX_EVENTS,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let started = Instant::now();
@@ -349,6 +350,7 @@ async fn assignment_starts_at_the_stored_offsets() {
     .expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let want = ranges(&[(0, 5), (1, 12), (3, 7)]);
@@ -384,6 +386,7 @@ async fn without_a_store_the_group_offsets_are_used() {
         KafkaSource::new(&brokers, &topic, &group, &dynamic(), None).expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let want = ranges(&[(0, 0), (1, 3), (2, 0), (3, 7)]);
@@ -414,6 +417,7 @@ fn run_source(
     let (lanes, receivers) = Lanes::new(1, 4);
     let limits = BatchLimits {
         max_events: 10,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
     let run = tokio::task::spawn_blocking(move || source.run(&lanes, limits, &stop));

@@ -62,12 +62,27 @@ async fn commit(
     offsets: &[OffsetRange],
     now_ms: i64,
 ) -> StoreResult<CommitOutcome> {
+    commit_from(store, changes, offsets, Vec::new(), now_ms).await
+}
+
+/// A commit that hands the store the caller's copies of some profiles.
+async fn commit_from(
+    store: &PgStore,
+    changes: &ProfileChanges,
+    offsets: &[OffsetRange],
+    copies: Vec<Profile>,
+    now_ms: i64,
+) -> StoreResult<CommitOutcome> {
     store
         .commit(Commit {
             group: GROUP,
             topic: TOPIC,
             changes,
             offsets,
+            known: copies
+                .into_iter()
+                .map(|profile| (profile.user_id.clone(), profile))
+                .collect(),
             now_ms,
         })
         .await
@@ -337,6 +352,9 @@ async fn concurrent_commits_of_one_partition_apply_once() {
     assert_eq!(db.store.offsets(GROUP, TOPIC).await.expect("read")[&0], 40);
 }
 
+/// The same user through two partitions at once: both commits read
+/// revision 1; the first to write wins, the other writes nothing (not even
+/// its offsets) and its retry counts on top.
 #[tokio::test]
 async fn concurrent_commits_of_one_user_from_two_partitions_both_count() {
     let db = StoreDb::new().await;
@@ -353,22 +371,79 @@ async fn concurrent_commits_of_one_user_from_two_partitions_both_count() {
         .execute(&mut *holder)
         .await
         .expect("lock the profile");
+    let batch = |delta: i64| changes(vec![("u", "n", change(Op::Increment(delta), "e", 2))]);
     let spawn = |partition: i32, expected: Option<i64>, delta: i64| {
         let store = db.store.clone();
         tokio::spawn(async move {
-            let batch = changes(vec![("u", "n", change(Op::Increment(delta), "e", 2))]);
-            commit(&store, &batch, &[range(partition, expected, 2)], 2).await
+            commit(&store, &batch(delta), &[range(partition, expected, 2)], 2).await
         })
     };
     let (a, b) = (spawn(0, Some(1), 10), spawn(1, None, 100));
     wait_for_lock_waiters(&db.store, 2).await;
     holder.rollback().await.expect("release the profile");
 
-    applied(a.await.expect("task a").expect("commit a"));
-    applied(b.await.expect("task b").expect("commit b"));
+    let a = a.await.expect("task a");
+    let b = b.await.expect("task b");
+    let (retry, error) = match (a, b) {
+        (Ok(_), Err(error)) => ((1, None, 100), error),
+        (Err(error), Ok(_)) => ((0, Some(1), 10), error),
+        (a, b) => panic!("expected one commit to win and one to fail, got {a:?} and {b:?}"),
+    };
+    assert!(error.to_string().contains("another commit"), "{error}");
+    let (partition, expected, delta) = retry;
+    applied(
+        commit(
+            &db.store,
+            &batch(delta),
+            &[range(partition, expected, 2)],
+            3,
+        )
+        .await
+        .expect("the retry applies"),
+    );
     let profile = db.store.profile("u").await.expect("read").expect("exists");
     assert_eq!(profile.attributes["n"].value, Value::Integer(111));
     assert_eq!(profile.revision, 3);
+    let offsets = db.store.offsets(GROUP, TOPIC).await.expect("read");
+    assert_eq!((offsets[&0], offsets[&1]), (2, 2));
+}
+
+/// A commit may start from the caller's copy of a profile instead of the
+/// stored row, and a copy that is not the stored revision writes nothing.
+#[tokio::test]
+async fn a_commit_starts_from_the_callers_copy_only_at_the_stored_revision() {
+    let db = StoreDb::new().await;
+    let one =
+        |event: &str, time: i64| changes(vec![("u", "n", change(Op::Increment(1), event, time))]);
+    let mut current = applied(
+        commit(&db.store, &one("e1", 1), &[range(0, None, 1)], 1)
+            .await
+            .expect("create"),
+    )
+    .remove(0);
+    // The copy is used as it is: a value only the copy holds shows through.
+    current.attributes.get_mut("n").expect("n").value = Value::Integer(40);
+    let copy = vec![current.clone()];
+    let outcome = commit_from(&db.store, &one("e2", 2), &[range(0, Some(1), 2)], copy, 2)
+        .await
+        .expect("commit from the copy");
+    let written = applied(outcome).remove(0);
+    assert_eq!(written.attributes["n"].value, Value::Integer(41));
+    assert_eq!(written.revision, 2);
+
+    // `current` is revision 1 now, one behind the store.
+    let error = commit_from(
+        &db.store,
+        &one("e3", 3),
+        &[range(0, Some(2), 3)],
+        vec![current],
+        3,
+    )
+    .await
+    .expect_err("a stale copy must not be written");
+    assert!(error.to_string().contains("another commit"), "{error}");
+    assert_eq!(db.store.profile("u").await.expect("read"), Some(written));
+    assert_eq!(db.store.offsets(GROUP, TOPIC).await.expect("read")[&0], 2);
 }
 
 #[tokio::test]

@@ -216,6 +216,38 @@ async fn an_older_revision_never_replaces_a_newer_one() {
     cleanup(&prefix).await;
 }
 
+/// A put of more profiles than one script call takes: every key is
+/// decided on its own revision, across the calls.
+#[tokio::test]
+async fn a_large_put_keeps_every_newer_revision_across_script_calls() {
+    let prefix = unique_prefix();
+    let cache = cache(&prefix).await;
+    let users: Vec<String> = (0..700).map(|i| format!("u{i}")).collect();
+    // Every third user already holds revision 10.
+    let newer: Vec<Profile> = users
+        .iter()
+        .step_by(3)
+        .map(|u| profile(u, 10, 100))
+        .collect();
+    cache.put(&newer).await.expect("put the newer copies");
+    let batch: Vec<Profile> = users.iter().map(|u| profile(u, 5, 50)).collect();
+    cache
+        .put(&batch)
+        .await
+        .expect("put 700 profiles at revision 5");
+    for (i, user) in users.iter().enumerate() {
+        let expected = if i % 3 == 0 { "10" } else { "5" };
+        assert_eq!(
+            stored(&prefix, user).await.0.as_deref(),
+            Some(expected),
+            "user {user}"
+        );
+    }
+    let last = cache.get("u698").await.expect("get").expect("cached");
+    assert_eq!(last, batch[698], "u698 takes revision 5");
+    cleanup(&prefix).await;
+}
+
 #[tokio::test]
 async fn cached_profiles_expire() {
     let prefix = unique_prefix();

@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// The pipeline allocates and frees many small strings per event (decoded
+/// events, updates, profiles); glibc's allocator spent about a fifth of the
+/// enrich process's CPU on them (`scripts/diagnose-pipeline.sh`, perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pulsehub",

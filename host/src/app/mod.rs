@@ -111,8 +111,10 @@ impl App {
             lanes: parts.lanes,
             limits: batch_limits(
                 config.pipeline.batch_max_events,
+                config.pipeline.batch_max_mib,
                 config.pipeline.batch_max_wait_ms,
             ),
+            profile_cache_bytes: config.pipeline.profile_cache_mib.saturating_mul(1 << 20),
             runtime: Handle::current(),
         };
         let mut pipelines = Vec::new();

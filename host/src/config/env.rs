@@ -96,8 +96,18 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Number,
     ),
     (
+        "PULSEHUB_BATCH_MAX_MIB",
+        "pipeline.batch_max_mib",
+        Kind::Number,
+    ),
+    (
         "PULSEHUB_BATCH_MAX_WAIT_MS",
         "pipeline.batch_max_wait_ms",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_PROFILE_CACHE_MIB",
+        "pipeline.profile_cache_mib",
         Kind::Number,
     ),
     ("PULSEHUB_ADMIN_TOKEN", "admin.token", Kind::Text),

@@ -41,8 +41,10 @@ pub mod defaults {
 
     /// 0: one lane per CPU.
     pub const LANES: usize = 0;
-    pub const BATCH_MAX_EVENTS: usize = 2_000;
-    pub const BATCH_MAX_WAIT_MS: u64 = 50;
+    pub const BATCH_MAX_EVENTS: usize = 50_000;
+    pub const BATCH_MAX_MIB: usize = 32;
+    pub const BATCH_MAX_WAIT_MS: u64 = 1_000;
+    pub const PROFILE_CACHE_MIB: usize = 256;
 
     pub const LOG_FILTER: &str = "info";
 }
@@ -246,8 +248,14 @@ pub struct PipelineConfig {
     pub lanes: usize,
     /// A batch is handed to a lane when it holds this many events...
     pub batch_max_events: usize,
+    /// ...or this many MiB of event payloads (and keys)...
+    pub batch_max_mib: usize,
     /// ...or its first event has waited this long.
     pub batch_max_wait_ms: u64,
+    /// MiB of profiles the enrich lanes keep after committing them, so that
+    /// the next commit of the same users reads nothing back (shared evenly
+    /// between the lanes; 0 = none). A bound on an estimate, not on RSS.
+    pub profile_cache_mib: usize,
 }
 
 impl Default for PipelineConfig {
@@ -255,7 +263,9 @@ impl Default for PipelineConfig {
         Self {
             lanes: defaults::LANES,
             batch_max_events: defaults::BATCH_MAX_EVENTS,
+            batch_max_mib: defaults::BATCH_MAX_MIB,
             batch_max_wait_ms: defaults::BATCH_MAX_WAIT_MS,
+            profile_cache_mib: defaults::PROFILE_CACHE_MIB,
         }
     }
 }

@@ -14,6 +14,8 @@ pub(super) struct Batcher {
 
 struct Pending {
     records: Vec<Record>,
+    /// Bytes of the records' keys and payloads.
+    bytes: usize,
     /// When the first of `records` arrived.
     since: Instant,
 }
@@ -25,7 +27,8 @@ impl Batcher {
         Batcher {
             lanes: (0..lanes)
                 .map(|_| Pending {
-                    records: Vec::with_capacity(max_events),
+                    records: Vec::new(),
+                    bytes: 0,
                     since: now,
                 })
                 .collect(),
@@ -34,7 +37,8 @@ impl Batcher {
         }
     }
 
-    /// Adds `record` to `lane`'s batch; returns the batch once it is full.
+    /// Adds `record` to `lane`'s batch; returns the batch once it is full
+    /// (by count or by bytes).
     pub(super) fn push(
         &mut self,
         lane: usize,
@@ -45,8 +49,11 @@ impl Batcher {
         if pending.records.is_empty() {
             pending.since = now;
         }
+        pending.bytes += record_bytes(&record);
         pending.records.push(record);
-        (pending.records.len() >= self.max_events).then(|| self.take(lane))
+        let full =
+            pending.records.len() >= self.max_events || pending.bytes >= self.limits.max_bytes;
+        full.then(|| self.take(lane))
     }
 
     /// Drops the records of `partitions`, which a rebalance moved: they
@@ -56,6 +63,7 @@ impl Batcher {
             pending
                 .records
                 .retain(|record| !partitions.contains(&record.partition));
+            pending.bytes = pending.records.iter().map(record_bytes).sum();
         }
     }
 
@@ -77,12 +85,20 @@ impl Batcher {
             .min()
     }
 
+    /// Takes `lane`'s batch. The next one starts with the capacity this one
+    /// ended with, up to `max_events`, so a lane under load allocates its
+    /// batch once and a quiet one does not hold a large allocation.
     fn take(&mut self, lane: usize) -> Vec<Record> {
-        std::mem::replace(
-            &mut self.lanes[lane].records,
-            Vec::with_capacity(self.max_events),
-        )
+        let pending = &mut self.lanes[lane];
+        pending.bytes = 0;
+        let capacity = pending.records.len().min(self.max_events);
+        std::mem::replace(&mut pending.records, Vec::with_capacity(capacity))
     }
+}
+
+/// What a record holds in memory beyond its fixed size.
+fn record_bytes(record: &Record) -> usize {
+    record.payload.len() + record.key.as_ref().map_or(0, Vec::len)
 }
 
 #[cfg(test)]
@@ -111,6 +127,7 @@ mod tests {
             lanes,
             BatchLimits {
                 max_events,
+                max_bytes: usize::MAX,
                 max_wait: WAIT,
             },
         )
@@ -126,6 +143,30 @@ mod tests {
         let full = batcher.push(0, record(0, 1), now).expect("three records");
         assert_eq!(offsets(&full), [(0, 0), (2, 0), (0, 1)]);
         assert!(batcher.push(0, record(0, 2), now).is_none(), "starts empty");
+    }
+
+    #[test]
+    fn a_batch_is_handed_over_at_max_bytes() {
+        let mut batcher = Batcher::new(
+            1,
+            BatchLimits {
+                max_events: 100,
+                max_bytes: 10,
+                max_wait: WAIT,
+            },
+        );
+        let now = Instant::now();
+        let sized = |offset, bytes| Record {
+            payload: vec![b'x'; bytes],
+            key: Some(b"k".to_vec()),
+            ..record(0, offset)
+        };
+        assert!(batcher.push(0, sized(0, 4), now).is_none());
+        let full = batcher
+            .push(0, sized(1, 4), now)
+            .expect("10 bytes with the keys");
+        assert_eq!(offsets(&full), [(0, 0), (0, 1)]);
+        assert!(batcher.push(0, sized(2, 4), now).is_none(), "counts anew");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The enrich lane: decode → plugin chain → dead letters → commit the merged
 //! changes with the offsets they came from → write through to the cache.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +10,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
+use super::lane_cache::LaneCache;
 use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Record, Source};
 use super::{count_consumed, next_offsets};
@@ -35,6 +37,9 @@ pub(super) struct EnrichLane {
     /// Partition → next offset the store holds, as last read or written;
     /// `None` until read. A partition missing from the map has no row.
     pub(super) known: Option<HashMap<i32, i64>>,
+    /// The profiles this lane committed last, so its next commit need not
+    /// read them back.
+    pub(super) profiles: LaneCache,
     pub(super) runtime: Handle,
     pub(super) stop: CancellationToken,
     pub(super) metrics: Arc<Metrics>,
@@ -85,8 +90,12 @@ impl EnrichLane {
                     count_consumed(&self.metrics, PipelineRole::Enrich, records);
                     return;
                 }
-                // Learn where the partitions are now, go again.
-                Attempt::Stale => self.known = None,
+                // Learn where the partitions are now, go again. Profiles of
+                // a partition that moved may have moved on too.
+                Attempt::Stale => {
+                    self.known = None;
+                    self.profiles.clear();
+                }
                 Attempt::Stopped => return,
             }
         }
@@ -163,24 +172,32 @@ impl EnrichLane {
         let changes = &outcome.changes;
         let metrics = &self.metrics;
         let offsets = &offsets;
-        let committed = runtime.block_on(retry(
-            "committing a batch",
-            Backoff::LANE,
-            until,
-            || async move {
+        // The first attempt starts from the lane's copies; a failed attempt
+        // loses them, and the retry reads the store.
+        let mut copies = Some(self.profiles.take(changes));
+        let failed = &Cell::new(false);
+        let committed = runtime.block_on(retry("committing a batch", Backoff::LANE, until, || {
+            let known = copies.take().unwrap_or_default();
+            async move {
                 let commit = Commit {
                     group,
                     topic,
                     changes,
                     offsets,
+                    known,
                     now_ms: now_ms(),
                 };
                 let started = Instant::now();
                 let result = store.commit(commit).await;
                 metrics.commit_attempt(started.elapsed());
+                failed.set(failed.get() || result.is_err());
                 result
-            },
-        ));
+            }
+        }));
+        if failed.get() {
+            // Whatever made a commit fail may have made other copies stale.
+            self.profiles.clear();
+        }
         let profiles = match committed {
             Ok(CommitOutcome::Applied(profiles)) => profiles,
             Ok(CommitOutcome::Stale) => return Attempt::Stale,
@@ -196,6 +213,7 @@ impl EnrichLane {
             // The cache forgets these keys and refills them from the store.
             tracing::warn!("profile cache write-through failed: {:#}", error.0);
         }
+        self.profiles.keep(profiles);
         self.source.committed(&next);
         Attempt::Committed
     }

@@ -21,7 +21,8 @@
 //!
 //! - [`source`]: the [`Source`] trait, batches and lanes.
 //! - [`publish`]: the write side of the log ([`publish::EventPublisher`]).
-//! - [`enrich`] and [`archive`]: the two kinds of lane.
+//! - [`enrich`] and [`archive`]: the two kinds of lane; `lane_cache` keeps
+//!   the profiles an enrich lane committed last.
 //! - [`dead_letter`]: dead letters and their sink.
 //! - [`retry`]: the one backoff loop that waits out a backend.
 //! - [`lag`]: the consumer-lag gauge.
@@ -30,6 +31,7 @@ pub mod archive;
 pub mod dead_letter;
 pub mod enrich;
 pub mod lag;
+mod lane_cache;
 pub mod publish;
 pub mod retry;
 pub mod source;
@@ -49,6 +51,7 @@ use archive::ArchiveLane;
 use enrich::EnrichLane;
 pub use enrich::EnrichTargets;
 pub use lag::LAG_EVERY;
+use lane_cache::LaneCache;
 use source::{Batch, BatchLimits, LaneReceiver, Lanes, Record, Source};
 
 /// What every pipeline is started with, besides its source and targets.
@@ -58,6 +61,9 @@ pub struct Setup {
     /// Lane threads (each with its own plugin instances).
     pub lanes: usize,
     pub limits: BatchLimits,
+    /// Bytes of profiles the enrich lanes keep between commits, shared out
+    /// evenly (`pipeline.profile_cache_mib`).
+    pub profile_cache_bytes: usize,
     /// The async runtime the lanes and the lag reporter use.
     pub runtime: Handle,
 }
@@ -90,6 +96,7 @@ impl Pipeline {
                 source: source.clone(),
                 group: group.to_owned(),
                 known: None,
+                profiles: LaneCache::new(setup.profile_cache_bytes / setup.lanes.max(1)),
                 runtime: setup.runtime.clone(),
                 stop: stop.clone(),
                 metrics: setup.metrics.clone(),
@@ -222,10 +229,11 @@ fn next_offsets<'r>(records: impl IntoIterator<Item = &'r Record>) -> Vec<(i32, 
 }
 
 /// Batch bounds from the configuration (`pipeline.batch_max_events`,
-/// `pipeline.batch_max_wait_ms`).
-pub fn batch_limits(max_events: usize, max_wait_ms: u64) -> BatchLimits {
+/// `pipeline.batch_max_mib`, `pipeline.batch_max_wait_ms`).
+pub fn batch_limits(max_events: usize, max_mib: usize, max_wait_ms: u64) -> BatchLimits {
     BatchLimits {
         max_events: max_events.max(1),
+        max_bytes: max_mib.saturating_mul(1 << 20).max(1),
         max_wait: Duration::from_millis(max_wait_ms),
     }
 }

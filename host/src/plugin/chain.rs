@@ -22,8 +22,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 /// more (a batch gathers whatever arrived within `pipeline.batch_max_wait_ms`);
 /// it is handed over in chunks of this size, so that a call stays far below
 /// the host's time cap on one call (`max_batch_time_ms`, 250 ms) even on a
-/// busy machine. Batches within the default `pipeline.batch_max_events`
-/// (2,000) are one call, as they always were.
+/// busy machine.
 pub const MAX_EVENTS_PER_CALL: usize = 2_048;
 
 /// The active plugins, sorted by name.

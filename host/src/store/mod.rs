@@ -58,6 +58,11 @@ pub struct Commit<'a> {
     pub topic: &'a str,
     pub changes: &'a ProfileChanges,
     pub offsets: &'a [OffsetRange],
+    /// The caller's copies of some of the changed profiles, as it last
+    /// committed them. A store may start from these instead of reading them;
+    /// a copy that is not the stored revision then makes the commit fail
+    /// (a [`StoreError`], retried without copies), never overwrite.
+    pub known: HashMap<String, Profile>,
     /// Wall-clock time of the commit, for `created_at`/`updated_at`.
     pub now_ms: i64,
 }

@@ -48,8 +48,8 @@ fn latency_histogram() -> Histogram {
 }
 
 fn batch_size_histogram() -> Histogram {
-    // 1 .. 32768 events.
-    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+    // 1 .. 131072 events: above the largest default batch (50,000).
+    Histogram::new(exponential_buckets(1.0, 2.0, 18))
 }
 
 impl Default for Metrics {

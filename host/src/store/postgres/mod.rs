@@ -3,10 +3,10 @@
 //!
 //! A batch is one transaction of a handful of statements however many events
 //! and users it holds: lock the batch's offset rows and check them, move the
-//! offsets, lock and read the users' profiles, apply the merged changes in
-//! Rust with [`Profile::apply`], write every profile in one multi-row
-//! statement, commit. The schema is in `migrations/`, embedded
-//! in the binary.
+//! offsets, read the profiles the lane has no copy of, apply the merged
+//! changes in Rust with [`Profile::apply`], write every profile in one
+//! multi-row statement that replaces only the revision each was computed
+//! from, commit. The schema is in `migrations/`, embedded in the binary.
 
 mod audit;
 
@@ -91,7 +91,7 @@ impl ProfileStore for PgStore {
             tx.rollback().await.context("rolling back a stale batch")?;
             return Ok(CommitOutcome::Stale);
         }
-        let profiles = apply_changes(&mut tx, commit.changes, commit.now_ms).await?;
+        let profiles = apply_changes(&mut tx, commit.changes, commit.known, commit.now_ms).await?;
         write_profiles(&mut tx, &profiles).await?;
         tx.commit().await.context("committing the batch")?;
         Ok(CommitOutcome::Applied(profiles))
@@ -159,39 +159,44 @@ async fn offsets_are_expected(
         .all(|range| stored.get(&range.partition).copied() == range.expected))
 }
 
-/// Locks and reads the profiles of every user in `changes`, applies the
-/// changes and returns the profiles as they are now, in user order.
+/// Applies `changes` to the profiles they touch, as they are now, in user
+/// order. A profile comes from `known` when the caller holds a copy, else it
+/// is read, without a lock: [`write_profiles`] replaces only the revision a
+/// profile was computed from, so a copy or a read that another commit has
+/// overtaken fails the batch instead of overwriting.
 async fn apply_changes(
     tx: &mut Transaction<'_, Postgres>,
     changes: &ProfileChanges,
+    mut known: HashMap<String, Profile>,
     now_ms: i64,
 ) -> StoreResult<Vec<Profile>> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let users: Vec<&str> = changes.keys().map(String::as_str).collect();
-    // Rows lock in user order, the order every commit uses, so commits that
-    // share users wait for each other instead of deadlocking.
-    let rows = sqlx::query(
-        "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) \
-         ORDER BY user_id FOR UPDATE",
-    )
-    .bind(&users)
-    .fetch_all(&mut **tx)
-    .await
-    .context("locking the batch's profiles")?;
-    let mut stored = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let user_id: String = row.try_get("user_id").context("reading a profile row")?;
-        let Json(profile): Json<Profile> = row
-            .try_get("profile")
-            .with_context(|| format!("decoding the stored profile of user {user_id}"))?;
-        stored.insert(user_id, profile);
+    let missing: Vec<&str> = changes
+        .keys()
+        .filter(|user_id| !known.contains_key(*user_id))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        let rows = sqlx::query("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
+            .bind(&missing)
+            .fetch_all(&mut **tx)
+            .await
+            .context("reading the batch's profiles")?;
+        known.reserve(rows.len());
+        for row in rows {
+            let user_id: String = row.try_get("user_id").context("reading a profile row")?;
+            let Json(profile): Json<Profile> = row
+                .try_get("profile")
+                .with_context(|| format!("decoding the stored profile of user {user_id}"))?;
+            known.insert(user_id, profile);
+        }
     }
     let profiles = changes
         .iter()
         .map(|(user_id, attributes)| {
-            let mut profile = stored
+            let mut profile = known
                 .remove(user_id)
                 .unwrap_or_else(|| Profile::new(user_id.as_str(), now_ms));
             profile.apply(attributes, now_ms);
@@ -203,11 +208,15 @@ async fn apply_changes(
 
 /// Writes `profiles` in one statement.
 ///
-/// Each profile replaces only the revision it was computed from. That holds
-/// for every row the batch locked; it fails only when a commit for other
-/// partitions created a profile this batch had found missing (the same user
-/// arriving through two partitions at once). Then nothing may be
-/// overwritten: the batch fails and its retry reads the new row.
+/// Each profile replaces only the revision it was computed from (a new one
+/// only a row that does not exist). When another commit has written one of
+/// them since it was read or cached (the same user arriving through two
+/// partitions at once, or a partition that moved away and back), nothing may
+/// be overwritten: the batch fails and its retry reads the rows again.
+///
+/// The rows are written, and so locked, in user order, the order of every
+/// commit, so commits that share users wait for each other instead of
+/// deadlocking.
 async fn write_profiles(
     tx: &mut Transaction<'_, Postgres>,
     profiles: &[Profile],

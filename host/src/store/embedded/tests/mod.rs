@@ -25,6 +25,7 @@ pub(super) fn event(key: &str, n: usize) -> OutgoingEvent {
 pub(super) fn limits(max_events: usize) -> BatchLimits {
     BatchLimits {
         max_events,
+        max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     }
 }
@@ -111,6 +112,7 @@ pub(super) async fn commit(
             topic: INBOX_TOPIC,
             changes,
             offsets: &offsets,
+            known: Default::default(),
             now_ms: 1_000,
         })
         .await
