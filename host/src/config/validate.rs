@@ -4,9 +4,9 @@ use std::ops::RangeInclusive;
 
 use super::Config;
 
-/// The session timeouts PulseHub accepts: librdkafka sends a heartbeat every
-/// third of it (at most every 3 s), so below 1 s the heartbeats alone load
-/// the coordinator; 1800000 is Apache Kafka's default upper bound.
+/// The session timeouts PulseHub accepts: a consumer sends a heartbeat every
+/// third of it (at most every second), so below 1 s the heartbeats alone
+/// load the coordinator; 1800000 is Apache Kafka's default upper bound.
 const SESSION_TIMEOUT_MS: RangeInclusive<u64> = 1_000..=1_800_000;
 
 /// A `group.instance.id` must be a valid Kafka name (at most 249 ASCII

@@ -19,6 +19,7 @@ use lru::LruCache;
 
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::{Attribute, Profile};
+use crate::model::update::Value;
 
 /// A lane's profiles, least recently committed evicted first, at most
 /// `capacity` estimated bytes.
@@ -102,7 +103,7 @@ fn weight(profile: &Profile) -> usize {
         .iter()
         .map(|(name, attribute)| {
             let text = match &attribute.value {
-                crate::model::update::Value::Text(text) => text.len(),
+                Value::Text(text) => text.len(),
                 _ => 0,
             };
             name.len()
