@@ -476,6 +476,20 @@ async fn a_concurrent_first_offset_insert_makes_the_commit_stale() {
     assert_eq!(db.store.offsets(GROUP, TOPIC).await.expect("read")[&0], 8);
 }
 
+/// `profiles.profile` is `json`: a text value holding U+0000, which
+/// `jsonb` refuses, commits and reads back as it was.
+#[tokio::test]
+async fn a_text_value_holding_nul_commits_and_reads_back() {
+    let db = StoreDb::new().await;
+    let text = Value::Text("before\u{0}after".to_owned());
+    let batch = changes(vec![("u", "note", change(Op::Set(text.clone()), "e1", 1))]);
+    commit(&db.store, &batch, &[range(0, None, 1)], 1)
+        .await
+        .expect("the batch commits");
+    let profile = db.store.profile("u").await.expect("read").expect("stored");
+    assert_eq!(profile.attributes["note"].value, text);
+}
+
 #[tokio::test]
 async fn a_profile_created_meanwhile_is_not_overwritten() {
     let db = StoreDb::new().await;

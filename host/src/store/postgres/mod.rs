@@ -231,7 +231,10 @@ async fn write_profiles(
     let mut updated = Vec::with_capacity(profiles.len());
     for profile in profiles {
         user_ids.push(profile.user_id.as_str());
-        documents.push(Json(profile));
+        documents.push(
+            serde_json::to_string(profile)
+                .with_context(|| format!("encoding the profile of user {}", profile.user_id))?,
+        );
         revisions.push(profile.revision);
         created.push(profile.created_at_ms);
         updated.push(profile.updated_at_ms);
@@ -240,7 +243,7 @@ async fn write_profiles(
         "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at) \
          SELECT user_id, profile, revision, \
                 to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0) \
-         FROM UNNEST($1::text[], $2::jsonb[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+         FROM UNNEST($1::text[], $2::text[]::json[], $3::bigint[], $4::bigint[], $5::bigint[]) \
               AS batch(user_id, profile, revision, created_ms, updated_ms) \
          ON CONFLICT (user_id) DO UPDATE SET \
               profile = EXCLUDED.profile, \
