@@ -283,6 +283,34 @@ async fn an_unreadable_cached_body_is_a_miss_and_is_deleted() {
     cleanup(&prefix).await;
 }
 
+#[tokio::test]
+async fn a_key_of_another_type_is_replaced_by_the_put() {
+    let prefix = unique_prefix();
+    let cache = cache(&prefix).await;
+    let mut connection = direct().await;
+    redis::cmd("SET")
+        .arg(key(&prefix, "s"))
+        .arg("not a profile")
+        .exec_async(&mut connection)
+        .await
+        .expect("SET");
+    redis::cmd("RPUSH")
+        .arg(key(&prefix, "l"))
+        .arg("not a profile")
+        .exec_async(&mut connection)
+        .await
+        .expect("RPUSH");
+    let profiles = [profile("s", 3, 1), profile("l", 4, 2)];
+    cache.put(&profiles).await.expect("put");
+    for expected in profiles {
+        let user_id = expected.user_id.clone();
+        let revision = expected.revision.to_string();
+        assert_eq!(stored(&prefix, &user_id).await.0, Some(revision));
+        assert_eq!(cache.get(&user_id).await.expect("get"), Some(expected));
+    }
+    cleanup(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_of_a_cold_profile_read_the_store_once() {
     let prefix = unique_prefix();

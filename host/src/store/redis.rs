@@ -55,11 +55,14 @@ const WRITE_SCRIPT: &str = r"
 local written = 0
 for i, key in ipairs(KEYS) do
   local rev = ARGV[2 * i]
-  local kind = redis.call('TYPE', key)['ok']
-  if kind ~= 'hash' and kind ~= 'none' then
+  -- Three commands a key: HGET (a wrong type answers an error, not a
+  -- value), HSET, EXPIRE.
+  local stored = redis.pcall('HGET', key, 'rev')
+  if type(stored) == 'table' and stored['err'] then
     redis.call('DEL', key)
+    stored = false
   end
-  local stored = tonumber(redis.call('HGET', key, 'rev'))
+  stored = tonumber(stored)
   if not (stored and stored > tonumber(rev)) then
     redis.call('HSET', key, 'rev', rev, 'body', ARGV[2 * i + 1])
     redis.call('EXPIRE', key, ARGV[1])
