@@ -8,12 +8,14 @@
 #    the statements by total time;
 #  - pg_stat_user_tables for `profiles`: updates, HOT updates, dead tuples;
 #  - the collation of profiles.user_id;
+#  - WAL written during the run (pg_stat_wal: records, full-page images,
+#    bytes) and checkpoints, with the server settings that drive them;
 #  - a perf profile of the enrich process (when perf is there), top symbols.
 # Sizes: DIAG_EVENTS, DIAG_USERS, DIAG_PARTITIONS. PulseHub's settings
 # (batch bounds and the rest) are its defaults unless exported
 # (PULSEHUB_BATCH_MAX_EVENTS=..., PULSEHUB_BATCH_MAX_WAIT_MS=...); the report
 # lists them. DIAG_FILLFACTOR sets `profiles`' fillfactor before the run
-# (an experiment; the migrations leave PostgreSQL's default, 100);
+# (an experiment; migration 0003 sets 50);
 # DIAG_PERF=0 skips perf. Output: target/diagnose/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,9 @@ prepare() {
     if [[ -n ${DIAG_FILLFACTOR:-} ]]; then
         psql -qtA "$1" -c "ALTER TABLE profiles SET (fillfactor = $DIAG_FILLFACTOR)" >/dev/null
     fi
+    # Cluster-wide counters: a quiet server makes them this run's.
+    psql -qtA "$1" -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
+    CHECKPOINTS_BEFORE=$(psql -qtA "$1" -c "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
     if psql -qtA "$1" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
         -c "SELECT pg_stat_statements_reset()" >/dev/null 2>"$OUT/statements.err"; then
         STATEMENTS=1
@@ -59,7 +64,7 @@ if [[ -n $PERF_PID ]]; then wait "$PERF_PID" || true; fi
 url=$RUN_URL
 
 {
-echo "== $EVENTS events, $USERS users (uniform), $PARTITIONS partitions, fillfactor ${DIAG_FILLFACTOR:-100}; settings:"
+echo "== $EVENTS events, $USERS users (uniform), $PARTITIONS partitions, fillfactor ${DIAG_FILLFACTOR:-50}; settings:"
 pb_settings | sed 's/^/   /'
 echo "throughput: $RUN_EVENTS events after the first commit in $RUN_SECS s: $RUN_RATE events/s"
 echo "CPU per event over the whole run (µs): enrich $RUN_HOST_US, postgres $RUN_PG_US, redis $RUN_REDIS_US"
@@ -74,6 +79,9 @@ fi
 echo "== profiles table"
 psql -qP pager=off "$url" -c "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_dead_tup, n_live_tup, pg_size_pretty(pg_total_relation_size('profiles')) AS size FROM pg_stat_user_tables WHERE relname = 'profiles'"
 psql -qP pager=off "$url" -c "SELECT a.attname, coalesce(c.collname, '(database default: ' || (SELECT datcollate FROM pg_database WHERE datname = current_database()) || ')') AS collation FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation AND a.attcollation <> 100 WHERE a.attrelid = 'profiles'::regclass AND a.attname = 'user_id'"
+echo "== WAL during the run (cluster-wide), per event"
+psql -qP pager=off "$url" -c "SELECT wal_records, wal_fpi, pg_size_pretty(wal_bytes) AS wal, round(wal_bytes / $EVENTS) AS bytes_per_event, round(wal_fpi::numeric / $EVENTS, 2) AS fpi_per_event, (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) - $CHECKPOINTS_BEFORE AS checkpoints FROM pg_stat_wal"
+psql -qtA "$url" -c "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'wal_compression', 'synchronous_commit', 'full_page_writes')" | sed 's/^/server: /'
 if [[ -f "$OUT/perf.data" ]]; then
     echo "== perf: top symbols of the enrich process (self time)"
     perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -30

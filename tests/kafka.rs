@@ -139,6 +139,7 @@ async fn source_reads_every_published_event_once_in_order_per_lane() {
     assert_eq!(source.topic(), topic);
     let limits = BatchLimits {
         max_events: MAX_EVENTS,
+        max_users: usize::MAX,
         max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
@@ -350,6 +351,7 @@ async fn assignment_starts_at_the_stored_offsets() {
     .expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
+        max_users: usize::MAX,
         max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
@@ -386,6 +388,7 @@ async fn without_a_store_the_group_offsets_are_used() {
         KafkaSource::new(&brokers, &topic, &group, &dynamic(), None).expect("creating the source");
     let limits = BatchLimits {
         max_events: 10,
+        max_users: usize::MAX,
         max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };
@@ -417,6 +420,7 @@ fn run_source(
     let (lanes, receivers) = Lanes::new(1, 4);
     let limits = BatchLimits {
         max_events: 10,
+        max_users: usize::MAX,
         max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     };

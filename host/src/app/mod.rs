@@ -111,6 +111,7 @@ impl App {
             lanes: parts.lanes,
             limits: batch_limits(
                 config.pipeline.batch_max_events,
+                config.pipeline.batch_max_users,
                 config.pipeline.batch_max_mib,
                 config.pipeline.batch_max_wait_ms,
             ),

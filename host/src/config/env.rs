@@ -96,6 +96,11 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Number,
     ),
     (
+        "PULSEHUB_BATCH_MAX_USERS",
+        "pipeline.batch_max_users",
+        Kind::Number,
+    ),
+    (
         "PULSEHUB_BATCH_MAX_MIB",
         "pipeline.batch_max_mib",
         Kind::Number,

@@ -42,9 +42,10 @@ pub mod defaults {
     /// 0: one lane per CPU.
     pub const LANES: usize = 0;
     pub const BATCH_MAX_EVENTS: usize = 50_000;
+    pub const BATCH_MAX_USERS: usize = 25_000;
     pub const BATCH_MAX_MIB: usize = 32;
     pub const BATCH_MAX_WAIT_MS: u64 = 1_000;
-    pub const PROFILE_CACHE_MIB: usize = 256;
+    pub const PROFILE_CACHE_MIB: usize = 64;
 
     pub const LOG_FILTER: &str = "info";
 }
@@ -248,6 +249,10 @@ pub struct PipelineConfig {
     pub lanes: usize,
     /// A batch is handed to a lane when it holds this many events...
     pub batch_max_events: usize,
+    /// ...or events of this many users (distinct Kafka message keys; a
+    /// record without a key counts as one more user), which bounds the
+    /// profiles one commit reads, changes and writes...
+    pub batch_max_users: usize,
     /// ...or this many MiB of event payloads (and keys)...
     pub batch_max_mib: usize,
     /// ...or its first event has waited this long.
@@ -263,6 +268,7 @@ impl Default for PipelineConfig {
         Self {
             lanes: defaults::LANES,
             batch_max_events: defaults::BATCH_MAX_EVENTS,
+            batch_max_users: defaults::BATCH_MAX_USERS,
             batch_max_mib: defaults::BATCH_MAX_MIB,
             batch_max_wait_ms: defaults::BATCH_MAX_WAIT_MS,
             profile_cache_mib: defaults::PROFILE_CACHE_MIB,

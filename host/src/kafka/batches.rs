@@ -1,6 +1,8 @@
 //! The records a source has read but not yet handed over, one pending batch
 //! per lane, and when each batch is due ([`BatchLimits`]).
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
 use crate::pipeline::source::{BatchLimits, Record};
@@ -10,12 +12,19 @@ pub(super) struct Batcher {
     lanes: Vec<Pending>,
     max_events: usize,
     limits: BatchLimits,
+    /// Hashes keys for [`Pending::users`].
+    hasher: RandomState,
 }
 
 struct Pending {
     records: Vec<Record>,
     /// Bytes of the records' keys and payloads.
     bytes: usize,
+    /// The users of `records`: hashes of the distinct keys (a collision
+    /// counts two users as one, which the other bounds still cover), and
+    /// the records without a key, each counted as a user of its own.
+    users: HashSet<u64>,
+    keyless: usize,
     /// When the first of `records` arrived.
     since: Instant,
 }
@@ -29,16 +38,19 @@ impl Batcher {
                 .map(|_| Pending {
                     records: Vec::new(),
                     bytes: 0,
+                    users: HashSet::new(),
+                    keyless: 0,
                     since: now,
                 })
                 .collect(),
             max_events,
             limits,
+            hasher: RandomState::new(),
         }
     }
 
     /// Adds `record` to `lane`'s batch; returns the batch once it is full
-    /// (by count or by bytes).
+    /// (by events, users or bytes).
     pub(super) fn push(
         &mut self,
         lane: usize,
@@ -50,9 +62,11 @@ impl Batcher {
             pending.since = now;
         }
         pending.bytes += record_bytes(&record);
+        pending.count_user(&record, &self.hasher);
         pending.records.push(record);
-        let full =
-            pending.records.len() >= self.max_events || pending.bytes >= self.limits.max_bytes;
+        let full = pending.records.len() >= self.max_events
+            || pending.users() >= self.limits.max_users
+            || pending.bytes >= self.limits.max_bytes;
         full.then(|| self.take(lane))
     }
 
@@ -64,6 +78,13 @@ impl Batcher {
                 .records
                 .retain(|record| !partitions.contains(&record.partition));
             pending.bytes = pending.records.iter().map(record_bytes).sum();
+            let records = std::mem::take(&mut pending.records);
+            pending.users.clear();
+            pending.keyless = 0;
+            for record in &records {
+                pending.count_user(record, &self.hasher);
+            }
+            pending.records = records;
         }
     }
 
@@ -91,8 +112,25 @@ impl Batcher {
     fn take(&mut self, lane: usize) -> Vec<Record> {
         let pending = &mut self.lanes[lane];
         pending.bytes = 0;
+        pending.users.clear();
+        pending.keyless = 0;
         let capacity = pending.records.len().min(self.max_events);
         std::mem::replace(&mut pending.records, Vec::with_capacity(capacity))
+    }
+}
+
+impl Pending {
+    fn count_user(&mut self, record: &Record, hasher: &RandomState) {
+        match &record.key {
+            Some(key) => {
+                self.users.insert(hasher.hash_one(key));
+            }
+            None => self.keyless += 1,
+        }
+    }
+
+    fn users(&self) -> usize {
+        self.users.len() + self.keyless
     }
 }
 
@@ -127,6 +165,7 @@ mod tests {
             lanes,
             BatchLimits {
                 max_events,
+                max_users: usize::MAX,
                 max_bytes: usize::MAX,
                 max_wait: WAIT,
             },
@@ -146,11 +185,81 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_handed_over_at_max_users() {
+        let mut batcher = Batcher::new(
+            1,
+            BatchLimits {
+                max_events: 100,
+                max_users: 3,
+                max_bytes: usize::MAX,
+                max_wait: WAIT,
+            },
+        );
+        let now = Instant::now();
+        let keyed = |offset, key: &str| Record {
+            key: Some(key.as_bytes().to_vec()),
+            ..record(0, offset)
+        };
+        assert!(batcher.push(0, keyed(0, "a"), now).is_none());
+        assert!(batcher.push(0, keyed(1, "b"), now).is_none());
+        assert!(
+            batcher.push(0, keyed(2, "a"), now).is_none(),
+            "a is one user"
+        );
+        assert!(batcher.push(0, keyed(3, "b"), now).is_none());
+        let full = batcher
+            .push(0, record(0, 4), now)
+            .expect("a record without a key is a third user");
+        assert_eq!(full.len(), 5);
+        assert!(batcher.push(0, keyed(5, "a"), now).is_none(), "counts anew");
+        assert!(batcher.push(0, keyed(6, "c"), now).is_none());
+        // A rebalance takes partition 0's records: its users no longer count.
+        batcher.forget(&[0]);
+        assert!(
+            batcher
+                .push(
+                    0,
+                    Record {
+                        partition: 1,
+                        ..keyed(7, "a")
+                    },
+                    now
+                )
+                .is_none()
+        );
+        assert!(
+            batcher
+                .push(
+                    0,
+                    Record {
+                        partition: 1,
+                        ..keyed(8, "c")
+                    },
+                    now
+                )
+                .is_none()
+        );
+        assert!(
+            batcher
+                .push(
+                    0,
+                    Record {
+                        partition: 1,
+                        ..keyed(9, "d")
+                    },
+                    now
+                )
+                .is_some()
+        );
+    }
+
+    #[test]
     fn a_batch_is_handed_over_at_max_bytes() {
         let mut batcher = Batcher::new(
             1,
             BatchLimits {
                 max_events: 100,
+                max_users: usize::MAX,
                 max_bytes: 10,
                 max_wait: WAIT,
             },

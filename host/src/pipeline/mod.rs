@@ -229,10 +229,17 @@ fn next_offsets<'r>(records: impl IntoIterator<Item = &'r Record>) -> Vec<(i32, 
 }
 
 /// Batch bounds from the configuration (`pipeline.batch_max_events`,
-/// `pipeline.batch_max_mib`, `pipeline.batch_max_wait_ms`).
-pub fn batch_limits(max_events: usize, max_mib: usize, max_wait_ms: u64) -> BatchLimits {
+/// `pipeline.batch_max_users`, `pipeline.batch_max_mib`,
+/// `pipeline.batch_max_wait_ms`).
+pub fn batch_limits(
+    max_events: usize,
+    max_users: usize,
+    max_mib: usize,
+    max_wait_ms: u64,
+) -> BatchLimits {
     BatchLimits {
         max_events: max_events.max(1),
+        max_users: max_users.max(1),
         max_bytes: max_mib.saturating_mul(1 << 20).max(1),
         max_wait: Duration::from_millis(max_wait_ms),
     }

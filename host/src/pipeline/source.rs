@@ -28,11 +28,13 @@ pub struct Batch {
 }
 
 /// Size and time bounds of a batch: a batch is handed over when it holds
-/// `max_events` records or `max_bytes` of keys and payloads, or its first
-/// record has waited `max_wait`.
+/// `max_events` records, records of `max_users` distinct keys (the Kafka
+/// source; keys are user ids), or `max_bytes` of keys and payloads, or its
+/// first record has waited `max_wait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
     pub max_events: usize,
+    pub max_users: usize,
     pub max_bytes: usize,
     pub max_wait: Duration,
 }

@@ -25,6 +25,7 @@ pub(super) fn event(key: &str, n: usize) -> OutgoingEvent {
 pub(super) fn limits(max_events: usize) -> BatchLimits {
     BatchLimits {
         max_events,
+        max_users: usize::MAX,
         max_bytes: usize::MAX,
         max_wait: Duration::from_millis(20),
     }

@@ -59,6 +59,7 @@ async fn a_caught_up_source_wakes_on_publish() {
         let stop = stop.clone();
         let limits = BatchLimits {
             max_events: 100,
+            max_users: usize::MAX,
             max_bytes: usize::MAX,
             // Longer than the test waits: only the wake-up can deliver in time.
             max_wait: Duration::from_secs(60),
@@ -162,7 +163,7 @@ async fn the_pipelines_run_on_the_embedded_store() {
     let setup = |lanes| Setup {
         metrics: metrics.clone(),
         lanes,
-        limits: batch_limits(8, 1, 10),
+        limits: batch_limits(8, 8, 1, 10),
         profile_cache_bytes: 1 << 20,
         runtime: Handle::current(),
     };
