@@ -215,42 +215,13 @@ mod tests {
         assert!(batcher.push(0, keyed(6, "c"), now).is_none());
         // A rebalance takes partition 0's records: its users no longer count.
         batcher.forget(&[0]);
-        assert!(
-            batcher
-                .push(
-                    0,
-                    Record {
-                        partition: 1,
-                        ..keyed(7, "a")
-                    },
-                    now
-                )
-                .is_none()
-        );
-        assert!(
-            batcher
-                .push(
-                    0,
-                    Record {
-                        partition: 1,
-                        ..keyed(8, "c")
-                    },
-                    now
-                )
-                .is_none()
-        );
-        assert!(
-            batcher
-                .push(
-                    0,
-                    Record {
-                        partition: 1,
-                        ..keyed(9, "d")
-                    },
-                    now
-                )
-                .is_some()
-        );
+        let moved = |offset, key| Record {
+            partition: 1,
+            ..keyed(offset, key)
+        };
+        assert!(batcher.push(0, moved(7, "a"), now).is_none());
+        assert!(batcher.push(0, moved(8, "c"), now).is_none());
+        assert!(batcher.push(0, moved(9, "d"), now).is_some());
     }
 
     #[test]
