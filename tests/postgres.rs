@@ -91,6 +91,21 @@ async fn commit_from(
 fn applied(outcome: CommitOutcome) -> Vec<Profile> {
     match outcome {
         CommitOutcome::Applied(profiles) => profiles,
+        CommitOutcome::AppliedEncoded {
+            profiles,
+            documents,
+        } => {
+            // What the write-through stores in Redis as it is.
+            let encoded: Vec<String> = profiles
+                .iter()
+                .map(|profile| serde_json::to_string(profile).expect("a profile encodes"))
+                .collect();
+            assert_eq!(
+                documents, encoded,
+                "the documents are the profiles, in order"
+            );
+            profiles
+        }
         CommitOutcome::Stale => panic!("expected the commit to apply, it was stale"),
     }
 }

@@ -249,6 +249,36 @@ async fn a_large_put_keeps_every_newer_revision_across_script_calls() {
 }
 
 #[tokio::test]
+async fn encoded_profiles_are_stored_as_given_across_round_trips() {
+    let prefix = unique_prefix();
+    let cache = cache(&prefix).await;
+    // More than one round trip's worth (4,096 keys), so the documents of
+    // the second one must line up with its profiles too.
+    let batch: Vec<Profile> = (0..4_500)
+        .map(|i| profile(&format!("u{i}"), 3, i))
+        .collect();
+    let documents: Vec<String> = batch
+        .iter()
+        .map(|p| serde_json::to_string(p).expect("a profile encodes"))
+        .collect();
+    cache
+        .put_encoded(&batch, &documents)
+        .await
+        .expect("put 4,500 encoded profiles");
+    for i in [0, 4_095, 4_096, 4_499] {
+        let user = format!("u{i}");
+        assert_eq!(
+            stored(&prefix, &user).await,
+            (Some("3".to_owned()), Some(documents[i].clone())),
+            "user {user}"
+        );
+    }
+    let wrong = cache.put_encoded(&batch[..2], &documents[..1]).await;
+    assert!(wrong.is_err(), "one document for two profiles is refused");
+    cleanup(&prefix).await;
+}
+
+#[tokio::test]
 async fn cached_profiles_expire() {
     let prefix = unique_prefix();
     let cache = cache(&prefix).await;

@@ -198,8 +198,12 @@ impl EnrichLane {
             // Whatever made a commit fail may have made other copies stale.
             self.profiles.clear();
         }
-        let profiles = match committed {
-            Ok(CommitOutcome::Applied(profiles)) => profiles,
+        let (profiles, documents) = match committed {
+            Ok(CommitOutcome::Applied(profiles)) => (profiles, None),
+            Ok(CommitOutcome::AppliedEncoded {
+                profiles,
+                documents,
+            }) => (profiles, Some(documents)),
             Ok(CommitOutcome::Stale) => return Attempt::Stale,
             Err(_) => return Attempt::Stopped,
         };
@@ -208,7 +212,12 @@ impl EnrichLane {
         }
         if let Some(cache) = &self.targets.cache
             && !profiles.is_empty()
-            && let Err(error) = runtime.block_on(cache.put(&profiles))
+            && let Err(error) = runtime.block_on(async {
+                match &documents {
+                    Some(documents) => cache.put_encoded(&profiles, documents).await,
+                    None => cache.put(&profiles).await,
+                }
+            })
         {
             // The cache forgets these keys and refills them from the store.
             tracing::warn!("profile cache write-through failed: {:#}", error.0);

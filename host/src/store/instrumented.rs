@@ -121,6 +121,11 @@ impl ProfileCache for Instrumented<dyn ProfileCache> {
         self.timed("put", self.inner.put(profiles)).await
     }
 
+    async fn put_encoded(&self, profiles: &[Profile], documents: &[String]) -> StoreResult<()> {
+        self.timed("put", self.inner.put_encoded(profiles, documents))
+            .await
+    }
+
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>> {
         self.timed("get", self.inner.get(user_id)).await
     }

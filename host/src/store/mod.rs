@@ -72,6 +72,14 @@ pub enum CommitOutcome {
     /// Written. The profiles the batch changed, as they are now (absolute
     /// values, for the write-through to the cache).
     Applied(Vec<Profile>),
+    /// Written, as [`CommitOutcome::Applied`], by a store that encoded the
+    /// profiles as JSON on the way: `documents[i]` is `profiles[i]` as
+    /// `serde_json::to_string` writes it, so the cache need not encode them
+    /// again ([`ProfileCache::put_encoded`]).
+    AppliedEncoded {
+        profiles: Vec<Profile>,
+        documents: Vec<String>,
+    },
     /// Nothing written: the stored offsets are not the `expected` ones.
     /// The caller reloads them and drops the records already applied.
     Stale,
@@ -98,6 +106,14 @@ pub trait ProfileCache: Send + Sync + 'static {
     /// Stores absolute profiles; a cached copy with a higher
     /// [`Profile::revision`] is kept instead.
     async fn put(&self, profiles: &[Profile]) -> StoreResult<()>;
+
+    /// [`ProfileCache::put`] for profiles the caller already holds as JSON:
+    /// `documents[i]` is `profiles[i]` as `serde_json::to_string` writes it.
+    /// A cache that stores JSON stores these as they are.
+    async fn put_encoded(&self, profiles: &[Profile], documents: &[String]) -> StoreResult<()> {
+        let _ = documents;
+        self.put(profiles).await
+    }
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>>;
     async fn ping(&self) -> StoreResult<()>;
 }

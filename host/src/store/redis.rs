@@ -15,6 +15,7 @@
 //! the key: a refill that read the store before the failed commit then still
 //! cannot bring the stale copy back.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -129,15 +130,18 @@ impl RedisCache {
     pub fn invalidate_all(&self) {
         self.inner.pending().suspect_all();
     }
-}
 
-#[async_trait]
-impl ProfileCache for RedisCache {
-    async fn put(&self, profiles: &[Profile]) -> StoreResult<()> {
+    /// Writes `profiles`, each as its JSON document in `documents` when
+    /// given, else as it encodes, and records the outcome for the reads.
+    async fn put_bodies(
+        &self,
+        profiles: &[Profile],
+        documents: Option<&[String]>,
+    ) -> StoreResult<()> {
         if profiles.is_empty() {
             return Ok(());
         }
-        let result = self.inner.write(profiles).await;
+        let result = self.inner.write(profiles, documents).await;
         let mut pending = self.inner.pending();
         match result {
             Ok(()) => {
@@ -156,6 +160,24 @@ impl ProfileCache for RedisCache {
                 ))))
             }
         }
+    }
+}
+
+#[async_trait]
+impl ProfileCache for RedisCache {
+    async fn put(&self, profiles: &[Profile]) -> StoreResult<()> {
+        self.put_bodies(profiles, None).await
+    }
+
+    async fn put_encoded(&self, profiles: &[Profile], documents: &[String]) -> StoreResult<()> {
+        if documents.len() != profiles.len() {
+            return Err(StoreError(anyhow::anyhow!(
+                "{} JSON documents for {} profiles",
+                documents.len(),
+                profiles.len()
+            )));
+        }
+        self.put_bodies(profiles, Some(documents)).await
     }
 
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>> {
@@ -214,12 +236,25 @@ impl Inner {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn write(&self, profiles: &[Profile]) -> anyhow::Result<()> {
-        for chunk in profiles.chunks(KEYS_PER_ROUND_TRIP) {
+    /// `documents`, when given, holds each profile's JSON document.
+    async fn write(
+        &self,
+        profiles: &[Profile],
+        documents: Option<&[String]>,
+    ) -> anyhow::Result<()> {
+        for (number, chunk) in profiles.chunks(KEYS_PER_ROUND_TRIP).enumerate() {
+            // The same length as `profiles`: `put_encoded` checks it.
+            let documents =
+                documents.map(|all| &all[number * KEYS_PER_ROUND_TRIP..][..chunk.len()]);
             let mut entries = Vec::with_capacity(chunk.len());
-            for profile in chunk {
-                let body = serde_json::to_string(profile)
-                    .with_context(|| format!("serialising profile {:?}", profile.user_id))?;
+            for (index, profile) in chunk.iter().enumerate() {
+                let body =
+                    match documents {
+                        Some(documents) => Cow::Borrowed(documents[index].as_str()),
+                        None => Cow::Owned(serde_json::to_string(profile).with_context(|| {
+                            format!("serialising profile {:?}", profile.user_id)
+                        })?),
+                    };
                 entries.push((self.key(&profile.user_id), profile.revision, body));
             }
             self.run_script(&entries).await?;
@@ -230,7 +265,10 @@ impl Inner {
     /// Runs the write script over the `(key, revision, body)` entries,
     /// [`KEYS_PER_SCRIPT`] a call, all in one round trip, loading the script
     /// first if Redis does not know it.
-    async fn run_script(&self, entries: &[(String, i64, String)]) -> anyhow::Result<()> {
+    async fn run_script<B: AsRef<str> + Sync>(
+        &self,
+        entries: &[(String, i64, B)],
+    ) -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
         for chunk in entries.chunks(KEYS_PER_SCRIPT) {
             let call = pipe
@@ -242,7 +280,7 @@ impl Inner {
             }
             call.arg(self.ttl_secs);
             for (_, revision, body) in chunk {
-                call.arg(revision).arg(body);
+                call.arg(revision).arg(body.as_ref());
             }
             call.ignore();
         }
@@ -274,7 +312,7 @@ impl Inner {
             Work::Ids(ids) => {
                 let entries: Vec<_> = ids
                     .iter()
-                    .map(|(id, revision)| (self.key(id), *revision, String::new()))
+                    .map(|(id, revision)| (self.key(id), *revision, ""))
                     .collect();
                 for chunk in entries.chunks(KEYS_PER_ROUND_TRIP) {
                     self.run_script(chunk).await?;

@@ -92,9 +92,12 @@ impl ProfileStore for PgStore {
             return Ok(CommitOutcome::Stale);
         }
         let profiles = apply_changes(&mut tx, commit.changes, commit.known, commit.now_ms).await?;
-        write_profiles(&mut tx, &profiles).await?;
+        let documents = write_profiles(&mut tx, &profiles).await?;
         tx.commit().await.context("committing the batch")?;
-        Ok(CommitOutcome::Applied(profiles))
+        Ok(CommitOutcome::AppliedEncoded {
+            profiles,
+            documents,
+        })
     }
 
     async fn offsets(&self, group: &str, topic: &str) -> StoreResult<HashMap<i32, i64>> {
@@ -206,7 +209,8 @@ async fn apply_changes(
     Ok(profiles)
 }
 
-/// Writes `profiles` in one statement.
+/// Writes `profiles` in one statement; returns them as the JSON documents
+/// written, in the same order.
 ///
 /// Each profile replaces only the revision it was computed from (a new one
 /// only a row that does not exist). When another commit has written one of
@@ -220,9 +224,9 @@ async fn apply_changes(
 async fn write_profiles(
     tx: &mut Transaction<'_, Postgres>,
     profiles: &[Profile],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<String>> {
     if profiles.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut user_ids = Vec::with_capacity(profiles.len());
     let mut documents = Vec::with_capacity(profiles.len());
@@ -267,7 +271,7 @@ async fn write_profiles(
             profiles.len()
         )));
     }
-    Ok(())
+    Ok(documents)
 }
 
 /// Moves the batch's offsets in one statement: updates the rows locked by
