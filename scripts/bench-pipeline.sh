@@ -266,7 +266,7 @@ header() {
     want w2 && echo "- W2: $(commas <<<"$W2_EVENTS") events of $(commas <<<"$W2_USERS") users, $PARTITIONS partitions"
     want embedded && echo "- embedded: $(commas <<<"$EMBEDDED_EVENTS") events of $(commas <<<"$EMBEDDED_USERS") users"
     echo "- each event's user drawn uniformly at random; $RUNS runs a workload, medians"
-    echo "- PostgreSQL $(psql -qtA "$PGADMIN" -c "SHOW server_version" | cut -d' ' -f1): $(psql -qtA "$PGADMIN" -c "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'wal_compression', 'synchronous_commit', 'fsync', 'full_page_writes')")"
+    echo "- PostgreSQL $(psql -qtA "$PGADMIN" -c "SHOW server_version" | cut -d' ' -f1): $(psql -qtA "$PGADMIN" -c "SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'wal_compression', 'synchronous_commit', 'fsync', 'full_page_writes')")"
     echo "- PulseHub settings:"
     pb_settings | sed 's/^/  - /'
 }

@@ -81,7 +81,7 @@ psql -qP pager=off "$url" -c "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_dead
 psql -qP pager=off "$url" -c "SELECT a.attname, coalesce(c.collname, '(database default: ' || (SELECT datcollate FROM pg_database WHERE datname = current_database()) || ')') AS collation FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation AND a.attcollation <> 100 WHERE a.attrelid = 'profiles'::regclass AND a.attname = 'user_id'"
 echo "== WAL during the run (cluster-wide), per event"
 psql -qP pager=off "$url" -c "SELECT wal_records, wal_fpi, pg_size_pretty(wal_bytes) AS wal, round(wal_bytes / $EVENTS) AS bytes_per_event, round(wal_fpi::numeric / $EVENTS, 2) AS fpi_per_event, (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) - $CHECKPOINTS_BEFORE AS checkpoints FROM pg_stat_wal"
-psql -qtA "$url" -c "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'wal_compression', 'synchronous_commit', 'full_page_writes')" | sed 's/^/server: /'
+psql -qtA "$url" -c "SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'wal_compression', 'synchronous_commit', 'full_page_writes')" | sed 's/^/server: /'
 if [[ -f "$OUT/perf.data" ]]; then
     echo "== perf: top symbols of the enrich process (self time)"
     perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -30
