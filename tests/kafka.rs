@@ -17,7 +17,9 @@ use pulsehub::pipeline::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
 use pulsehub::pipeline::publish::{EventPublisher, OutgoingEvent};
 use pulsehub::pipeline::source::{Batch, BatchLimits, Lanes, Source};
 use pulsehub::plugin::ErrorKind;
-use pulsehub::store::{Commit, CommitOutcome, ProfileStore, StoreError, StoreResult};
+use pulsehub::store::{
+    Commit, CommitOutcome, ProfileStore, StoreError, StoreResult, TimelineEntry,
+};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
@@ -275,6 +277,10 @@ impl ProfileStore for OffsetStore {
 
     async fn profile(&self, _user_id: &str) -> StoreResult<Option<Profile>> {
         Ok(None)
+    }
+
+    async fn timeline(&self, _group: &str, _topic: &str) -> StoreResult<Vec<TimelineEntry>> {
+        Ok(Vec::new())
     }
 
     async fn ping(&self) -> StoreResult<()> {

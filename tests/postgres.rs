@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use pulsehub::model::merge::{AttributeChange, ProfileChanges, Provenance};
 use pulsehub::model::profile::Profile;
 use pulsehub::model::update::{Op, Value};
+use pulsehub::store::embedded::EmbeddedStore;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::{
-    ArchivedEvent, Commit, CommitOutcome, EventArchive, OffsetRange, ProfileStore, StoreResult,
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, OffsetRange, PluginVersion, ProfileStore,
+    StoreResult, TimelineEntry,
 };
 
 use support::db::{StoreDb, database_url};
@@ -79,6 +81,7 @@ async fn commit_from(
             topic: TOPIC,
             changes,
             offsets,
+            plugins: &[],
             known: copies
                 .into_iter()
                 .map(|profile| (profile.user_id.clone(), profile))
@@ -149,7 +152,13 @@ async fn migrating_twice_changes_nothing() {
     .expect("list tables");
     assert_eq!(
         tables,
-        ["consumer_offsets", "events", "plugin_audit", "profiles"]
+        [
+            "consumer_offsets",
+            "events",
+            "plugin_audit",
+            "plugin_timeline",
+            "profiles"
+        ]
     );
     db.store.ping().await.expect("ping");
     assert_eq!(db.store.profile("nobody").await.expect("read"), None);
@@ -160,6 +169,124 @@ async fn migrating_twice_changes_nothing() {
             .expect("read")
             .is_empty()
     );
+}
+
+/// Commits a batch of no changes over `offsets` that `plugins`
+/// (`name@version`) ran, and tells whether it applied.
+async fn commit_run_by(
+    store: &dyn ProfileStore,
+    plugins: &[&str],
+    offsets: &[OffsetRange],
+) -> bool {
+    let plugins: Vec<PluginVersion> = plugins
+        .iter()
+        .map(|p| {
+            let (plugin, version) = p.split_once('@').expect("name@version");
+            PluginVersion {
+                plugin: plugin.to_owned(),
+                version: version.to_owned(),
+            }
+        })
+        .collect();
+    let outcome = store
+        .commit(Commit {
+            group: GROUP,
+            topic: TOPIC,
+            changes: &ProfileChanges::new(),
+            offsets,
+            plugins: &plugins,
+            known: Default::default(),
+            now_ms: 1_700_000_000_000,
+        })
+        .await
+        .expect("the commit reaches the store");
+    !is_stale(&outcome)
+}
+
+/// The timeline as `partition name@version [from, until)` lines.
+async fn timeline(store: &dyn ProfileStore) -> Vec<String> {
+    let entries: Vec<TimelineEntry> = store.timeline(GROUP, TOPIC).await.expect("timeline");
+    entries
+        .iter()
+        .map(|e| {
+            let until = e.until_offset.map_or("..".to_owned(), |u| u.to_string());
+            format!(
+                "{} {}@{} [{}, {until})",
+                e.partition, e.plugin, e.version, e.from_offset
+            )
+        })
+        .collect()
+}
+
+/// What both stores must record: stretches open where a version first
+/// runs over a partition, close where it stops, and nothing changes while
+/// the set stays or when a commit is stale.
+async fn the_timeline_follows_the_plugin_sets(store: &dyn ProfileStore) {
+    assert!(
+        commit_run_by(
+            store,
+            &["a@1", "b@1"],
+            &[range(0, None, 10), range(1, None, 5)]
+        )
+        .await
+    );
+    let first = [
+        "0 a@1 [0, ..)",
+        "0 b@1 [0, ..)",
+        "1 a@1 [0, ..)",
+        "1 b@1 [0, ..)",
+    ];
+    assert_eq!(timeline(store).await, first);
+    assert!(commit_run_by(store, &["a@1", "b@1"], &[range(0, Some(10), 20)]).await);
+    assert_eq!(timeline(store).await, first, "the same set writes nothing");
+    // a@2 replaces a@1 on partition 0 only: partition 1 has not run it yet.
+    assert!(commit_run_by(store, &["a@2", "b@1"], &[range(0, Some(20), 30)]).await);
+    let replaced = [
+        "0 a@1 [0, 20)",
+        "0 a@2 [20, ..)",
+        "0 b@1 [0, ..)",
+        "1 a@1 [0, ..)",
+        "1 b@1 [0, ..)",
+    ];
+    assert_eq!(timeline(store).await, replaced);
+    // A stale batch (partition 0 is at 30, not 10) records nothing.
+    assert!(!commit_run_by(store, &["c@1"], &[range(0, Some(10), 40)]).await);
+    assert_eq!(
+        timeline(store).await,
+        replaced,
+        "a stale commit changes nothing"
+    );
+    // Every plugin gone from partition 1 at 5.
+    assert!(commit_run_by(store, &[], &[range(1, Some(5), 8)]).await);
+    assert_eq!(
+        timeline(store).await,
+        [
+            "0 a@1 [0, 20)",
+            "0 a@2 [20, ..)",
+            "0 b@1 [0, ..)",
+            "1 a@1 [0, 5)",
+            "1 b@1 [0, 5)",
+        ]
+    );
+    // a@1 back on partition 1: a second stretch of the same version.
+    assert!(commit_run_by(store, &["a@1"], &[range(1, Some(8), 9)]).await);
+    assert_eq!(
+        timeline(store).await[3..],
+        ["1 a@1 [0, 5)", "1 a@1 [8, ..)", "1 b@1 [0, 5)"]
+    );
+}
+
+#[tokio::test]
+async fn the_timeline_records_where_each_plugin_version_began_and_ended() {
+    let db = StoreDb::new().await;
+    the_timeline_follows_the_plugin_sets(&db.store).await;
+}
+
+#[tokio::test]
+async fn the_embedded_store_keeps_the_same_timeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+    the_timeline_follows_the_plugin_sets(&store).await;
 }
 
 #[tokio::test]

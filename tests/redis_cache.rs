@@ -16,6 +16,7 @@ use pulsehub::store::reader::{ProfileReader, ReaderStats};
 use pulsehub::store::redis::RedisCache;
 use pulsehub::store::{
     Commit, CommitOutcome, ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult,
+    TimelineEntry,
 };
 use redis::aio::MultiplexedConnection;
 
@@ -163,6 +164,10 @@ impl ProfileStore for FakeStore {
         }
         let profiles = self.profiles.lock().expect("fake store lock");
         Ok(profiles.get(user_id).cloned())
+    }
+
+    async fn timeline(&self, _group: &str, _topic: &str) -> StoreResult<Vec<TimelineEntry>> {
+        Ok(Vec::new())
     }
 
     async fn ping(&self) -> StoreResult<()> {

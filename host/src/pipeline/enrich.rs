@@ -17,7 +17,7 @@ use super::{count_consumed, next_offsets};
 use crate::model::event::Event;
 use crate::model::profile::now_ms;
 use crate::plugin::chain::ChainWorker;
-use crate::store::{Commit, CommitOutcome, OffsetRange, ProfileCache, ProfileStore};
+use crate::store::{Commit, CommitOutcome, OffsetRange, PluginVersion, ProfileCache, ProfileStore};
 use crate::telemetry::{Metrics, PipelineRole};
 
 /// Where the enrich role writes.
@@ -167,6 +167,16 @@ impl EnrichLane {
                 next,
             })
             .collect();
+        let plugins: Vec<PluginVersion> = self
+            .worker
+            .plugins()
+            .iter()
+            .map(|plugin| PluginVersion {
+                plugin: plugin.name().to_owned(),
+                version: plugin.version.clone(),
+            })
+            .collect();
+        let plugins = &plugins;
         let store = &self.targets.store;
         let group = self.group.as_str();
         let changes = &outcome.changes;
@@ -184,6 +194,7 @@ impl EnrichLane {
                     topic,
                     changes,
                     offsets,
+                    plugins,
                     known,
                     now_ms: now_ms(),
                 };

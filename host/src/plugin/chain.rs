@@ -275,6 +275,12 @@ impl ChainWorker {
 
     /// Follows the chain's active set: keeps the instances of unchanged
     /// plugins, starts fresh ones for new versions.
+    /// The plugin versions the last [`ChainWorker::run`] ran, sorted by
+    /// name (those the chain took out during that run included).
+    pub fn plugins(&self) -> &PluginSet {
+        &self.set
+    }
+
     fn refresh(&mut self) {
         let current = self.chain.plugins();
         if Arc::ptr_eq(&current, &self.set) {

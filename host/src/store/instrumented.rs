@@ -14,6 +14,7 @@ use async_trait::async_trait;
 
 use super::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileCache, ProfileStore, StoreResult,
+    TimelineEntry,
 };
 use crate::model::profile::Profile;
 use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
@@ -108,6 +109,11 @@ impl ProfileStore for Instrumented<dyn ProfileStore> {
 
     async fn profile(&self, user_id: &str) -> StoreResult<Option<Profile>> {
         self.timed("profile", self.inner.profile(user_id)).await
+    }
+
+    async fn timeline(&self, group: &str, topic: &str) -> StoreResult<Vec<TimelineEntry>> {
+        self.timed("timeline", self.inner.timeline(group, topic))
+            .await
     }
 
     async fn ping(&self) -> StoreResult<()> {

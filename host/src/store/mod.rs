@@ -50,6 +50,25 @@ pub struct OffsetRange {
     pub next: i64,
 }
 
+/// A plugin version, as the timeline records it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PluginVersion {
+    pub plugin: String,
+    pub version: String,
+}
+
+/// One stretch of the timeline of plugin versions: `version` of `plugin` ran
+/// over the records of `partition` from `from_offset` until `until_offset`
+/// (exclusive; `None` while it still runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub partition: i32,
+    pub plugin: String,
+    pub version: String,
+    pub from_offset: i64,
+    pub until_offset: Option<i64>,
+}
+
 /// One batch's result, written in one transaction.
 #[derive(Debug)]
 pub struct Commit<'a> {
@@ -58,6 +77,10 @@ pub struct Commit<'a> {
     pub topic: &'a str,
     pub changes: &'a ProfileChanges,
     pub offsets: &'a [OffsetRange],
+    /// The plugin versions that ran over the batch. Where they differ from
+    /// the timeline's open stretches of a partition, the commit closes and
+    /// opens stretches at the partition's `expected` offset (0 when `None`).
+    pub plugins: &'a [PluginVersion],
     /// The caller's copies of some of the changed profiles, as it last
     /// committed them. A store may start from these instead of reading them;
     /// a copy that is not the stored revision then makes the commit fail
@@ -96,6 +119,10 @@ pub trait ProfileStore: Send + Sync + 'static {
     async fn offsets(&self, group: &str, topic: &str) -> StoreResult<HashMap<i32, i64>>;
 
     async fn profile(&self, user_id: &str) -> StoreResult<Option<Profile>>;
+
+    /// The timeline of plugin versions `group` ran over `topic`, by
+    /// partition, plugin, then `from_offset`.
+    async fn timeline(&self, group: &str, topic: &str) -> StoreResult<Vec<TimelineEntry>>;
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;

@@ -10,6 +10,7 @@ use crate::model::profile::Profile;
 use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
 use crate::store::{
     Commit, CommitOutcome, ProfileCache, ProfileLookup, ProfileStore, StoreError, StoreResult,
+    TimelineEntry,
 };
 
 /// How a backend answers.
@@ -49,6 +50,10 @@ impl ProfileStore for FakeStore {
     }
 
     async fn profile(&self, _user_id: &str) -> StoreResult<Option<Profile>> {
+        unused()
+    }
+
+    async fn timeline(&self, _group: &str, _topic: &str) -> StoreResult<Vec<TimelineEntry>> {
         unused()
     }
 

@@ -53,6 +53,7 @@ use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
+    TimelineEntry,
 };
 
 pub use source::EmbeddedSource;
@@ -70,6 +71,11 @@ const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
 const DEAD_LETTERS: TableDefinition<u64, &str> = TableDefinition::new("dead_letters");
 const ARCHIVE: TableDefinition<&str, &str> = TableDefinition::new("archive");
+/// The timeline of plugin versions: `(group, topic, partition, plugin,
+/// version, from_offset)` to `until_offset` (`None` while open), as
+/// PostgreSQL's `plugin_timeline`.
+const TIMELINE: TableDefinition<(&str, &str, i32, &str, &str, i64), Option<i64>> =
+    TableDefinition::new("plugin_timeline");
 
 const INBOX_NEXT: &str = "inbox.next";
 
@@ -129,6 +135,7 @@ impl EmbeddedStore {
             txn.open_table(OFFSETS)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(ARCHIVE)?;
+            txn.open_table(TIMELINE)?;
             txn.commit()?;
             Ok(())
         };
@@ -274,11 +281,41 @@ impl Inner {
                 offsets.insert((commit.group, commit.topic, range.partition), range.next)?;
             }
         }
+        advance_timeline(&txn, commit)?;
         if commit.topic == INBOX_TOPIC {
             self.trim_inbox(&txn)?;
         }
         txn.commit()?;
         Ok(CommitOutcome::Applied(profiles))
+    }
+
+    fn timeline(&self, group: &str, topic: &str) -> anyhow::Result<Vec<TimelineEntry>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TIMELINE)?;
+        let mut entries = Vec::new();
+        for entry in table.iter()? {
+            let (key, until) = entry?;
+            let (stored_group, stored_topic, partition, plugin, version, from) = key.value();
+            if (stored_group, stored_topic) == (group, topic) {
+                entries.push(TimelineEntry {
+                    partition,
+                    plugin: plugin.to_owned(),
+                    version: version.to_owned(),
+                    from_offset: from,
+                    until_offset: until.value(),
+                });
+            }
+        }
+        // The order of PostgreSQL's `timeline`.
+        entries.sort_by(|a, b| {
+            (a.partition, &a.plugin, a.from_offset, &a.version).cmp(&(
+                b.partition,
+                &b.plugin,
+                b.from_offset,
+                &b.version,
+            ))
+        });
+        Ok(entries)
     }
 
     fn offsets(&self, group: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
@@ -404,6 +441,57 @@ impl Inner {
     }
 }
 
+/// Brings the timeline of the commit's partitions up to the plugin set that
+/// ran its batch, as PostgreSQL's `write_timeline` does: versions that left
+/// the set close at the partition's start (`expected`, 0 when `None`),
+/// versions that joined it open there.
+fn advance_timeline(txn: &WriteTransaction, commit: &Commit<'_>) -> anyhow::Result<()> {
+    let mut table = txn.open_table(TIMELINE)?;
+    for range in commit.offsets {
+        let start = range.expected.unwrap_or(0);
+        let mut open: Vec<(String, String, i64)> = Vec::new();
+        for entry in table.iter()? {
+            let (key, until) = entry?;
+            let (group, topic, partition, plugin, version, from) = key.value();
+            if (group, topic, partition) == (commit.group, commit.topic, range.partition)
+                && until.value().is_none()
+            {
+                open.push((plugin.to_owned(), version.to_owned(), from));
+            }
+        }
+        let runs = |plugin: &str, version: &str| {
+            commit
+                .plugins
+                .iter()
+                .any(|p| p.plugin == plugin && p.version == version)
+        };
+        let key = |plugin, version, from| {
+            (
+                commit.group,
+                commit.topic,
+                range.partition,
+                plugin,
+                version,
+                from,
+            )
+        };
+        for (plugin, version, from) in &open {
+            if !runs(plugin, version) {
+                table.insert(key(plugin.as_str(), version.as_str(), *from), Some(start))?;
+            }
+        }
+        for running in commit.plugins {
+            let is_open = open.iter().any(|(plugin, version, _)| {
+                *plugin == running.plugin && *version == running.version
+            });
+            if !is_open {
+                table.insert(key(&running.plugin, &running.version, start), None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProfileStore for EmbeddedStore {
     async fn commit(&self, commit: Commit<'_>) -> StoreResult<CommitOutcome> {
@@ -421,6 +509,12 @@ impl ProfileStore for EmbeddedStore {
     async fn profile(&self, user_id: &str) -> StoreResult<Option<Profile>> {
         self.run("reading a profile from the embedded store", |inner| {
             inner.profile(user_id)
+        })
+    }
+
+    async fn timeline(&self, group: &str, topic: &str) -> StoreResult<Vec<TimelineEntry>> {
+        self.run("reading the timeline of plugin versions", |inner| {
+            inner.timeline(group, topic)
         })
     }
 

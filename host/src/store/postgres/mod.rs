@@ -23,6 +23,7 @@ use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
+    TimelineEntry,
 };
 
 /// How long a statement waits for a pooled connection. A database that is
@@ -91,6 +92,7 @@ impl ProfileStore for PgStore {
             tx.rollback().await.context("rolling back a stale batch")?;
             return Ok(CommitOutcome::Stale);
         }
+        write_timeline(&mut tx, &commit).await?;
         let profiles = apply_changes(&mut tx, commit.changes, commit.known, commit.now_ms).await?;
         let documents = write_profiles(&mut tx, &profiles).await?;
         tx.commit().await.context("committing the batch")?;
@@ -121,6 +123,33 @@ impl ProfileStore for PgStore {
                 .await
                 .with_context(|| format!("reading the profile of user {user_id}"))?;
         Ok(row.map(|(Json(profile),)| profile))
+    }
+
+    async fn timeline(&self, group: &str, topic: &str) -> StoreResult<Vec<TimelineEntry>> {
+        let rows: Vec<(i32, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT partition, plugin, version, from_offset, until_offset FROM plugin_timeline \
+             WHERE group_id = $1 AND topic = $2 \
+             ORDER BY partition, plugin, from_offset, version",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await
+        .with_context(|| {
+            format!("reading the timeline of plugin versions of {group} on {topic}")
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(partition, plugin, version, from_offset, until_offset)| TimelineEntry {
+                    partition,
+                    plugin,
+                    version,
+                    from_offset,
+                    until_offset,
+                },
+            )
+            .collect())
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -272,6 +301,65 @@ async fn write_profiles(
         )));
     }
     Ok(documents)
+}
+
+/// Brings the timeline of plugin versions of the batch's partitions up to
+/// the set that ran it, in one statement: on each partition, the open
+/// stretches of versions that left the set end at the partition's start
+/// (`expected`, 0 for a partition the group never committed), and versions
+/// that joined it open there. A set that did not change writes nothing.
+/// The partitions' offset rows, locked or inserted by now, keep two commits
+/// from doing this to one partition at once.
+async fn write_timeline(
+    tx: &mut Transaction<'_, Postgres>,
+    commit: &Commit<'_>,
+) -> StoreResult<()> {
+    if commit.offsets.is_empty() {
+        return Ok(());
+    }
+    let partitions: Vec<i32> = commit.offsets.iter().map(|o| o.partition).collect();
+    let starts: Vec<i64> = commit
+        .offsets
+        .iter()
+        .map(|o| o.expected.unwrap_or(0))
+        .collect();
+    let plugins: Vec<&str> = commit.plugins.iter().map(|p| p.plugin.as_str()).collect();
+    let versions: Vec<&str> = commit.plugins.iter().map(|p| p.version.as_str()).collect();
+    sqlx::query(
+        "WITH batch AS ( \
+             SELECT * FROM UNNEST($3::integer[], $4::bigint[]) AS b(partition, start) \
+         ), running AS ( \
+             SELECT * FROM UNNEST($5::text[], $6::text[]) AS r(plugin, version) \
+         ), closed AS ( \
+             UPDATE plugin_timeline t \
+             SET until_offset = batch.start, closed_at = to_timestamp($7 / 1000.0) \
+             FROM batch \
+             WHERE t.group_id = $1 AND t.topic = $2 AND t.partition = batch.partition \
+               AND t.until_offset IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM running r \
+                               WHERE r.plugin = t.plugin AND r.version = t.version) \
+         ) \
+         INSERT INTO plugin_timeline \
+             (group_id, topic, partition, plugin, version, from_offset, opened_at) \
+         SELECT $1, $2, batch.partition, r.plugin, r.version, batch.start, \
+                to_timestamp($7 / 1000.0) \
+         FROM batch CROSS JOIN running r \
+         WHERE NOT EXISTS (SELECT 1 FROM plugin_timeline t \
+                           WHERE t.group_id = $1 AND t.topic = $2 \
+                             AND t.partition = batch.partition AND t.until_offset IS NULL \
+                             AND t.plugin = r.plugin AND t.version = r.version)",
+    )
+    .bind(commit.group)
+    .bind(commit.topic)
+    .bind(&partitions)
+    .bind(&starts)
+    .bind(&plugins)
+    .bind(&versions)
+    .bind(commit.now_ms)
+    .execute(&mut **tx)
+    .await
+    .context("moving the timeline of plugin versions")?;
+    Ok(())
 }
 
 /// Moves the batch's offsets in one statement: updates the rows locked by

@@ -113,6 +113,7 @@ pub(super) async fn commit(
             topic: INBOX_TOPIC,
             changes,
             offsets: &offsets,
+            plugins: &[],
             known: Default::default(),
             now_ms: 1_000,
         })
