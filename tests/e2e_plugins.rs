@@ -62,6 +62,42 @@ async fn installed(hub: &PulseHub) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Per user, the archived `count` events whose offsets lie in a stretch of
+/// the timeline where chaos 0.2.0 ran, once the archive holds `archived`
+/// events.
+async fn v2_counts_by_timeline(database_url: &str, archived: usize) -> BTreeMap<String, i64> {
+    let mut conn = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("connect to the test database");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count the archive");
+        if count as usize >= archived {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive holds {count} of {archived} events after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT e.user_id, count(*) FROM events e JOIN plugin_timeline t \
+           ON t.topic = e.topic AND t.partition = e.partition \
+          AND e.\"offset\" >= t.from_offset \
+          AND (t.until_offset IS NULL OR e.\"offset\" < t.until_offset) \
+         WHERE t.plugin = 'chaos' AND t.version = '0.2.0' AND e.event_type = 'count' \
+         GROUP BY e.user_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("replay the archive through the timeline");
+    rows.into_iter().collect()
+}
+
 /// The plugin audit log of the database: (actor, action, plugin, outcome,
 /// detail), oldest first.
 async fn audit_rows(database_url: &str) -> Vec<(String, String, String, String, Option<String>)> {
@@ -391,6 +427,19 @@ async fn a_plugin_swapped_under_load_counts_exactly_and_rolls_back() {
     }
     assert!(by_v2 > 0, "v2 ran");
     println!("count events: {by_v1} by v1, {by_v2} by v2");
+    // The timeline of plugin versions says which version saw which offsets:
+    // replayed over the archive, it gives exactly the split the profiles
+    // show, user by user.
+    let archived = phase1.len() + phase2.len();
+    let by_timeline = v2_counts_by_timeline(database.url(), archived).await;
+    for (user, total) in &chaos {
+        let v2_events = (total - (counts1[user].1 + counts2[user].1)) / 999;
+        assert_eq!(
+            by_timeline.get(user).copied().unwrap_or(0),
+            v2_events,
+            "{user}: count events in chaos 0.2.0's stretches of the timeline"
+        );
+    }
 
     // Rollback restores v1's behaviour.
     let (status, body) = hub
