@@ -155,6 +155,7 @@ async fn migrating_twice_changes_nothing() {
         [
             "consumer_offsets",
             "events",
+            "operation_audit",
             "plugin_audit",
             "plugin_timeline",
             "profiles"

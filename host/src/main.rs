@@ -36,6 +36,8 @@ enum Command {
     /// package (NAME.wasm + NAME.toml).
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
+    /// Rebuild derived data: `--cache` refills Redis from PostgreSQL.
+    Rebuild(cli::rebuild::RebuildArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
     let outcome = match args.command {
         Command::Run(args) => cli::run::run(args),
         Command::Migrate(args) => cli::run::migrate(args),
+        Command::Rebuild(args) => cli::rebuild::rebuild(args),
         Command::Plugin(command) => {
             cli::init_logging();
             cli::plugin::run(command)

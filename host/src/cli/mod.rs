@@ -1,6 +1,7 @@
 //! The commands of the `pulsehub` binary.
 
 pub mod plugin;
+pub mod rebuild;
 pub mod run;
 mod scaffold;
 

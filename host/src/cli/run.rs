@@ -73,7 +73,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
 
 /// The configuration, with `file` and every path in it made absolute
 /// against the working directory, once, here at start-up.
-fn load_config(file: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+pub(super) fn load_config(file: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
     let file = file
         .map(|f| {
             std::path::absolute(f)
@@ -83,7 +83,7 @@ fn load_config(file: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)>
     Ok((Config::load(file.as_deref())?, file))
 }
 
-fn init_logging(config: &Config) {
+pub(super) fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -131,6 +131,41 @@ impl RedisCache {
         self.inner.pending().suspect_all();
     }
 
+    /// Deletes every cached profile under the prefix.
+    pub async fn flush(&self) -> StoreResult<()> {
+        Ok(self.inner.flush_prefix().await?)
+    }
+
+    /// The note `pulsehub rebuild --cache` keeps of how far it got, if a
+    /// run stopped before the end.
+    pub async fn rebuild_state(&self) -> StoreResult<Option<String>> {
+        let mut connection = self.inner.connection.clone();
+        let state = redis::cmd("GET")
+            .arg(self.inner.rebuild_key())
+            .query_async(&mut connection)
+            .await
+            .context("reading the cache rebuild's progress from Redis")?;
+        Ok(state)
+    }
+
+    /// Replaces that note; `None` deletes it (the rebuild is done).
+    pub async fn set_rebuild_state(&self, state: Option<&str>) -> StoreResult<()> {
+        let mut connection = self.inner.connection.clone();
+        let key = self.inner.rebuild_key();
+        let written = match state {
+            Some(state) => {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(state)
+                    .exec_async(&mut connection)
+                    .await
+            }
+            None => redis::cmd("DEL").arg(key).exec_async(&mut connection).await,
+        };
+        written.context("writing the cache rebuild's progress to Redis")?;
+        Ok(())
+    }
+
     /// Writes `profiles`, each as its JSON document in `documents` when
     /// given, else as it encodes, and records the outcome for the reads.
     async fn put_bodies(
@@ -229,6 +264,11 @@ impl ProfileCache for RedisCache {
 impl Inner {
     fn key(&self, user_id: &str) -> String {
         format!("{}profile:{user_id}", self.prefix)
+    }
+
+    /// Outside `profile:*`, so a flush leaves it.
+    fn rebuild_key(&self) -> String {
+        format!("{}rebuild:cache", self.prefix)
     }
 
     fn pending(&self) -> MutexGuard<'_, Pending> {

@@ -74,8 +74,15 @@ const ARCHIVE: TableDefinition<&str, &str> = TableDefinition::new("archive");
 /// The timeline of plugin versions: `(group, topic, partition, plugin,
 /// version, from_offset)` to `until_offset` (`None` while open), as
 /// PostgreSQL's `plugin_timeline`.
-const TIMELINE: TableDefinition<(&str, &str, i32, &str, &str, i64), Option<i64>> =
-    TableDefinition::new("plugin_timeline");
+const TIMELINE: TableDefinition<TimelineKey, Option<i64>> = TableDefinition::new("plugin_timeline");
+type TimelineKey = (
+    &'static str,
+    &'static str,
+    i32,
+    &'static str,
+    &'static str,
+    i64,
+);
 
 const INBOX_NEXT: &str = "inbox.next";
 

@@ -68,6 +68,73 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// Up to `limit` stored profiles with user ids after `after`, in user
+    /// order, each with its JSON document as stored; with `since_ms`, only
+    /// those updated at or after it. Pages through `profiles` by key.
+    pub async fn profiles_after(
+        &self,
+        after: Option<&str>,
+        since_ms: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<(Profile, String)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT user_id, profile::text FROM profiles \
+             WHERE ($1::text IS NULL OR user_id > $1) \
+               AND ($2::bigint IS NULL OR updated_at >= to_timestamp($2 / 1000.0)) \
+             ORDER BY user_id LIMIT $3",
+        )
+        .bind(after)
+        .bind(since_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading a page of profiles")?;
+        rows.into_iter()
+            .map(|(user_id, document)| {
+                let profile = serde_json::from_str(&document).with_context(|| {
+                    format!("the stored profile of user {user_id} is unreadable")
+                })?;
+                Ok((profile, document))
+            })
+            .collect()
+    }
+
+    /// How many profiles [`PgStore::profiles_after`] would page through
+    /// from the start.
+    pub async fn count_profiles(&self, since_ms: Option<i64>) -> StoreResult<i64> {
+        let count = sqlx::query_scalar(
+            "SELECT count(*) FROM profiles \
+             WHERE $1::bigint IS NULL OR updated_at >= to_timestamp($1 / 1000.0)",
+        )
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await
+        .context("counting the profiles")?;
+        Ok(count)
+    }
+
+    /// Records an operation on the profiles in `operation_audit`.
+    pub async fn audit_operation(
+        &self,
+        actor: &str,
+        operation: &str,
+        outcome: &str,
+        detail: &serde_json::Value,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO operation_audit (at, actor, operation, outcome, detail) \
+             VALUES (now(), $1, $2, $3, $4::text::json)",
+        )
+        .bind(actor)
+        .bind(operation)
+        .bind(outcome)
+        .bind(detail.to_string())
+        .execute(&self.pool)
+        .await
+        .with_context(|| format!("recording {operation} in the operation audit"))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
