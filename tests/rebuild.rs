@@ -164,6 +164,16 @@ async fn set(key: &str, fields: &[(&str, &str)]) {
     let _: () = command.query_async(&mut redis().await).await.expect("HSET");
 }
 
+/// Leaves `noted` where a rebuild notes its progress.
+async fn note_progress(prefix: &str, noted: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}rebuild:cache"))
+        .arg(noted)
+        .query_async(&mut redis().await)
+        .await
+        .expect("SET");
+}
+
 #[tokio::test]
 async fn the_cache_is_rebuilt_exactly_from_postgresql_and_audited() {
     let (db, store) = database().await;
@@ -209,12 +219,7 @@ async fn an_interrupted_rebuild_goes_on_after_the_last_user_it_noted() {
     let prefix = format!("{}:", unique("rebuild"));
     // As a run killed after its first page (user ids sort as text) leaves it.
     let noted = r#"{"since_ms":null,"after":"u1897","written":1000}"#;
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}rebuild:cache"))
-        .arg(noted)
-        .query_async(&mut redis().await)
-        .await
-        .expect("SET");
+    note_progress(&prefix, noted).await;
     set(
         &format!("{prefix}profile:ghost"),
         &[("rev", "7"), ("body", "{}")],
@@ -247,12 +252,7 @@ async fn an_interrupted_rebuild_goes_on_after_the_last_user_it_noted() {
     assert_eq!(cached(&prefix).await, stored(&store).await);
 
     // A note of other options is not resumed by accident.
-    let _: () = redis::cmd("SET")
-        .arg(format!("{prefix}rebuild:cache"))
-        .arg(noted)
-        .query_async(&mut redis().await)
-        .await
-        .expect("SET");
+    note_progress(&prefix, noted).await;
     let refused = rebuild(
         &db,
         &prefix,
