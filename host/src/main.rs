@@ -36,6 +36,9 @@ enum Command {
     /// package (NAME.wasm + NAME.toml).
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
+    /// Look at the dead letters.
+    #[command(subcommand)]
+    Dlq(cli::dlq::DlqCommand),
     /// Rebuild derived data: `--cache` refills Redis from PostgreSQL.
     Rebuild(cli::rebuild::RebuildArgs),
 }
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Migrate(args) => cli::run::migrate(args),
         Command::Rebuild(args) => cli::rebuild::rebuild(args),
+        Command::Dlq(command) => cli::dlq::run(command),
         Command::Plugin(command) => {
             cli::init_logging();
             cli::plugin::run(command)

@@ -1,5 +1,6 @@
 //! The commands of the `pulsehub` binary.
 
+pub mod dlq;
 pub mod plugin;
 pub mod rebuild;
 pub mod run;

@@ -10,10 +10,12 @@
 //! - `source`: the consumer and its partition assignment from the store's
 //!   offsets; `batches`: its pending batches per lane.
 //! - `producer`: the dead-letter sink and the publisher, which share "send
-//!   all, then wait for every acknowledgement".
+//!   all, then wait for every acknowledgement"; `letters`: the dead letters
+//!   read back.
 
 mod batches;
 mod context;
+mod letters;
 mod producer;
 mod source;
 
@@ -26,6 +28,7 @@ use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel}
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+pub use letters::read_dead_letters;
 pub use producer::{KafkaDeadLetters, KafkaPublisher};
 pub use source::{KafkaSource, Membership};
 
@@ -111,6 +114,9 @@ impl ClientContext for LogContext {
         log_error(&error, reason);
     }
 }
+
+/// For the plain consumer that reads the dead letters back (no group).
+impl rdkafka::consumer::ConsumerContext for LogContext {}
 
 fn log_line(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {

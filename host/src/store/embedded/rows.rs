@@ -50,19 +50,10 @@ impl LetterRow {
             None => (None, None),
         };
         let (payload, payload_hex) = text_or_hex(&letter.payload);
-        let (plugin, plugin_version, error_kind) = match &letter.reason {
-            DeadReason::BadEvent { .. } => (None, None, None),
-            DeadReason::PluginError {
-                plugin,
-                plugin_version,
-                kind,
-                ..
-            } => (
-                Some(plugin.clone()),
-                Some(plugin_version.clone()),
-                Some(kind.as_str().to_owned()),
-            ),
-        };
+        let failure = letter.reason.plugin_failure();
+        let plugin = failure.map(|(plugin, _, _)| plugin.to_owned());
+        let plugin_version = failure.map(|(_, version, _)| version.to_owned());
+        let error_kind = failure.map(|(_, _, kind)| kind.as_str().to_owned());
         LetterRow {
             topic: letter.topic.clone(),
             partition: letter.partition,
