@@ -6,6 +6,7 @@
 # - scripts/check-deploy-promql.py: the Grafana dashboard is valid and every
 #   query of the dashboard and of the alert rules uses PulseHub's metric and
 #   label names;
+# - every alert rule's `runbook_url` points at its section of docs/runbooks.md;
 # - `docker compose config -q`, when Docker's compose plugin is installed.
 #
 # promtool: $PROMTOOL if set, else the one on PATH, else the one of Debian's
@@ -59,6 +60,21 @@ if ! python3 -c 'import yaml' 2> /dev/null; then
     python3 -m pip install --quiet pyyaml || fail "PyYAML is missing and pip could not install it"
 fi
 python3 scripts/check-deploy-promql.py
+
+# Every alert rule names its runbook, and the runbook has that section.
+python3 - <<'PY' || fail "an alert rule's runbook_url has no section in docs/runbooks.md"
+import re, sys, yaml
+rules = [r for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"] for r in g["rules"]]
+anchors = {h.strip().lower().replace(" ", "-")
+           for h in re.findall(r"^## (.+)$", open("docs/runbooks.md").read(), re.M)}
+missing = [r["alert"] for r in rules
+           if r.get("annotations", {}).get("runbook_url") != f"docs/runbooks.md#{r['alert'].lower()}"
+           or r["alert"].lower() not in anchors]
+if missing:
+    print("check-deploy: without a runbook section:", ", ".join(missing), file=sys.stderr)
+    sys.exit(1)
+print(f"check-deploy: all {len(rules)} alert rules link their runbook section")
+PY
 
 if docker compose version > /dev/null 2>&1; then
     docker compose config -q
