@@ -89,7 +89,8 @@ impl Parts {
 
 fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
     let dir = &config.embedded.data_dir;
-    let store = EmbeddedStore::open(dir)
+    let cache_bytes = config.embedded.cache_mib.saturating_mul(1 << 20);
+    let store = EmbeddedStore::open_with_cache(dir, cache_bytes)
         .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
     let enrich = role.enrich().then(|| {
         let source: Arc<dyn Source> = Arc::new(store.source(EMBEDDED_ENRICH_GROUP));

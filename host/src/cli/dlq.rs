@@ -90,7 +90,8 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
                     file.display()
                 );
             }
-            let store = EmbeddedStore::open(&config.embedded.data_dir)?;
+            let cache_bytes = config.embedded.cache_mib.saturating_mul(1 << 20);
+            let store = EmbeddedStore::open_with_cache(&config.embedded.data_dir, cache_bytes)?;
             let letters = store
                 .dead_letters()
                 .context("reading the embedded store's dead letters")?;

@@ -89,6 +89,11 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("PULSEHUB_REDIS_TTL_SECS", "redis.ttl_secs", Kind::Number),
     ("PULSEHUB_REDIS_KEY_PREFIX", "redis.key_prefix", Kind::Text),
     ("PULSEHUB_DATA_DIR", "embedded.data_dir", Kind::Text),
+    (
+        "PULSEHUB_EMBEDDED_CACHE_MIB",
+        "embedded.cache_mib",
+        Kind::Number,
+    ),
     ("PULSEHUB_PIPELINE_LANES", "pipeline.lanes", Kind::Number),
     (
         "PULSEHUB_BATCH_MAX_EVENTS",

@@ -38,6 +38,7 @@ pub mod defaults {
     pub const REDIS_KEY_PREFIX: &str = "pulsehub:";
 
     pub const DATA_DIR: &str = "pulsehub-data";
+    pub const EMBEDDED_CACHE_MIB: usize = 256;
 
     /// 0: one lane per CPU.
     pub const LANES: usize = 0;
@@ -231,12 +232,15 @@ impl Default for RedisConfig {
 pub struct EmbeddedConfig {
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
+    /// MiB of the store file's pages kept in memory (redb's page cache).
+    pub cache_mib: usize,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(defaults::DATA_DIR),
+            cache_mib: defaults::EMBEDDED_CACHE_MIB,
         }
     }
 }

@@ -83,6 +83,9 @@ impl Config {
         if self.pipeline.batch_max_users == 0 {
             return Err(key_error("pipeline.batch_max_users", "must be at least 1"));
         }
+        if self.embedded.cache_mib == 0 {
+            return Err(key_error("embedded.cache_mib", "must be at least 1"));
+        }
         if self.pipeline.batch_max_mib == 0 {
             return Err(key_error("pipeline.batch_max_mib", "must be at least 1"));
         }

@@ -86,6 +86,10 @@ type TimelineKey = (
 
 const INBOX_NEXT: &str = "inbox.next";
 
+/// The page cache of [`EmbeddedStore::open`]: the default of
+/// `embedded.cache_mib` (redb's own default is 1 GiB).
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
 /// The embedded store: profile store, event publisher (the inbox), dead-letter
 /// sink and event archive in one redb database. Cheap to clone.
 #[derive(Clone)]
@@ -117,10 +121,19 @@ impl EmbeddedStore {
     /// `data_dir`. Fails with a message saying the data dir is in use when
     /// another process (or another store in this one) has it open.
     pub fn open(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
+        Self::open_with_cache(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`], keeping up to `cache_bytes` of the file's
+    /// pages in memory (`embedded.cache_mib`).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> anyhow::Result<EmbeddedStore> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
         let path = data_dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
+        let db = match Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => bail!(
                 "the data dir {} is in use: another PulseHub process has {} open \
