@@ -19,31 +19,10 @@ use sqlx::Connection as _;
 use support::db::TestDb;
 use support::hub::{ADMIN_TOKEN, PulseHub, SERIAL, tail};
 use support::kafka::{produce, producer, read_all, topics};
+use support::plugins::{builtin_plugin_dir, chaos_package};
 use support::prometheus::metric_sum;
 use support::services::workspace;
 use support::workload::counted_events;
-
-/// A folder with the built-in plugins.
-fn builtin_plugin_dir() -> tempfile::TempDir {
-    let plugins = tempfile::tempdir().expect("tempdir");
-    for entry in std::fs::read_dir(workspace().join("target/plugins")).expect("plugins are built") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().expect("file name").to_owned();
-        std::fs::copy(&path, plugins.path().join(name)).expect("copy plugin");
-    }
-    plugins
-}
-
-/// The chaos fixture's component, and its manifest at `version` with
-/// `extra` lines appended (a `[config]` table, say).
-fn chaos_package(version: &str, extra: &str) -> (String, Vec<u8>) {
-    let dir = workspace().join("target/test-plugins");
-    let manifest = std::fs::read_to_string(dir.join("chaos.toml")).expect("chaos manifest");
-    let manifest = manifest.replace("version = \"0.1.0\"", &format!("version = \"{version}\""));
-    assert!(manifest.contains(version), "{manifest}");
-    let component = std::fs::read(dir.join("chaos.wasm")).expect("chaos component");
-    (format!("{manifest}\n{extra}\n"), component)
-}
 
 /// The names and version ids of the installed plugins.
 async fn installed(hub: &PulseHub) -> Vec<(String, String)> {

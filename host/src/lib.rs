@@ -18,6 +18,9 @@
 //!   plugin directory, the audit log.
 //! - [`pipeline`]: partitioned sources read into lanes; the enrich lane
 //!   (decode → chain → merge → commit) and the archive lane.
+//! - [`replay`]: the profiles recomputed from the archive and the timeline
+//!   of plugin versions (backfill, reconcile, rebuild), page by page while
+//!   the pipeline runs.
 //! - [`kafka`]: the Kafka source, dead-letter sink and publisher.
 //! - [`store`]: the traits behind which PostgreSQL, Redis and the embedded
 //!   backend sit, and their implementations.
@@ -39,6 +42,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_ops;
+pub mod replay;
 pub mod store;
 pub mod telemetry;
 

@@ -39,8 +39,15 @@ enum Command {
     /// Look at the dead letters.
     #[command(subcommand)]
     Dlq(cli::dlq::DlqCommand),
-    /// Rebuild derived data: `--cache` refills Redis from PostgreSQL.
+    /// Rebuild derived data: `--cache` refills Redis from PostgreSQL,
+    /// `--profiles` recomputes the profiles from the archive.
     Rebuild(cli::rebuild::RebuildArgs),
+    /// Run a plugin's running version over the archived events, so that its
+    /// attributes are what they would be had it seen every event.
+    Backfill(cli::backfill::BackfillArgs),
+    /// Replay profiles from the archive and compare them with PostgreSQL,
+    /// and PostgreSQL with Redis; `--repair` fixes what differs.
+    Reconcile(cli::reconcile::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Migrate(args) => cli::run::migrate(args),
         Command::Rebuild(args) => cli::rebuild::rebuild(args),
+        Command::Backfill(args) => cli::backfill::backfill(args),
+        Command::Reconcile(args) => cli::reconcile::reconcile(args),
         Command::Dlq(command) => cli::dlq::run(command),
         Command::Plugin(command) => {
             cli::init_logging();

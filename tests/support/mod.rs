@@ -9,6 +9,7 @@
 //! - [`hub`]: the `pulsehub run` child process and its HTTP API;
 //! - [`proxy`]: a TCP proxy that a test can cut, to take a service away;
 //! - [`prometheus`]: the `/metrics` text, parsed;
+//! - [`plugins`]: the built-in plugins and the `chaos` fixture as packages;
 //! - [`workload`]: generated events with the profiles they must produce.
 
 // Every test binary compiles this module on its own and uses only part of it.
@@ -17,6 +18,7 @@
 pub mod db;
 pub mod hub;
 pub mod kafka;
+pub mod plugins;
 pub mod prometheus;
 pub mod proxy;
 pub mod services;

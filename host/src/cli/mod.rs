@@ -1,8 +1,10 @@
 //! The commands of the `pulsehub` binary.
 
+pub mod backfill;
 pub mod dlq;
 pub mod plugin;
 pub mod rebuild;
+pub mod reconcile;
 pub mod run;
 mod scaffold;
 
@@ -20,4 +22,14 @@ pub fn init_logging() {
     } else {
         builder.init();
     }
+}
+
+/// The runtime of a one-shot command (`migrate`, `rebuild`, `backfill`,
+/// `reconcile`): one thread, timers and I/O.
+pub fn command_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }

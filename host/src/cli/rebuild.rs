@@ -10,21 +10,21 @@
 //! user written; an interrupted rebuild run again with the same options
 //! goes on from there.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::backfill::progress_bar;
 use super::run::{init_logging, load_config};
 use pulsehub::model::profile::Profile;
+use pulsehub::replay::{PAGE_USERS, Repair, Replay};
 use pulsehub::store::ProfileCache as _;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::redis::RedisCache;
@@ -36,14 +36,23 @@ const PAGE: i64 = 1_000;
 pub struct RebuildArgs {
     /// Rebuild the Redis profile cache from PostgreSQL: delete every cached
     /// profile under the key prefix, then write the stored ones.
-    #[arg(long)]
+    #[arg(
+        long,
+        required_unless_present = "profiles",
+        conflicts_with = "profiles"
+    )]
     cache: bool,
+    /// Recompute the profiles in PostgreSQL from the archive and the
+    /// timeline of plugin versions (after a restore from an old backup, or
+    /// damage), then refresh Redis with them; the pipeline may run.
+    #[arg(long)]
+    profiles: bool,
     /// Write back only the profiles updated at or after this time (RFC 3339,
     /// e.g. 2026-12-01T00:00:00Z): the hot ones; reads refill the others.
-    #[arg(long, value_name = "TIME", conflicts_with = "lazy")]
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["lazy", "profiles"])]
     since: Option<String>,
     /// Write nothing back: reads refill what they miss.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "profiles")]
     lazy: bool,
     /// Start from the flush again, dropping what an interrupted rebuild
     /// noted of its progress.
@@ -64,11 +73,8 @@ struct Progress {
 }
 
 pub fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
-    if !args.cache {
-        bail!(
-            "say what to rebuild: --cache (Redis from PostgreSQL); \
-             rebuilding the profiles from the archive is not built yet"
-        );
+    if args.profiles {
+        return rebuild_profiles(&args);
     }
     let since_ms = args.since.as_deref().map(parse_time).transpose()?;
     let (config, _) = load_config(args.config.as_deref())?;
@@ -83,11 +89,7 @@ pub fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
             "configuration key `redis.url` (PULSEHUB_REDIS_URL) is not set: there is no cache to rebuild"
         );
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    super::command_runtime()?.block_on(async {
         let store = PgStore::connect(database_url, 2)?;
         if config.database.migrate {
             store.migrate().await?;
@@ -185,7 +187,11 @@ async fn rebuild_cache(
         cache.flush().await?;
     }
     let total = store.count_profiles(since_ms).await?;
-    let bar = progress_bar(u64::try_from(total).unwrap_or(0), progress.written);
+    let bar = progress_bar(
+        "profiles",
+        u64::try_from(total).unwrap_or(0),
+        progress.written,
+    );
     loop {
         let page = store
             .profiles_after(progress.after.as_deref(), since_ms, PAGE)
@@ -214,22 +220,7 @@ async fn rebuild_cache(
     }))
 }
 
-/// A bar on stderr when it is a terminal (hidden otherwise): profiles
-/// written, the rate and the time left.
-fn progress_bar(total: u64, done: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total.max(done));
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} profiles, {per_sec}, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(done);
-    bar
-}
-
-fn parse_time(text: &str) -> anyhow::Result<i64> {
+pub(super) fn parse_time(text: &str) -> anyhow::Result<i64> {
     let time = OffsetDateTime::parse(text, &Rfc3339).with_context(|| {
         format!("--since {text:?} is not an RFC 3339 time such as 2026-12-01T00:00:00Z")
     })?;
@@ -244,9 +235,66 @@ fn format_time(ms: i64) -> String {
 }
 
 /// `cli:<user>`, the operating-system user who ran the command.
-fn actor() -> String {
+pub(super) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned());
     format!("cli:{user}")
+}
+
+/// `rebuild --profiles`: every user of the archive replayed and written
+/// where a value differs, page by page, the page's progress written with
+/// its profiles.
+fn rebuild_profiles(args: &RebuildArgs) -> anyhow::Result<ExitCode> {
+    let (config, _) = load_config(args.config.as_deref())?;
+    init_logging(&config);
+    super::command_runtime()?.block_on(async {
+        let mut replay = super::backfill::open(&config, "rebuild --profiles").await?;
+        let options = json!({ "restart": args.restart });
+        let outcome = replay_profiles(&mut replay, args.restart).await;
+        let store = replay.store.clone();
+        super::backfill::audited(&store, &actor(), "rebuild-profiles", options, outcome).await
+    })
+}
+
+async fn replay_profiles(
+    replay: &mut Replay,
+    restart: bool,
+) -> anyhow::Result<(serde_json::Value, ExitCode)> {
+    const OPERATION: &str = "rebuild-profiles";
+    let started = Instant::now();
+    if restart {
+        replay.store.clear_replay_progress(OPERATION).await?;
+    }
+    let resumed_after = replay.store.replay_progress(OPERATION).await?;
+    let total = replay.store.count_archive_users(&replay.topic).await?;
+    let bar = progress_bar("users", u64::try_from(total).unwrap_or(0), 0);
+    let mut after = resumed_after.clone();
+    let (mut rewritten, mut users) = (0, 0);
+    loop {
+        let page = replay
+            .store
+            .archive_users_after(&replay.topic, after.as_deref(), PAGE_USERS)
+            .await?;
+        let Some(last) = page.last().cloned() else {
+            break;
+        };
+        let report = replay.check_page(&page, Repair::Found, true).await?;
+        rewritten += report.repaired;
+        users += report.checked;
+        bar.inc(page.len() as u64);
+        after = Some(last);
+    }
+    replay.store.clear_replay_progress(OPERATION).await?;
+    bar.finish_and_clear();
+    let summary = json!({
+        "users": users,
+        "events": replay.counts.events,
+        "rewritten": rewritten,
+        "retried": replay.counts.retried,
+        "plugin_failures": replay.counts.plugin_failures,
+        "resumed_after": resumed_after,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    Ok((summary, ExitCode::SUCCESS))
 }

@@ -59,11 +59,7 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             "configuration key `database.url` (PULSEHUB_DATABASE_URL) is not set: nothing to migrate"
         );
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    super::command_runtime()?.block_on(async {
         let store = PgStore::connect(url, 1)?;
         store.migrate().await?;
         tracing::info!("database migrated");

@@ -134,3 +134,37 @@ fn decode(message: &BorrowedMessage<'_>) -> Result<DeadLetter, String> {
         reason,
     })
 }
+
+/// The offsets consumer group `group` committed on each partition of
+/// `topic` (partitions it never committed are absent). Asks the group's
+/// coordinator without joining the group. Blocking.
+pub fn group_offsets(brokers: &str, group: &str, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer<LogContext> = client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create_with_context(LogContext)
+        .with_context(|| format!("creating a Kafka consumer for {brokers}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic} from {brokers}"))?;
+    let mut partitions = TopicPartitionList::new();
+    match metadata.topics().first() {
+        Some(t) if t.error().is_none() => {
+            for partition in t.partitions() {
+                partitions.add_partition(topic, partition.id());
+            }
+        }
+        _ => bail!("topic {topic} does not exist on {brokers}"),
+    }
+    let committed = consumer
+        .committed_offsets(partitions, REQUEST_TIMEOUT)
+        .with_context(|| format!("reading the offsets group {group} committed on {topic}"))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(next) => Some((element.partition(), next)),
+            _ => None,
+        })
+        .collect())
+}

@@ -28,7 +28,7 @@ use rdkafka::config::{ClientConfig, FromClientConfigAndContext, RDKafkaLogLevel}
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-pub use letters::read_dead_letters;
+pub use letters::{group_offsets, read_dead_letters};
 pub use producer::{KafkaDeadLetters, KafkaPublisher};
 pub use source::{KafkaSource, Membership};
 

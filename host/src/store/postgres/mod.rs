@@ -9,6 +9,7 @@
 //! from, commit. The schema is in `migrations/`, embedded in the binary.
 
 mod audit;
+pub mod replay;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -160,8 +161,39 @@ impl ProfileStore for PgStore {
             return Ok(CommitOutcome::Stale);
         }
         write_timeline(&mut tx, &commit).await?;
-        let profiles = apply_changes(&mut tx, commit.changes, commit.known, commit.now_ms).await?;
-        let documents = write_profiles(&mut tx, &profiles).await?;
+        let mut profiles =
+            apply_changes(&mut tx, commit.changes, commit.known, commit.now_ms).await?;
+        let mut written = write_profiles(&mut tx, &profiles).await?;
+        if !written.refused.is_empty() {
+            // Another writer (a backfill, a reconcile repair, another lane
+            // holding the same user) changed these profiles since the copy
+            // or the read they were computed from. The upsert locked their
+            // rows all the same, so they are read again, as they are now,
+            // and the batch's changes applied to them once more.
+            let refused: ProfileChanges = written
+                .refused
+                .iter()
+                .map(|&i| {
+                    let user = &profiles[i].user_id;
+                    (user.clone(), commit.changes[user].clone())
+                })
+                .collect();
+            let again = apply_changes(&mut tx, &refused, HashMap::new(), commit.now_ms).await?;
+            let second = write_profiles(&mut tx, &again).await?;
+            if !second.refused.is_empty() {
+                return Err(StoreError(anyhow!(
+                    "{} of the batch's profiles changed under their row locks; \
+                     the batch is rolled back and must be retried",
+                    second.refused.len()
+                )));
+            }
+            for ((i, profile), document) in written.refused.iter().zip(again).zip(second.documents)
+            {
+                profiles[*i] = profile;
+                written.documents[*i] = document;
+            }
+        }
+        let documents = written.documents;
         tx.commit().await.context("committing the batch")?;
         Ok(CommitOutcome::AppliedEncoded {
             profiles,
@@ -305,24 +337,37 @@ async fn apply_changes(
     Ok(profiles)
 }
 
-/// Writes `profiles` in one statement; returns them as the JSON documents
-/// written, in the same order.
+/// What [`write_profiles`] did.
+pub(crate) struct Written {
+    /// The profiles as the JSON documents written (or refused), in order.
+    pub(crate) documents: Vec<String>,
+    /// Positions of the profiles not written: the stored row's revision was
+    /// not the one each was computed from. Their rows are locked all the
+    /// same, until the transaction ends.
+    pub(crate) refused: Vec<usize>,
+}
+
+/// Writes `profiles` in one statement.
 ///
 /// Each profile replaces only the revision it was computed from (a new one
-/// only a row that does not exist). When another commit has written one of
+/// only a row that does not exist). When another writer has changed one of
 /// them since it was read or cached (the same user arriving through two
-/// partitions at once, or a partition that moved away and back), nothing may
-/// be overwritten: the batch fails and its retry reads the rows again.
+/// partitions at once, a partition that moved away and back, a backfill or
+/// a repair), it is not overwritten: it is reported in
+/// [`Written::refused`], its row locked, for the caller to compute again.
 ///
 /// The rows are written, and so locked, in user order, the order of every
 /// commit, so commits that share users wait for each other instead of
 /// deadlocking.
-async fn write_profiles(
+pub(crate) async fn write_profiles(
     tx: &mut Transaction<'_, Postgres>,
     profiles: &[Profile],
-) -> StoreResult<Vec<String>> {
+) -> StoreResult<Written> {
     if profiles.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Written {
+            documents: Vec::new(),
+            refused: Vec::new(),
+        });
     }
     let mut user_ids = Vec::with_capacity(profiles.len());
     let mut documents = Vec::with_capacity(profiles.len());
@@ -360,14 +405,23 @@ async fn write_profiles(
     .await
     .context("writing the batch's profiles")?
     .rows_affected();
+    let mut refused = Vec::new();
     if written != profiles.len() as u64 {
-        return Err(StoreError(anyhow!(
-            "wrote {written} of the batch's {} profiles: another commit wrote the others \
-             since they were read; the batch is rolled back and must be retried",
-            profiles.len()
-        )));
+        // A row written now holds the document written, as written (`json`
+        // keeps the text); a refused one holds another writer's.
+        let stored: HashMap<String, String> =
+            sqlx::query_as("SELECT user_id, profile::text FROM profiles WHERE user_id = ANY($1)")
+                .bind(&user_ids)
+                .fetch_all(&mut **tx)
+                .await
+                .context("finding the profiles another writer changed")?
+                .into_iter()
+                .collect();
+        refused = (0..profiles.len())
+            .filter(|&i| stored.get(user_ids[i]) != Some(&documents[i]))
+            .collect();
     }
-    Ok(documents)
+    Ok(Written { documents, refused })
 }
 
 /// Brings the timeline of plugin versions of the batch's partitions up to

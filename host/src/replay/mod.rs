@@ -1,0 +1,471 @@
+//! Replaying the archive: the profiles recomputed from the raw events.
+//!
+//! The enrich role commits each batch's profile changes with the offsets
+//! they came from and, when the set of plugin versions changes, the
+//! timeline of which version ran over which offsets ([`TimelineEntry`]).
+//! The archive role keeps every event with its partition and offset. So a
+//! profile is a function of the archive: run each of the user's archived
+//! events below the committed offsets through the version that ran over it,
+//! merge, apply. [`History`] says which version that is, the timeline
+//! amended by the backfills ([`BackfillRecord`]), and [`Replayer`] does the
+//! running.
+//!
+//! Replays work page by page of users, without stopping the pipeline:
+//!
+//! 1. [`PgStore::cut`](crate::store::postgres::PgStore::cut) reads the page's profiles and the enrich offsets in
+//!    one snapshot ([`Cut`]): each profile then holds exactly the changes of
+//!    the records below those offsets;
+//! 2. [`Archive::wait_for`] waits until the archive role has stored every
+//!    record below them;
+//! 3. the page's archived events below the offsets are replayed;
+//! 4. what changes is written over the revision the cut read
+//!    ([`PgStore::write_recomputed`](crate::store::postgres::PgStore::write_recomputed)); a profile the live pipeline changed
+//!    meanwhile is refused, and its user goes through 1–4 again.
+//!
+//! `pulsehub backfill`, `reconcile` and `rebuild --profiles` (in the
+//! binary) are built from these parts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::model::event::Event;
+use crate::model::merge::{AttributeChange, Merger, ProfileChanges};
+use crate::model::profile::Profile;
+use crate::model::update::Value;
+use crate::plugin::chain::MAX_EVENTS_PER_CALL;
+use crate::plugin::{HostLimits, Manifest, Plugin, PluginInstance, Runtime};
+use crate::plugin_ops::registry::Registry;
+use crate::store::TimelineEntry;
+use crate::store::postgres::replay::ArchivedRecord;
+
+/// Users per page: a cut, one read of the archive, one write.
+pub const PAGE_USERS: i64 = 500;
+
+/// How long a replay waits for the archive role to store the records below
+/// a cut before it gives up.
+pub const ARCHIVE_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A page's profiles and the enrich offsets, read in one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Cut {
+    /// Partition to the next offset the enrich group will read.
+    pub offsets: HashMap<i32, i64>,
+    /// The page's stored profiles (users without one are absent).
+    pub profiles: HashMap<String, Profile>,
+}
+
+/// One backfill of a plugin version, as recorded in `plugin_backfills`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillRecord {
+    pub id: i64,
+    pub plugin: String,
+    pub version: String,
+    /// Below `until`, only events at or after this time count.
+    pub since_ms: Option<i64>,
+    /// The users it covers (`None`: all).
+    pub users: Option<BTreeSet<String>>,
+    /// Partition to the offset where the version's running stretch began:
+    /// the backfill recomputes the records below it.
+    pub until: HashMap<i32, i64>,
+    pub finished: bool,
+    /// The last user done, in byte order.
+    pub after_user: Option<String>,
+}
+
+impl BackfillRecord {
+    fn covers(&self, user: &str) -> bool {
+        self.users.as_ref().is_none_or(|users| users.contains(user))
+    }
+
+    /// Whether the profile of `user` holds this backfill's output.
+    pub fn done_for(&self, user: &str) -> bool {
+        self.covers(user)
+            && (self.finished
+                || self
+                    .after_user
+                    .as_deref()
+                    .is_some_and(|after| user <= after))
+    }
+}
+
+/// A backfill with its counts.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub record: BackfillRecord,
+    pub events: i64,
+    pub users_done: i64,
+    pub changed: i64,
+}
+
+/// Where an archived event was read from, and when it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub partition: i32,
+    pub offset: i64,
+    pub time_ms: i64,
+}
+
+/// Which plugin version's output a profile holds for each archived event:
+/// the timeline of plugin versions, amended by the backfills.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    stretches: Vec<TimelineEntry>,
+    /// Oldest first.
+    backfills: Vec<BackfillRecord>,
+}
+
+impl History {
+    pub fn new(stretches: Vec<TimelineEntry>, backfills: Vec<BackfillRecord>) -> Self {
+        Self {
+            stretches,
+            backfills,
+        }
+    }
+
+    /// Every plugin named in it.
+    pub fn plugins(&self) -> BTreeSet<&str> {
+        self.stretches
+            .iter()
+            .map(|s| s.plugin.as_str())
+            .chain(self.backfills.iter().map(|b| b.plugin.as_str()))
+            .collect()
+    }
+
+    /// The open stretches of `plugin`: partition to (version, from offset).
+    pub fn running(&self, plugin: &str) -> HashMap<i32, (&str, i64)> {
+        self.stretches
+            .iter()
+            .filter(|s| s.plugin == plugin && s.until_offset.is_none())
+            .map(|s| (s.partition, (s.version.as_str(), s.from_offset)))
+            .collect()
+    }
+
+    /// The version of `plugin` whose output the profile of `user` holds for
+    /// the event `at`, if any: that of the latest backfill done for the user
+    /// whose range holds the event (none when the event is older than its
+    /// `since`), else that of the stretch of the timeline that ran over it.
+    /// `assume_done` counts that backfill as done for the user.
+    pub fn version_at(
+        &self,
+        plugin: &str,
+        user: &str,
+        at: At,
+        assume_done: Option<i64>,
+    ) -> Option<&str> {
+        let backfill = self.backfills.iter().rev().find(|b| {
+            b.plugin == plugin
+                && (b.done_for(user) || (assume_done == Some(b.id) && b.covers(user)))
+                && b.until
+                    .get(&at.partition)
+                    .is_some_and(|&until| at.offset < until)
+        });
+        if let Some(b) = backfill {
+            let counted = b.since_ms.is_none_or(|since| at.time_ms >= since);
+            return counted.then_some(b.version.as_str());
+        }
+        self.stretches
+            .iter()
+            .find(|s| {
+                s.plugin == plugin
+                    && s.partition == at.partition
+                    && s.from_offset <= at.offset
+                    && s.until_offset.is_none_or(|until| at.offset < until)
+            })
+            .map(|s| s.version.as_str())
+    }
+}
+
+/// The plugin versions of the registry, loaded on first use.
+pub struct Versions {
+    runtime: Runtime,
+    registry: Registry,
+    /// (plugin, version) to version id, the newest upload of each.
+    ids: HashMap<(String, String), String>,
+    /// Plugin to the version that runs (or ran, when quarantined).
+    current: HashMap<String, String>,
+    loaded: HashMap<(String, String), Arc<Plugin>>,
+}
+
+impl Versions {
+    /// Opens the registry the enrich role keeps (`plugins.registry_dir`).
+    pub fn open(registry: Registry) -> anyhow::Result<Self> {
+        let runtime = Runtime::with_cache(HostLimits::default(), &registry.compiled_dir())?;
+        let mut ids = HashMap::new();
+        let mut current = HashMap::new();
+        for (name, record) in registry.load()? {
+            current.insert(name.clone(), record.current.version.clone());
+            // Newest first: the first id seen for a version is kept.
+            for version in std::iter::once(&record.current).chain(&record.previous) {
+                ids.entry((name.clone(), version.version.clone()))
+                    .or_insert_with(|| version.id.clone());
+            }
+        }
+        Ok(Self {
+            runtime,
+            registry,
+            ids,
+            current,
+            loaded: HashMap::new(),
+        })
+    }
+
+    /// The version of `plugin` the registry says runs.
+    pub fn current(&self, plugin: &str) -> Option<&str> {
+        self.current.get(plugin).map(String::as_str)
+    }
+
+    /// `version` of `plugin`, compiled (from wasmtime's cache when the
+    /// enrich role compiled it before).
+    pub fn get(&mut self, plugin: &str, version: &str) -> anyhow::Result<Arc<Plugin>> {
+        let key = (plugin.to_owned(), version.to_owned());
+        if let Some(loaded) = self.loaded.get(&key) {
+            return Ok(loaded.clone());
+        }
+        let Some(id) = self.ids.get(&key) else {
+            bail!(
+                "version {version} of plugin {plugin} is not in the plugin registry \
+                 (plugins.registry_dir): a replay needs every version it runs; versions \
+                 older than plugins.keep_versions are deleted"
+            );
+        };
+        let (manifest, component) = self.registry.get_version(id)?;
+        let manifest: Manifest = manifest
+            .parse()
+            .with_context(|| format!("the stored manifest of {plugin} {version}"))?;
+        let loaded = self
+            .runtime
+            .load(manifest, &component)
+            .with_context(|| format!("loading {plugin} {version} from the registry"))?;
+        self.loaded.insert(key, loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// Runs plugin versions over archived events, one instance per version.
+pub struct Replayer {
+    versions: Versions,
+    instances: HashMap<(String, String), PluginInstance>,
+    /// Events a plugin failed on (the live pipeline dead-lettered them too,
+    /// for a plugin that fails the same way on the same event).
+    pub failures: u64,
+}
+
+/// A page of archived events, decoded, in partition and offset order.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub events: Vec<Event>,
+    pub at: Vec<At>,
+    /// Archived events that no longer decode (none, unless the archive was
+    /// edited): left out.
+    pub undecodable: u64,
+}
+
+impl Page {
+    pub fn decode(topic: &str, records: Vec<(String, ArchivedRecord)>) -> Page {
+        let mut page = Page::default();
+        for (_, record) in records {
+            let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
+            match Event::from_json(record.payload.as_bytes(), fallback) {
+                Ok(event) => {
+                    page.at.push(At {
+                        partition: record.partition,
+                        offset: record.offset,
+                        time_ms: event.timestamp_ms,
+                    });
+                    page.events.push(event);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        partition = record.partition,
+                        offset = record.offset,
+                        "an archived event does not decode: {error}"
+                    );
+                    page.undecodable += 1;
+                }
+            }
+        }
+        page
+    }
+}
+
+impl Replayer {
+    pub fn new(versions: Versions) -> Self {
+        Self {
+            versions,
+            instances: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    pub fn versions(&mut self) -> &mut Versions {
+        &mut self.versions
+    }
+
+    /// Replays `page` for `plugins`: each event goes through the version
+    /// `choose(plugin, index)` names (none: the plugin skips it), if that
+    /// version subscribes to its kind. Returns the merged changes per user,
+    /// as one batch of all the page's events would give them.
+    pub fn replay<'p>(
+        &mut self,
+        page: &Page,
+        plugins: &[&'p str],
+        mut choose: impl FnMut(&'p str, usize) -> Option<String>,
+    ) -> anyhow::Result<ProfileChanges> {
+        let mut work: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        for &plugin in plugins {
+            for index in 0..page.events.len() {
+                if let Some(version) = choose(plugin, index) {
+                    work.entry((plugin.to_owned(), version))
+                        .or_default()
+                        .push(index);
+                }
+            }
+        }
+        let mut merger = Merger::new(&page.events);
+        for (key, indices) in work {
+            let plugin = self.versions.get(&key.0, &key.1)?;
+            let runtime = self.versions.runtime.clone();
+            let instance = self
+                .instances
+                .entry(key)
+                .or_insert_with(|| PluginInstance::new(runtime, plugin.clone()));
+            let handle = merger.plugin(plugin.name(), &plugin.version);
+            let selected: Vec<usize> = indices
+                .into_iter()
+                .filter(|&i| plugin.manifest.events.matches(&page.events[i].kind))
+                .collect();
+            for chunk in selected.chunks(MAX_EVENTS_PER_CALL) {
+                let batch: Vec<&Event> = chunk.iter().map(|&i| &page.events[i]).collect();
+                for (&index, result) in chunk.iter().zip(instance.enrich(&batch)) {
+                    let merged = result
+                        .map_err(|_| ())
+                        .and_then(|updates| merger.add(handle, index, updates).map_err(|_| ()));
+                    if merged.is_err() {
+                        self.failures += 1;
+                    }
+                }
+            }
+        }
+        Ok(merger.finish())
+    }
+}
+
+/// `profile`'s attributes other than `replaced`, with `changes` applied as
+/// one commit at `now_ms`; `None` when no attribute's value changes (the
+/// stored profile is right as it is). `stored` is the profile as the cut
+/// read it, `None` for a user without one.
+pub fn recomputed(
+    user: &str,
+    stored: Option<&Profile>,
+    replaced: impl Fn(&str, &crate::model::profile::Attribute) -> bool,
+    changes: Option<&BTreeMap<String, AttributeChange>>,
+    now_ms: i64,
+) -> Option<Profile> {
+    let mut profile = stored
+        .cloned()
+        .unwrap_or_else(|| Profile::new(user, now_ms));
+    profile
+        .attributes
+        .retain(|name, attribute| !replaced(name, attribute));
+    match changes {
+        Some(changes) => profile.apply(changes, now_ms),
+        None => {
+            profile.updated_at_ms = now_ms;
+            profile.revision += 1;
+        }
+    }
+    let before = stored.map(values).unwrap_or_default();
+    (values(&profile) != before).then_some(profile)
+}
+
+/// A profile's attribute values, without their provenance.
+pub fn values(profile: &Profile) -> BTreeMap<&str, &Value> {
+    profile
+        .attributes
+        .iter()
+        .map(|(name, attribute)| (name.as_str(), &attribute.value))
+        .collect()
+}
+
+/// The archive role's progress, asked of the broker: the offsets its
+/// consumer group committed, which it does once the records below are
+/// stored.
+pub struct Archive {
+    pub brokers: String,
+    pub group: String,
+    pub topic: String,
+    /// What the broker last said.
+    known: HashMap<i32, i64>,
+}
+
+impl Archive {
+    pub fn new(brokers: &str, group: &str, topic: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            known: HashMap::new(),
+        }
+    }
+
+    /// Returns once the archive holds every record below `offsets`, or
+    /// fails after [`ARCHIVE_PATIENCE`].
+    pub async fn wait_for(&mut self, offsets: &HashMap<i32, i64>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let behind = offsets
+                .iter()
+                .filter(|&(p, &next)| next > 0 && self.known.get(p).is_none_or(|&a| a < next))
+                .map(|(&p, &next)| (p, next))
+                .min();
+            let Some((partition, next)) = behind else {
+                return Ok(());
+            };
+            if started.elapsed() > ARCHIVE_PATIENCE {
+                bail!(
+                    "the archive (consumer group {}) has not stored the records of partition \
+                     {partition} below offset {next}, which the profiles hold, after {} s \
+                     (it is at {}): is the archive role running?",
+                    self.group,
+                    ARCHIVE_PATIENCE.as_secs(),
+                    self.known.get(&partition).copied().unwrap_or(0)
+                );
+            }
+            if !self.known.is_empty() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let (brokers, group, topic) =
+                (self.brokers.clone(), self.group.clone(), self.topic.clone());
+            self.known = tokio::task::spawn_blocking(move || {
+                crate::kafka::group_offsets(&brokers, &group, &topic)
+            })
+            .await
+            .context("asking for the archive's offsets")??;
+        }
+    }
+}
+
+/// A replay's counts, for its summary.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    pub users: u64,
+    pub events: u64,
+    /// Profiles written.
+    pub changed: u64,
+    /// Users computed again because the live pipeline changed their
+    /// profile during the page.
+    pub retried: u64,
+    /// Events a plugin failed on during the replay.
+    pub plugin_failures: u64,
+}
+
+mod run;
+
+pub use run::{Discrepancy, PageReport, Repair, Replay};
+
+#[cfg(test)]
+mod tests;

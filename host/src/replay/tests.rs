@@ -1,0 +1,170 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::model::merge::Provenance;
+use crate::model::update::Op;
+
+fn stretch(partition: i32, version: &str, from: i64, until: Option<i64>) -> TimelineEntry {
+    TimelineEntry {
+        partition,
+        plugin: "counter".into(),
+        version: version.into(),
+        from_offset: from,
+        until_offset: until,
+    }
+}
+
+fn backfill(id: i64, version: &str, until: i64) -> BackfillRecord {
+    BackfillRecord {
+        id,
+        plugin: "counter".into(),
+        version: version.into(),
+        since_ms: None,
+        users: None,
+        until: HashMap::from([(0, until)]),
+        finished: true,
+        after_user: None,
+    }
+}
+
+fn at(offset: i64, time_ms: i64) -> At {
+    At {
+        partition: 0,
+        offset,
+        time_ms,
+    }
+}
+
+#[test]
+fn the_timeline_names_the_version_that_ran_over_each_offset() {
+    let history = History::new(
+        vec![
+            stretch(0, "1.0.0", 0, Some(10)),
+            stretch(0, "2.0.0", 10, None),
+        ],
+        Vec::new(),
+    );
+    assert_eq!(
+        history.version_at("counter", "u", at(9, 0), None),
+        Some("1.0.0")
+    );
+    assert_eq!(
+        history.version_at("counter", "u", at(10, 0), None),
+        Some("2.0.0")
+    );
+    assert_eq!(history.version_at("other", "u", at(10, 0), None), None);
+    assert_eq!(
+        history.version_at(
+            "counter",
+            "u",
+            At {
+                partition: 1,
+                ..at(3, 0)
+            },
+            None
+        ),
+        None,
+        "no stretch on partition 1"
+    );
+    assert_eq!(
+        history.running("counter"),
+        HashMap::from([(0, ("2.0.0", 10))])
+    );
+}
+
+#[test]
+fn a_backfill_done_for_a_user_overrides_what_ran_below_its_offsets() {
+    let mut partial = backfill(1, "2.0.0", 10);
+    partial.finished = false;
+    partial.after_user = Some("m".into());
+    partial.since_ms = Some(100);
+    let history = History::new(
+        vec![
+            stretch(0, "1.0.0", 0, Some(10)),
+            stretch(0, "2.0.0", 10, None),
+        ],
+        vec![partial],
+    );
+    // Done for "b" (before "m"), not yet for "x".
+    assert_eq!(
+        history.version_at("counter", "b", at(5, 100), None),
+        Some("2.0.0")
+    );
+    assert_eq!(
+        history.version_at("counter", "x", at(5, 100), None),
+        Some("1.0.0")
+    );
+    assert_eq!(
+        history.version_at("counter", "x", at(5, 100), Some(1)),
+        Some("2.0.0")
+    );
+    // Older than `since`: the backfill left it out.
+    assert_eq!(history.version_at("counter", "b", at(5, 99), None), None);
+    // At and above its offsets, the timeline.
+    assert_eq!(
+        history.version_at("counter", "b", at(10, 0), None),
+        Some("2.0.0")
+    );
+}
+
+#[test]
+fn the_latest_backfill_wins_and_user_lists_limit_it() {
+    let mut listed = backfill(2, "3.0.0", 10);
+    listed.users = Some(BTreeSet::from(["a".to_owned()]));
+    let history = History::new(
+        vec![stretch(0, "1.0.0", 0, None)],
+        vec![backfill(1, "2.0.0", 10), listed],
+    );
+    assert_eq!(
+        history.version_at("counter", "a", at(3, 0), None),
+        Some("3.0.0")
+    );
+    assert_eq!(
+        history.version_at("counter", "b", at(3, 0), None),
+        Some("2.0.0")
+    );
+}
+
+fn change(op: Op, plugin: &str) -> AttributeChange {
+    AttributeChange {
+        op,
+        provenance: Provenance {
+            plugin: Arc::from(plugin),
+            plugin_version: Arc::from("2.0.0"),
+            event_id: "e1".into(),
+            event_time_ms: 5,
+        },
+    }
+}
+
+#[test]
+fn a_recomputed_profile_replaces_only_the_named_attributes_and_only_when_values_change() {
+    let mut stored = Profile::new("u", 1);
+    let changes = BTreeMap::from([
+        ("views".to_owned(), change(Op::Increment(3), "counter")),
+        (
+            "device".to_owned(),
+            change(Op::Set(Value::Text("mobile".into())), "ua"),
+        ),
+    ]);
+    stored.apply(&changes, 1);
+    let counter_only = |name: &str, _: &crate::model::profile::Attribute| name == "views";
+
+    let fresh = BTreeMap::from([("views".to_owned(), change(Op::Increment(7), "counter"))]);
+    let profile =
+        recomputed("u", Some(&stored), counter_only, Some(&fresh), 9).expect("the count changed");
+    assert_eq!(profile.attributes["views"].value, Value::Integer(7));
+    assert_eq!(profile.attributes["device"], stored.attributes["device"]);
+    assert_eq!(profile.revision, stored.revision + 1);
+    assert_eq!(profile.updated_at_ms, 9);
+
+    let same = BTreeMap::from([("views".to_owned(), change(Op::Increment(3), "counter"))]);
+    assert_eq!(
+        recomputed("u", Some(&stored), counter_only, Some(&same), 9),
+        None,
+        "equal values are left as stored"
+    );
+    let gone = recomputed("u", Some(&stored), counter_only, None, 9).expect("views removed");
+    assert!(!gone.attributes.contains_key("views"));
+    assert_eq!(recomputed("new", None, counter_only, None, 9), None);
+}

@@ -1,0 +1,365 @@
+//! What replays of the archive read and write: the archive's users and
+//! events, a consistent cut of profiles and offsets, the backfills, and the
+//! revision-checked write of recomputed profiles (see [`crate::replay`]).
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::Context as _;
+use sqlx::Row as _;
+
+use super::{PgStore, write_profiles};
+use crate::model::profile::Profile;
+use crate::replay::{BackfillRecord, Cut, Recorded};
+use crate::store::StoreResult;
+
+/// One archived event with where it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    /// The event as received.
+    pub payload: String,
+}
+
+/// Where a replay got to, written with the profiles it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// A page of backfill `id`: its last user, the events and users it
+    /// covered.
+    Backfill {
+        id: i64,
+        after_user: &'a str,
+        events: i64,
+        users: i64,
+    },
+    /// A page of `rebuild --profiles`: its last user.
+    Rebuild { after_user: &'a str },
+}
+impl PgStore {
+    /// Up to `limit` user ids of the archive of `topic` after `after`, in
+    /// byte order.
+    pub async fn archive_users_after(
+        &self,
+        topic: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<String>> {
+        let users = sqlx::query_scalar(
+            "SELECT DISTINCT user_id FROM events \
+             WHERE topic = $1 AND ($2::text IS NULL OR user_id > $2) \
+             ORDER BY user_id LIMIT $3",
+        )
+        .bind(topic)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .context("reading a page of the archive's users")?;
+        Ok(users)
+    }
+
+    /// Up to `limit` user ids of `profiles` after `after`, in byte order.
+    pub async fn profile_users_after(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> StoreResult<Vec<String>> {
+        let users = sqlx::query_scalar(
+            "SELECT user_id FROM profiles WHERE $1::text IS NULL OR user_id > $1 \
+             ORDER BY user_id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+        .context("reading a page of the profiles' users")?;
+        Ok(users)
+    }
+
+    /// `count` users of `profiles` picked at random, in byte order.
+    pub async fn sample_users(&self, count: i64) -> StoreResult<Vec<String>> {
+        let mut users: Vec<String> =
+            sqlx::query_scalar("SELECT user_id FROM profiles ORDER BY random() LIMIT $1")
+                .bind(count)
+                .fetch_all(self.pool())
+                .await
+                .context("sampling the profiles' users")?;
+        users.sort_unstable();
+        Ok(users)
+    }
+
+    /// The profiles of `users` and the offsets `group` committed on `topic`,
+    /// read in one snapshot: each profile holds the changes of exactly the
+    /// records below those offsets.
+    pub async fn cut(&self, group: &str, topic: &str, users: &[String]) -> StoreResult<Cut> {
+        let mut tx = self.pool().begin().await.context("starting a snapshot")?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .context("starting a snapshot")?;
+        let offsets: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM consumer_offsets \
+             WHERE group_id = $1 AND topic = $2",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading the enrich offsets")?;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT user_id, profile::text FROM profiles WHERE user_id = ANY($1)")
+                .bind(users)
+                .fetch_all(&mut *tx)
+                .await
+                .context("reading the profiles of a page")?;
+        tx.commit().await.context("ending a snapshot")?;
+        let mut profiles = HashMap::with_capacity(rows.len());
+        for (user_id, document) in rows {
+            let profile: Profile = serde_json::from_str(&document)
+                .with_context(|| format!("the stored profile of user {user_id} is unreadable"))?;
+            profiles.insert(user_id, profile);
+        }
+        Ok(Cut {
+            offsets: offsets.into_iter().collect(),
+            profiles,
+        })
+    }
+
+    /// The archived events of `users` on `topic` below `below` (partition
+    /// to offset; partitions not in it have none), in partition and offset
+    /// order.
+    pub async fn archived_events(
+        &self,
+        topic: &str,
+        users: &[String],
+        below: &HashMap<i32, i64>,
+    ) -> StoreResult<Vec<(String, ArchivedRecord)>> {
+        let (partitions, ends): (Vec<i32>, Vec<i64>) = below.iter().map(|(p, o)| (*p, *o)).unzip();
+        let rows = sqlx::query(
+            "SELECT e.user_id, e.partition, e.\"offset\", e.payload::text AS payload \
+             FROM events e \
+             JOIN UNNEST($3::integer[], $4::bigint[]) AS cut(partition, next_offset) \
+               ON cut.partition = e.partition \
+             WHERE e.topic = $1 AND e.user_id = ANY($2) AND e.\"offset\" < cut.next_offset \
+             ORDER BY e.partition, e.\"offset\"",
+        )
+        .bind(topic)
+        .bind(users)
+        .bind(&partitions)
+        .bind(&ends)
+        .fetch_all(self.pool())
+        .await
+        .context("reading archived events")?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("user_id")
+                        .context("reading an archived event")?,
+                    ArchivedRecord {
+                        partition: row
+                            .try_get("partition")
+                            .context("reading an archived event")?,
+                        offset: row.try_get("offset").context("reading an archived event")?,
+                        payload: row
+                            .try_get("payload")
+                            .context("reading an archived event")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Writes recomputed profiles, each only over the revision it was
+    /// computed from, in one transaction. Returns the users whose profile
+    /// another writer changed meanwhile (not written: compute them again).
+    /// When none was, `step` notes the page done in the same transaction.
+    pub async fn write_recomputed(
+        &self,
+        profiles: &[Profile],
+        step: Option<Step<'_>>,
+    ) -> StoreResult<BTreeSet<String>> {
+        let mut tx = self.pool().begin().await.context("starting a write")?;
+        let written = write_profiles(&mut tx, profiles).await?;
+        let refused: BTreeSet<String> = written
+            .refused
+            .iter()
+            .map(|&i| profiles[i].user_id.clone())
+            .collect();
+        let changed = (profiles.len() - refused.len()) as i64;
+        let done = refused.is_empty();
+        match step {
+            Some(Step::Backfill {
+                id,
+                after_user,
+                events,
+                users,
+            }) => {
+                sqlx::query(
+                    "UPDATE plugin_backfills SET \
+                         after_user = CASE WHEN $6 THEN $2 ELSE after_user END, \
+                         events = events + CASE WHEN $6 THEN $3 ELSE 0 END, \
+                         users_done = users_done + CASE WHEN $6 THEN $4 ELSE 0 END, \
+                         changed = changed + $5, updated_at = now() \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(after_user)
+                .bind(events)
+                .bind(users)
+                .bind(changed)
+                .bind(done)
+                .execute(&mut *tx)
+                .await
+                .context("noting the backfill's progress")?;
+            }
+            Some(Step::Rebuild { after_user }) if done => {
+                sqlx::query(
+                    "INSERT INTO replay_progress (operation, after_user, updated_at) \
+                     VALUES ('rebuild-profiles', $1, now()) \
+                     ON CONFLICT (operation) DO UPDATE \
+                     SET after_user = EXCLUDED.after_user, updated_at = now()",
+                )
+                .bind(after_user)
+                .execute(&mut *tx)
+                .await
+                .context("noting the rebuild's progress")?;
+            }
+            _ => {}
+        }
+        tx.commit()
+            .await
+            .context("committing recomputed profiles")?;
+        Ok(refused)
+    }
+
+    /// Where an interrupted `operation` (`rebuild-profiles`) got to.
+    pub async fn replay_progress(&self, operation: &str) -> StoreResult<Option<String>> {
+        let after =
+            sqlx::query_scalar("SELECT after_user FROM replay_progress WHERE operation = $1")
+                .bind(operation)
+                .fetch_optional(self.pool())
+                .await
+                .context("reading a replay's progress")?;
+        Ok(after)
+    }
+
+    /// Forgets the progress of `operation`, finished or restarted.
+    pub async fn clear_replay_progress(&self, operation: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM replay_progress WHERE operation = $1")
+            .bind(operation)
+            .execute(self.pool())
+            .await
+            .context("clearing a replay's progress")?;
+        Ok(())
+    }
+
+    /// How many users the archive of `topic` has.
+    pub async fn count_archive_users(&self, topic: &str) -> StoreResult<i64> {
+        let count =
+            sqlx::query_scalar("SELECT count(DISTINCT user_id) FROM events WHERE topic = $1")
+                .bind(topic)
+                .fetch_one(self.pool())
+                .await
+                .context("counting the archive's users")?;
+        Ok(count)
+    }
+
+    /// The backfills of `group` on `topic`, oldest first.
+    pub async fn backfills(&self, group: &str, topic: &str) -> StoreResult<Vec<Recorded>> {
+        let rows = sqlx::query(
+            "SELECT id, plugin, version, since_ms, users::text AS users, \
+                    until_offsets::text AS until_offsets, finished_at IS NOT NULL AS finished, \
+                    after_user, events, users_done, changed \
+             FROM plugin_backfills WHERE group_id = $1 AND topic = $2 ORDER BY id",
+        )
+        .bind(group)
+        .bind(topic)
+        .fetch_all(self.pool())
+        .await
+        .context("reading the backfills")?;
+        rows.into_iter()
+            .map(|row| -> anyhow::Result<Recorded> {
+                let id: i64 = row.try_get("id")?;
+                let users: Option<String> = row.try_get("users")?;
+                let until: String = row.try_get("until_offsets")?;
+                let until: HashMap<String, i64> = serde_json::from_str(&until)
+                    .with_context(|| format!("backfill {id}: until_offsets"))?;
+                let until = until
+                    .into_iter()
+                    .map(|(p, o)| Ok((p.parse::<i32>()?, o)))
+                    .collect::<anyhow::Result<_>>()
+                    .with_context(|| format!("backfill {id}: until_offsets"))?;
+                Ok(Recorded {
+                    record: BackfillRecord {
+                        id,
+                        plugin: row.try_get("plugin")?,
+                        version: row.try_get("version")?,
+                        since_ms: row.try_get("since_ms")?,
+                        users: users
+                            .map(|text| serde_json::from_str(&text))
+                            .transpose()
+                            .with_context(|| format!("backfill {id}: users"))?,
+                        until,
+                        finished: row.try_get("finished")?,
+                        after_user: row.try_get("after_user")?,
+                    },
+                    events: row.try_get("events")?,
+                    users_done: row.try_get("users_done")?,
+                    changed: row.try_get("changed")?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()
+            .map_err(Into::into)
+    }
+
+    /// Records a new backfill; returns its id.
+    pub async fn start_backfill(
+        &self,
+        group: &str,
+        topic: &str,
+        record: &BackfillRecord,
+        actor: &str,
+    ) -> StoreResult<i64> {
+        let until: HashMap<String, i64> = record
+            .until
+            .iter()
+            .map(|(p, o)| (p.to_string(), *o))
+            .collect();
+        let users = record
+            .users
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .context("encoding the backfill's users")?;
+        let id = sqlx::query_scalar(
+            "INSERT INTO plugin_backfills (group_id, topic, plugin, version, since_ms, users, \
+                 until_offsets, actor, started_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6::text::json, $7::text::json, $8, now(), now()) \
+             RETURNING id",
+        )
+        .bind(group)
+        .bind(topic)
+        .bind(&record.plugin)
+        .bind(&record.version)
+        .bind(record.since_ms)
+        .bind(users)
+        .bind(serde_json::to_string(&until).context("encoding the backfill's offsets")?)
+        .bind(actor)
+        .fetch_one(self.pool())
+        .await
+        .context("recording the backfill")?;
+        Ok(id)
+    }
+
+    /// Marks a backfill done.
+    pub async fn finish_backfill(&self, id: i64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE plugin_backfills SET finished_at = now(), updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .context("marking the backfill done")?;
+        Ok(())
+    }
+}

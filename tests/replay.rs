@@ -1,0 +1,427 @@
+//! `pulsehub backfill`, `reconcile` and `rebuild --profiles` against the
+//! real broker, PostgreSQL and Redis, the pipeline running: the commands run
+//! as an operator runs them, beside a `pulsehub run` of the test's own.
+//!
+//! The `chaos` fixture is the plugin under test: a `count` event adds its
+//! `count-step` (1 by default) to `chaos_count`, so a count is exact only if
+//! every event was counted once, by the right version.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use support::db::TestDb;
+use support::hub::{ADMIN_TOKEN, PulseHub, SERIAL, tail};
+use support::kafka::{produce_in_flight, producer, topics};
+use support::plugins::{builtin_plugin_dir, chaos_package};
+use support::services::{kafka_brokers, redis_url};
+use support::workload::{KindCounts, counted_events};
+
+/// A `pulsehub run` with Redis, admin uploads and a plugin registry the
+/// commands share with it.
+struct Setup {
+    topic: String,
+    database: TestDb,
+    registry: tempfile::TempDir,
+    _plugins: tempfile::TempDir,
+    hub: PulseHub,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let topic = topics(2).await;
+        let database = TestDb::create().await;
+        let plugins = builtin_plugin_dir();
+        let registry = tempfile::tempdir().expect("tempdir");
+        let registry_dir = registry.path().display().to_string();
+        let redis = redis_url();
+        let mut hub = PulseHub::services_with_admin(
+            &topic,
+            database.url(),
+            plugins.path(),
+            &[
+                ("PULSEHUB_REDIS_URL", &redis),
+                ("PULSEHUB_PLUGIN_REGISTRY_DIR", &registry_dir),
+            ],
+        );
+        hub.wait_ready().await;
+        Setup {
+            topic,
+            database,
+            registry,
+            _plugins: plugins,
+            hub,
+        }
+    }
+
+    /// `pulsehub <args>` with the instance's configuration.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pulsehub"));
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("USER", "operator")
+            .env("PULSEHUB_KAFKA_BROKERS", kafka_brokers())
+            .env("PULSEHUB_KAFKA_TOPIC", &self.topic)
+            .env("PULSEHUB_KAFKA_GROUP", format!("{}-enrich", self.topic))
+            .env(
+                "PULSEHUB_KAFKA_ARCHIVE_GROUP",
+                format!("{}-archive", self.topic),
+            )
+            .env("PULSEHUB_DATABASE_URL", self.database.url())
+            .env("PULSEHUB_REDIS_URL", redis_url())
+            .env("PULSEHUB_REDIS_KEY_PREFIX", format!("{}:", self.topic))
+            .env("PULSEHUB_PLUGIN_REGISTRY_DIR", self.registry.path());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pulsehub")
+    }
+
+    async fn upload_chaos(&self, version: &str, extra: &str) {
+        let (manifest, component) = chaos_package(version, extra);
+        let (status, body) = self
+            .hub
+            .put_plugin(
+                "chaos",
+                Some(&manifest),
+                Some(&component),
+                Some(ADMIN_TOKEN),
+            )
+            .await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+    }
+
+    /// Waits until every user of `want` has the `page_views` and
+    /// `chaos_count` it gives, as the API serves them.
+    async fn wait_counts(&self, want: &KindCounts) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut wrong = Vec::new();
+            for (user, (views, counted)) in want {
+                let profile = self.hub.profile(user).await.unwrap_or(Value::Null);
+                let value = |name: &str| profile["attributes"][name]["value"].as_i64().unwrap_or(0);
+                if (value("page_views"), value("chaos_count")) != (*views, *counted) {
+                    wrong.push(format!(
+                        "{user}: page_views {}, chaos_count {}; want {views}, {counted}",
+                        value("page_views"),
+                        value("chaos_count")
+                    ));
+                }
+            }
+            if wrong.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} users wrong, e.g.\n{}\nlog:\n{}",
+                wrong.len(),
+                wrong[..wrong.len().min(5)].join("\n"),
+                tail(&self.hub.log_text(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn sql<T>(&self, query: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let pool = sqlx::PgPool::connect(self.database.url())
+            .await
+            .expect("connect to the test database");
+        let rows = sqlx::query_as(query)
+            .fetch_all(&pool)
+            .await
+            .expect("query the test database");
+        pool.close().await;
+        rows
+    }
+
+    /// Every profile's attribute values, as PostgreSQL holds them.
+    async fn values(&self) -> BTreeMap<String, BTreeMap<String, Value>> {
+        let rows: Vec<(String, String)> = self
+            .sql("SELECT user_id, profile::text FROM profiles")
+            .await;
+        rows.into_iter()
+            .map(|(user, text)| {
+                let profile: Value = serde_json::from_str(&text).expect("a profile");
+                let values = profile["attributes"]
+                    .as_object()
+                    .expect("attributes")
+                    .iter()
+                    .map(|(name, a)| (name.clone(), a["value"].clone()))
+                    .collect();
+                (user, values)
+            })
+            .collect()
+    }
+}
+
+/// The JSON a successful command prints.
+fn summary(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("a JSON summary on stdout")
+}
+
+/// `counts` (user to page views and counted events) plus `more`.
+fn add(counts: &mut KindCounts, more: &KindCounts) {
+    for (user, (views, counted)) in more {
+        let entry = counts.entry(user.clone()).or_default();
+        entry.0 += views;
+        entry.1 += counted;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_plugin_is_backfilled_exactly_while_events_flow_even_when_killed() {
+    let _serial = SERIAL.lock().await;
+    let setup = Setup::start().await;
+    let producer = producer();
+    // 10,000 events before the plugin exists, 10,000 after.
+    let (before, counts1) = counted_events("bf", "p1", 1_000, 10, 2);
+    produce_in_flight(&producer, &setup.topic, &before).await;
+    let views_only: KindCounts = counts1
+        .clone()
+        .into_iter()
+        .map(|(user, (views, _))| (user, (views, 0)))
+        .collect();
+    setup.wait_counts(&views_only).await;
+    setup.upload_chaos("0.1.0", "").await;
+
+    let (after, counts2) = counted_events("bf", "p2", 1_000, 10, 2);
+    let (first, second) = after.split_at(after.len() / 2);
+    produce_in_flight(&producer, &setup.topic, first).await;
+    // Slow enough to be caught between pages: 500 users (some 7,500
+    // events) a page, 300 events a second.
+    let mut backfill: Child = setup
+        .command(&["backfill", "--plugin", "chaos", "--max-rate", "300"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the backfill");
+    produce_in_flight(&producer, &setup.topic, second).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: Vec<(Option<String>,)> =
+            setup.sql("SELECT after_user FROM plugin_backfills").await;
+        if done.first().is_some_and(|(after,)| after.is_some()) {
+            break;
+        }
+        if let Some(status) = backfill.try_wait().expect("poll the backfill") {
+            let output = backfill.wait_with_output().expect("backfill output");
+            panic!(
+                "the backfill ended ({status}) before it could be killed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        assert!(Instant::now() < deadline, "no backfill page done in 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    backfill.kill().expect("SIGKILL the backfill");
+    backfill.wait().expect("reap the backfill");
+    let rows: Vec<(Option<String>, bool)> = setup
+        .sql("SELECT after_user, finished_at IS NOT NULL FROM plugin_backfills")
+        .await;
+    let (after_user, finished) = rows[0].clone();
+    let progress: Vec<(String,)> = setup
+        .sql("SELECT row_to_json(b)::text FROM plugin_backfills b")
+        .await;
+    assert!(!finished, "killed halfway, at {after_user:?}: {progress:?}");
+    assert_ne!(after_user.as_deref(), Some("bf-u999"), "{progress:?}");
+
+    let done = summary(&setup.run(&["backfill", "--plugin", "chaos"]));
+    assert_eq!(done["resumed"], true, "{done}");
+    assert_eq!(done["plugin"], "chaos");
+    assert_eq!(done["version"], "0.1.0");
+
+    let mut want = counts1.clone();
+    add(&mut want, &counts2);
+    setup.wait_counts(&want).await;
+    // Nothing else moved: the page views are the events' own.
+    let values = setup.values().await;
+    for (user, (views, counted)) in &want {
+        assert_eq!(values[user]["page_views"], *views, "{user}");
+        assert_eq!(values[user]["chaos_count"], *counted, "{user}");
+    }
+
+    // Done means done: again, nothing changes.
+    let again = summary(&setup.run(&["backfill", "--plugin", "chaos"]));
+    assert_eq!(again["resumed"], false, "{again}");
+    assert_eq!(again["changed"], 0, "{again}");
+    let audit: Vec<(String, String, String)> = setup
+        .sql("SELECT actor, operation, outcome FROM operation_audit ORDER BY id")
+        .await;
+    assert_eq!(
+        audit,
+        vec![
+            ("cli:operator".into(), "backfill".into(), "done".into()),
+            ("cli:operator".into(), "backfill".into(), "done".into()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_version_is_recomputed_then_reconciled_repaired_and_rebuilt() {
+    let _serial = SERIAL.lock().await;
+    let setup = Setup::start().await;
+    let producer = producer();
+    setup.upload_chaos("0.1.0", "").await;
+    let (before, counts1) = counted_events("rv", "p1", 300, 10, 2);
+    produce_in_flight(&producer, &setup.topic, &before).await;
+    setup.wait_counts(&counts1).await;
+    // v2 counts by 1,000: from here on, and over the history once
+    // backfilled.
+    setup
+        .upload_chaos("0.2.0", "[config]\ncount-step = \"1000\"")
+        .await;
+    let (after, counts2) = counted_events("rv", "p2", 300, 10, 2);
+    produce_in_flight(&producer, &setup.topic, &after).await;
+    let mut live = counts1.clone();
+    for (user, (views, counted)) in &counts2 {
+        let entry = live.get_mut(user).expect("same users");
+        entry.0 += views;
+        entry.1 += counted * 1_000;
+    }
+    setup.wait_counts(&live).await;
+
+    // Healthy: the replay through the timeline agrees with every profile.
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["discrepancies"], 0, "{report}");
+    assert_eq!(report["checked"], 300, "{report}");
+
+    let done = summary(&setup.run(&["backfill", "--plugin", "chaos", "--version", "0.2.0"]));
+    assert_eq!(done["users"], 300, "{done}");
+    let mut want = counts1.clone();
+    add(&mut want, &counts2);
+    for counted in want.values_mut() {
+        counted.1 *= 1_000;
+    }
+    setup.wait_counts(&want).await;
+    // The timeline and the backfill still explain every profile.
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["discrepancies"], 0, "{report}");
+
+    // Behind PulseHub's back: one attribute in PostgreSQL, another in Redis.
+    let _: Vec<(i64,)> = setup
+        .sql(
+            "WITH edited AS (UPDATE profiles SET profile = jsonb_set(profile::jsonb, \
+             '{attributes,chaos_count,value}', '7')::json WHERE user_id = 'rv-u1' RETURNING 1) \
+             SELECT count(*) FROM edited",
+        )
+        .await;
+    let key = format!("{}:profile:rv-u2", setup.topic);
+    let mut redis = redis::Client::open(redis_url())
+        .expect("Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let body: String = redis::cmd("HGET")
+        .arg(&key)
+        .arg("body")
+        .query_async(&mut redis)
+        .await
+        .expect("the cached profile of rv-u2");
+    let mut body: Value = serde_json::from_str(&body).expect("a cached profile");
+    body["attributes"]["page_views"]["value"] = 9_999.into();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("body")
+        .arg(body.to_string())
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
+
+    let output = setup.run(&["reconcile", "--all"]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a report");
+    assert_eq!(report["discrepancies"], 2, "{report}");
+    let found: Vec<(String, String, String, Value, Value)> = report["found"]
+        .as_array()
+        .expect("found")
+        .iter()
+        .map(|d| {
+            (
+                d["user"].as_str().unwrap_or_default().to_owned(),
+                d["store"].as_str().unwrap_or_default().to_owned(),
+                d["attribute"].as_str().unwrap_or_default().to_owned(),
+                d["stored"].clone(),
+                d["recomputed"].clone(),
+            )
+        })
+        .collect();
+    let u1 = want["rv-u1"].1;
+    let u2 = want["rv-u2"].0;
+    assert_eq!(
+        found,
+        vec![
+            (
+                "rv-u1".into(),
+                "postgres".into(),
+                "chaos_count".into(),
+                7.into(),
+                u1.into()
+            ),
+            (
+                "rv-u2".into(),
+                "redis".into(),
+                "page_views".into(),
+                9_999.into(),
+                u2.into()
+            ),
+        ]
+    );
+    let repaired = summary(&setup.run(&["reconcile", "--all", "--repair"]));
+    assert_eq!(repaired["repaired"], 2, "{repaired}");
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["discrepancies"], 0, "{report}");
+    setup.wait_counts(&want).await;
+
+    // Damage: profiles lost and one overwritten; rebuilt from the archive.
+    let healthy = setup.values().await;
+    let _: Vec<(i64,)> = setup
+        .sql(
+            "WITH gone AS (DELETE FROM profiles WHERE user_id LIKE 'rv-u1%' RETURNING 1) \
+             SELECT count(*) FROM gone",
+        )
+        .await;
+    let _: Vec<(i64,)> = setup
+        .sql(
+            "WITH edited AS (UPDATE profiles SET profile = jsonb_set(profile::jsonb, \
+             '{attributes,page_views,value}', '0')::json WHERE user_id = 'rv-u2' RETURNING 1) \
+             SELECT count(*) FROM edited",
+        )
+        .await;
+    assert_ne!(setup.values().await, healthy);
+    let rebuilt = summary(&setup.run(&["rebuild", "--profiles"]));
+    assert_eq!(rebuilt["users"], 300, "{rebuilt}");
+    assert_eq!(
+        rebuilt["rewritten"], 112,
+        "111 users rv-u1*, and rv-u2: {rebuilt}"
+    );
+    assert_eq!(setup.values().await, healthy);
+    setup.wait_counts(&want).await;
+
+    let audit: Vec<(String, String)> = setup
+        .sql("SELECT operation, outcome FROM operation_audit ORDER BY id")
+        .await;
+    assert_eq!(
+        audit,
+        vec![
+            ("backfill".into(), "done".into()),
+            ("reconcile-repair".into(), "done".into()),
+            ("rebuild-profiles".into(), "done".into()),
+        ]
+    );
+}
