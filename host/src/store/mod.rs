@@ -83,8 +83,10 @@ pub struct Commit<'a> {
     pub plugins: &'a [PluginVersion],
     /// The caller's copies of some of the changed profiles, as it last
     /// committed them. A store may start from these instead of reading them;
-    /// a copy that is not the stored revision then makes the commit fail
-    /// (a [`StoreError`], retried without copies), never overwrite.
+    /// a copy that is not the stored revision is never written over: the
+    /// store applies the changes to the stored profile instead (PostgreSQL,
+    /// under the row lock), or fails the commit (a [`StoreError`], retried
+    /// without copies).
     pub known: HashMap<String, Profile>,
     /// Wall-clock time of the commit, for `created_at`/`updated_at`.
     pub now_ms: i64,

@@ -6,7 +6,8 @@
 //! offsets, read the profiles the lane has no copy of, apply the merged
 //! changes in Rust with [`Profile::apply`], write every profile in one
 //! multi-row statement that replaces only the revision each was computed
-//! from, commit. The schema is in `migrations/`, embedded in the binary.
+//! from (the few another writer changed meanwhile are read again, locked,
+//! and written once more), commit. The schema is in `migrations/`, embedded in the binary.
 
 mod audit;
 pub mod replay;
@@ -293,8 +294,9 @@ async fn offsets_are_expected(
 /// Applies `changes` to the profiles they touch, as they are now, in user
 /// order. A profile comes from `known` when the caller holds a copy, else it
 /// is read, without a lock: [`write_profiles`] replaces only the revision a
-/// profile was computed from, so a copy or a read that another commit has
-/// overtaken fails the batch instead of overwriting.
+/// profile was computed from, so a copy or a read that another writer has
+/// overtaken is never written over: the commit reads it again under the row
+/// lock and applies the changes once more.
 async fn apply_changes(
     tx: &mut Transaction<'_, Postgres>,
     changes: &ProfileChanges,
