@@ -1,8 +1,11 @@
 //! Load generator and raw-consume meter for `scripts/bench-pipeline.sh`.
 //!
-//! - `kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform]`:
+//! - `kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform] [FIRST]`:
 //!   produces EVENTS events of the wire format (contract §3), keyed by user
-//!   id, a third of them page views, and prints the rate. The users take
+//!   id, a third of them page views, and prints the rate. Events are
+//!   numbered from FIRST (default 0), which gives their ids and times: a
+//!   second batch to the same topic starts where the first ended, so the
+//!   archive (idempotent by event id) keeps both. The users take
 //!   turns (`round-robin`, the default, which the README's figures used), or
 //!   each event's user is drawn uniformly at random from USERS (`uniform`,
 //!   with a fixed seed so runs repeat), as real traffic spreads.
@@ -34,17 +37,18 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("argument {} is not a number", i + 1))
     };
     match args.first().map(String::as_str) {
-        Some("produce") if args.len() == 5 || args.len() == 6 => {
+        Some("produce") if (5..=7).contains(&args.len()) => {
             let spread = match args.get(5).map(String::as_str) {
                 None | Some("round-robin") => Spread::RoundRobin,
                 Some("uniform") => Spread::Uniform,
                 Some(other) => bail!("unknown spread `{other}`: round-robin or uniform"),
             };
-            produce(&args[1], &args[2], number(3)?, number(4)?, spread)
+            let first = if args.len() == 7 { number(6)? } else { 0 };
+            produce(&args[1], &args[2], first, number(3)?, number(4)?, spread)
         }
         Some("consume") if args.len() == 4 => consume(&args[1], &args[2], number(3)?),
         _ => bail!(
-            "usage: kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform] \
+            "usage: kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform] [FIRST] \
              | consume BROKERS TOPIC EVENTS"
         ),
     }
@@ -60,6 +64,7 @@ enum Spread {
 fn produce(
     brokers: &str,
     topic: &str,
+    first: u64,
     events: u64,
     users: u64,
     spread: Spread,
@@ -75,7 +80,7 @@ fn produce(
     let started = Instant::now();
     let base_ms: i64 = 1_795_000_000_000;
     let mut rng = SplitMix64(0x005e_ed0f_b37c_2a91);
-    for i in 0..events {
+    for i in first..first + events {
         let u = match spread {
             Spread::RoundRobin => i % users.max(1),
             Spread::Uniform => rng.below(users.max(1)),
