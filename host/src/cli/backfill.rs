@@ -282,7 +282,7 @@ async fn run_backfill(
         "events": counts.events,
         "changed": counts.changed,
         "retried": counts.retried,
-        "plugin_failures": counts.plugin_failures,
+        "plugin_failures": replay.replayer.failures,
         "seconds": seconds,
         "events_per_second": if seconds > 0.0 { counts.events as f64 / seconds } else { 0.0 },
     });

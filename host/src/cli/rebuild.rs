@@ -292,7 +292,7 @@ async fn replay_profiles(
         "events": replay.counts.events,
         "rewritten": rewritten,
         "retried": replay.counts.retried,
-        "plugin_failures": replay.counts.plugin_failures,
+        "plugin_failures": replay.replayer.failures,
         "resumed_after": resumed_after,
         "seconds": started.elapsed().as_secs_f64(),
     });

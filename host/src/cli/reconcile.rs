@@ -138,7 +138,7 @@ async fn check(
         "found": found,
         "repaired": repaired,
         "retried": replay.counts.retried,
-        "plugin_failures": replay.counts.plugin_failures,
+        "plugin_failures": replay.replayer.failures,
         "seconds": started.elapsed().as_secs_f64(),
     });
     let code = if count == 0 || repair == Repair::Found {

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use serde::{Deserialize, Serialize};
 
 use crate::model::event::Event;
 use crate::model::merge::{AttributeChange, Merger, ProfileChanges};
@@ -92,13 +91,11 @@ impl BackfillRecord {
     }
 }
 
-/// A backfill with its counts.
+/// A backfill with how many users it has done.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub record: BackfillRecord,
-    pub events: i64,
     pub users_done: i64,
-    pub changed: i64,
 }
 
 /// Where an archived event was read from, and when it happened.
@@ -309,29 +306,28 @@ impl Replayer {
     /// `choose(plugin, index)` names (none: the plugin skips it), if that
     /// version subscribes to its kind. Returns the merged changes per user,
     /// as one batch of all the page's events would give them.
-    pub fn replay<'p>(
+    pub fn replay<'p, 'h>(
         &mut self,
         page: &Page,
         plugins: &[&'p str],
-        mut choose: impl FnMut(&'p str, usize) -> Option<String>,
+        mut choose: impl FnMut(&'p str, usize) -> Option<&'h str>,
     ) -> anyhow::Result<ProfileChanges> {
-        let mut work: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        // Borrowed keys: nothing is allocated per event.
+        let mut work: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
         for &plugin in plugins {
             for index in 0..page.events.len() {
                 if let Some(version) = choose(plugin, index) {
-                    work.entry((plugin.to_owned(), version))
-                        .or_default()
-                        .push(index);
+                    work.entry((plugin, version)).or_default().push(index);
                 }
             }
         }
         let mut merger = Merger::new(&page.events);
-        for (key, indices) in work {
-            let plugin = self.versions.get(&key.0, &key.1)?;
+        for ((name, version), indices) in work {
+            let plugin = self.versions.get(name, version)?;
             let runtime = self.versions.runtime.clone();
             let instance = self
                 .instances
-                .entry(key)
+                .entry((name.to_owned(), version.to_owned()))
                 .or_insert_with(|| PluginInstance::new(runtime, plugin.clone()));
             let handle = merger.plugin(plugin.name(), &plugin.version);
             let selected: Vec<usize> = indices
@@ -449,8 +445,9 @@ impl Archive {
     }
 }
 
-/// A replay's counts, for its summary.
-#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// A replay's counts, for its summary (the plugin failures are the
+/// [`Replayer`]'s).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     pub users: u64,
     pub events: u64,
@@ -459,8 +456,6 @@ pub struct Counts {
     /// Users computed again because the live pipeline changed their
     /// profile during the page.
     pub retried: u64,
-    /// Events a plugin failed on during the replay.
-    pub plugin_failures: u64,
 }
 
 mod run;

@@ -71,7 +71,6 @@ impl Replay {
             .archived_events(&self.topic, users, &cut.offsets)
             .await?;
         let page = Page::decode(&self.topic, records);
-        self.counts.plugin_failures = self.replayer.failures;
         Ok((cut, page))
     }
 
@@ -120,9 +119,7 @@ impl Replay {
                 .replayer
                 .replay(&page, &[&record.plugin], |plugin, i| {
                     let user = &page.events[i].user_id;
-                    history
-                        .version_at(plugin, user, page.at[i], Some(record.id))
-                        .map(str::to_owned)
+                    history.version_at(plugin, user, page.at[i], Some(record.id))
                 })?;
             let now = now_ms();
             let owned = |name: &str, attribute: &crate::model::profile::Attribute| {
@@ -143,7 +140,6 @@ impl Replay {
             let refused = self.store.write_recomputed(&profiles, Some(step)).await?;
             self.refresh_cache(&profiles, &refused).await?;
             self.counts.changed += (profiles.len() - refused.len()) as u64;
-            self.counts.plugin_failures = self.replayer.failures;
             if refused.is_empty() {
                 self.counts.users += users.len() as u64;
                 self.counts.events += events as u64;
@@ -180,9 +176,7 @@ impl Replay {
             let plugins: Vec<&str> = history.plugins().into_iter().collect();
             let changes = self.replayer.replay(&page, &plugins, |plugin, i| {
                 let user = &page.events[i].user_id;
-                history
-                    .version_at(plugin, user, page.at[i], None)
-                    .map(str::to_owned)
+                history.version_at(plugin, user, page.at[i], None)
             })?;
             self.counts.events += page.events.len() as u64;
             let now = now_ms();
@@ -230,7 +224,6 @@ impl Replay {
             let written = (repaired.len() - refused.len()) as u64;
             report.repaired += written;
             self.counts.changed += written;
-            self.counts.plugin_failures = self.replayer.failures;
             if refused.is_empty() {
                 break;
             }

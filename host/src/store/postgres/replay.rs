@@ -269,7 +269,7 @@ impl PgStore {
         let rows = sqlx::query(
             "SELECT id, plugin, version, since_ms, users::text AS users, \
                     until_offsets::text AS until_offsets, finished_at IS NOT NULL AS finished, \
-                    after_user, events, users_done, changed \
+                    after_user, users_done \
              FROM plugin_backfills WHERE group_id = $1 AND topic = $2 ORDER BY id",
         )
         .bind(group)
@@ -303,9 +303,7 @@ impl PgStore {
                         finished: row.try_get("finished")?,
                         after_user: row.try_get("after_user")?,
                     },
-                    events: row.try_get("events")?,
                     users_done: row.try_get("users_done")?,
-                    changed: row.try_get("changed")?,
                 })
             })
             .collect::<anyhow::Result<_>>()
