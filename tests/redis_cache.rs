@@ -221,6 +221,42 @@ async fn an_older_revision_never_replaces_a_newer_one() {
     cleanup(&prefix).await;
 }
 
+/// What a backfill or repair does around its PostgreSQL commit: the cached
+/// copy is hidden at the coming revision first, so a command killed before
+/// its write-through leaves a miss, and no older copy comes back.
+#[tokio::test]
+async fn a_retired_profile_misses_until_its_new_revision_is_written() {
+    let prefix = unique_prefix();
+    let cache = cache(&prefix).await;
+    cache.put(&[profile("u", 4, 40)]).await.expect("put v4");
+    let coming = profile("u", 5, 50);
+    cache
+        .retire(std::slice::from_ref(&coming))
+        .await
+        .expect("retire at v5");
+    assert_eq!(cache.get("u").await.expect("get"), None);
+    // A refill that read PostgreSQL before the commit.
+    cache.put(&[profile("u", 4, 40)]).await.expect("put v4");
+    assert_eq!(cache.get("u").await.expect("get"), None);
+    assert_eq!(
+        stored(&prefix, "u").await,
+        (Some("5".into()), Some(String::new()))
+    );
+    // The write-through after the commit, or a refill that read it.
+    cache
+        .put(std::slice::from_ref(&coming))
+        .await
+        .expect("put v5");
+    assert_eq!(cache.get("u").await.expect("get"), Some(coming));
+    // A user never cached misses before and after.
+    cache
+        .retire(&[profile("new", 1, 1)])
+        .await
+        .expect("retire an uncached user");
+    assert_eq!(cache.get("new").await.expect("get"), None);
+    cleanup(&prefix).await;
+}
+
 /// A put of more profiles than one script call takes: every key is
 /// decided on its own revision, across the calls.
 #[tokio::test]

@@ -131,6 +131,28 @@ impl RedisCache {
         self.inner.pending().suspect_all();
     }
 
+    /// Hides the cached copies of `profiles` behind tombstones at the
+    /// revisions they are about to be committed with. A command writing
+    /// PostgreSQL outside the enrich role (backfill, repair, rebuild) calls
+    /// this first: killed between its commit and the write-through, it then
+    /// leaves misses, which reads answer from PostgreSQL, instead of older
+    /// copies that no later write would replace. The write-through replaces
+    /// the tombstones (same revision), as does a refill that read the commit;
+    /// a refill that read before it cannot.
+    pub async fn retire(&self, profiles: &[Profile]) -> StoreResult<()> {
+        let entries: Vec<_> = profiles
+            .iter()
+            .map(|profile| (self.inner.key(&profile.user_id), profile.revision, ""))
+            .collect();
+        for chunk in entries.chunks(KEYS_PER_ROUND_TRIP) {
+            self.inner
+                .run_script(chunk)
+                .await
+                .context("hiding cached profiles before writing them")?;
+        }
+        Ok(())
+    }
+
     /// Deletes every cached profile under the prefix.
     pub async fn flush(&self) -> StoreResult<()> {
         Ok(self.inner.flush_prefix().await?)
