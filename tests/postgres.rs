@@ -154,6 +154,7 @@ async fn migrating_twice_changes_nothing() {
         tables,
         [
             "consumer_offsets",
+            "dead_letter_redrives",
             "events",
             "operation_audit",
             "plugin_audit",

@@ -35,6 +35,7 @@ use crate::plugin::{HostLimits, QuarantinePolicy, Runtime};
 use crate::plugin_ops::audit::AuditLog;
 use crate::plugin_ops::registry::Registry;
 use crate::plugin_ops::{ManagerConfig, PluginManager, watch};
+use crate::replay;
 use crate::store::reader::ProfileReader;
 use crate::telemetry::Metrics;
 use backends::{EnrichPart, Parts};
@@ -102,6 +103,15 @@ impl App {
     /// Connects the backends, restores and loads the plugins, and starts
     /// the pipelines `role` runs.
     pub async fn start(config: &Config, role: Role) -> anyhow::Result<App> {
+        let reconciles = role.archive() && config.reconcile.interval_secs > 0;
+        if reconciles && (config.database.url.is_none() || config.kafka.brokers.is_none()) {
+            anyhow::bail!(
+                "configuration key `reconcile.interval_secs` (PULSEHUB_RECONCILE_INTERVAL_SECS) \
+                 is set, but the scheduled reconcile replays the archive the archive role keeps \
+                 in PostgreSQL: it needs `database.url` and `kafka.brokers` (the embedded mode \
+                 keeps no archive)"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         let parts = Parts::build(config, role, &metrics).await?;
         let stop = CancellationToken::new();
@@ -140,6 +150,13 @@ impl App {
         }
         if let Some((source, archive)) = parts.archive {
             pipelines.push(Pipeline::archive(source, archive, setup)?);
+        }
+        if reconciles {
+            tokio::spawn(replay::run_scheduled(
+                config.clone(),
+                metrics.clone(),
+                stop.clone(),
+            ));
         }
         // A pipeline whose source fails stops the process.
         for pipeline in &pipelines {

@@ -11,30 +11,18 @@
 //! anywhere, even by SIGKILL, goes on from its last page when run again.
 
 use std::collections::BTreeSet;
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::rebuild::{actor, parse_time};
+use super::replaying::{audited, open, progress_bar, wait_until_running};
 use super::run::{init_logging, load_config};
-use pulsehub::config::Config;
-use pulsehub::plugin_ops::registry::Registry;
-use pulsehub::replay::{
-    Archive, BackfillRecord, Counts, History, PAGE_USERS, Replay, Replayer, Versions,
-};
-use pulsehub::store::ProfileStore as _;
-use pulsehub::store::postgres::PgStore;
-use pulsehub::store::redis::RedisCache;
-
-/// How long a backfill waits for the enrich role to run the version on
-/// every partition (its first batch there after the upload).
-const RUNNING_PATIENCE: Duration = Duration::from_secs(120);
+use pulsehub::replay::{BackfillRecord, PAGE_USERS, Replay};
 
 #[derive(Args)]
 pub struct BackfillArgs {
@@ -90,77 +78,6 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Records the outcome in the operation audit and prints the summary.
-pub(super) async fn audited(
-    store: &PgStore,
-    actor: &str,
-    operation: &str,
-    options: serde_json::Value,
-    outcome: anyhow::Result<(serde_json::Value, ExitCode)>,
-) -> anyhow::Result<ExitCode> {
-    match outcome {
-        Ok((mut summary, code)) => {
-            summary["options"] = options;
-            store
-                .audit_operation(actor, operation, "done", &summary)
-                .await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&summary).context("printing the summary")?
-            );
-            Ok(code)
-        }
-        Err(error) => {
-            let detail = json!({ "options": options, "error": format!("{error:#}") });
-            if let Err(audit) = store
-                .audit_operation(actor, operation, "failed", &detail)
-                .await
-            {
-                tracing::warn!("could not record the failed {operation}: {:#}", audit.0);
-            }
-            Err(error)
-        }
-    }
-}
-
-/// The parts of a replay, from the configuration of the services mode.
-pub(super) async fn open(config: &Config, command: &str) -> anyhow::Result<Replay> {
-    let Some(database_url) = config.database.url.as_deref() else {
-        bail!(
-            "configuration key `database.url` (PULSEHUB_DATABASE_URL) is not set: {command} \
-             replays the archive the archive role keeps in PostgreSQL; the embedded mode \
-             keeps none"
-        );
-    };
-    let Some(brokers) = config.kafka.brokers.as_deref() else {
-        bail!(
-            "configuration key `kafka.brokers` (PULSEHUB_KAFKA_BROKERS) is not set: {command} \
-             asks the broker how far the archive role has read"
-        );
-    };
-    let store = PgStore::connect(database_url, 2)?;
-    if config.database.migrate {
-        store.migrate().await?;
-    }
-    let cache = match config.redis.url.as_deref() {
-        Some(url) => {
-            let ttl = Duration::from_secs(config.redis.ttl_secs);
-            Some(RedisCache::connect(url, &config.redis.key_prefix, ttl).await?)
-        }
-        None => None,
-    };
-    let registry = Registry::open(&config.registry_dir())?;
-    Ok(Replay {
-        store,
-        cache,
-        archive: Archive::new(brokers, &config.kafka.archive_group, &config.kafka.topic),
-        replayer: Replayer::new(Versions::open(registry)?),
-        group: config.kafka.group.clone(),
-        topic: config.kafka.topic.clone(),
-        counts: Counts::default(),
-    })
-}
-
 async fn run_backfill(
     replay: &mut Replay,
     args: &BackfillArgs,
@@ -170,14 +87,7 @@ async fn run_backfill(
 ) -> anyhow::Result<(serde_json::Value, ExitCode)> {
     let started = Instant::now();
     let plugin = args.plugin.as_str();
-    let Some(version) = replay
-        .replayer
-        .versions()
-        .current(plugin)
-        .map(str::to_owned)
-    else {
-        bail!("plugin {plugin} is not installed (plugins.registry_dir has no record of it)");
-    };
+    let version = replay.replayer.versions().installed(plugin)?;
     if let Some(wanted) = &args.version
         && *wanted != version
     {
@@ -217,6 +127,7 @@ async fn run_backfill(
                 until,
                 finished: false,
                 after_user: None,
+                page_done: BTreeSet::new(),
             };
             record.id = replay
                 .store
@@ -289,50 +200,6 @@ async fn run_backfill(
     Ok((summary, ExitCode::SUCCESS))
 }
 
-/// Waits until the enrich role runs `version` of `plugin` on every
-/// partition it has committed, and returns where each such stretch began.
-async fn wait_until_running(
-    replay: &Replay,
-    plugin: &str,
-    version: &str,
-) -> anyhow::Result<std::collections::HashMap<i32, i64>> {
-    let started = Instant::now();
-    let mut told = false;
-    loop {
-        let offsets = replay.store.offsets(&replay.group, &replay.topic).await?;
-        let timeline = replay.store.timeline(&replay.group, &replay.topic).await?;
-        let history = History::new(timeline, Vec::new());
-        let running = history.running(plugin);
-        let mut waiting: Vec<i32> = offsets
-            .keys()
-            .filter(|p| running.get(p).is_none_or(|(v, _)| *v != version))
-            .copied()
-            .collect();
-        if waiting.is_empty() {
-            return Ok(running
-                .into_iter()
-                .map(|(partition, (_, from))| (partition, from))
-                .collect());
-        }
-        waiting.sort_unstable();
-        if started.elapsed() > RUNNING_PATIENCE {
-            bail!(
-                "the enrich role has not run {plugin} {version} on partitions {waiting:?} \
-                 after {} s; it starts with the first batch of each partition after the \
-                 upload (is the enrich role running, and is {plugin} active?)",
-                RUNNING_PATIENCE.as_secs()
-            );
-        }
-        if !told {
-            tracing::info!(
-                "waiting for the enrich role to run {plugin} {version} on partitions {waiting:?}"
-            );
-            told = true;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// The user ids of a file, one per line (blank lines skipped).
 fn read_users(path: &Path) -> anyhow::Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(path)
@@ -347,19 +214,4 @@ fn read_users(path: &Path) -> anyhow::Result<BTreeSet<String>> {
         bail!("--users {} names no user", path.display());
     }
     Ok(users)
-}
-
-/// A bar on stderr when it is a terminal (hidden otherwise): `unit`s done
-/// of `total`, the message (events replayed), the rate and the time left.
-pub(super) fn progress_bar(unit: &str, total: u64, done: u64) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total.max(done));
-    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} {{msg}}, {{per_sec}}, {{eta}} left");
-    bar.set_style(
-        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_position(done);
-    bar
 }

@@ -1,7 +1,11 @@
 //! `pulsehub dlq list`: the dead letters counted by why they died, with
 //! samples, from `<topic>.dlq` (or the embedded store's dead-letter table
-//! when no broker is configured).
+//! when no broker is configured). With PostgreSQL configured, letters
+//! `dlq redrive` applied are counted apart (`redriven`) and those that
+//! failed again are shown with their latest error. `dlq redrive` is in
+//! `redrive.rs`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +14,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use pulsehub::kafka::read_dead_letters;
 use pulsehub::pipeline::dead_letter::{DeadLetter, DeadReason, LetterSummary};
 use pulsehub::store::embedded::{self, EmbeddedStore};
+use pulsehub::store::postgres::PgStore;
+use pulsehub::store::postgres::redrive::RedriveOutcome;
 
 use super::run::{init_logging, load_config};
 
@@ -18,6 +24,11 @@ pub enum DlqCommand {
     /// Count the dead letters by reason, plugin version and error kind, with
     /// the first few of each (where they came from, why): JSON on stdout.
     List(ListArgs),
+    /// Run the plugin's current version over the events it was
+    /// dead-lettered on and add its output to the profiles, exactly once;
+    /// letters that fail again stay, with the new error. Needs PostgreSQL
+    /// and the broker. JSON summary on stdout.
+    Redrive(super::redrive::RedriveArgs),
 }
 
 #[derive(Args)]
@@ -47,6 +58,7 @@ enum Reason {
 pub fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     match command {
         DlqCommand::List(args) => list(args),
+        DlqCommand::Redrive(args) => super::redrive::redrive(args),
     }
 }
 
@@ -69,8 +81,35 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let source = match config.kafka.brokers.as_deref() {
         Some(brokers) => {
             let topic = config.kafka.dlq_topic();
+            let redriven = redrive_outcomes(&config)?;
             read_dead_letters(brokers, &topic, |letter| match letter {
-                Ok(letter) if wanted(&letter) => summary.add(letter),
+                Ok(mut letter) if wanted(&letter) => {
+                    let key = letter
+                        .reason
+                        .plugin_failure()
+                        .map(|(plugin, _, _)| (plugin.to_owned(), letter.partition, letter.offset));
+                    match key.and_then(|key| redriven.get(&key)) {
+                        Some(outcome) => match &outcome.error {
+                            None => summary.add_redriven(),
+                            Some((kind, detail)) => {
+                                // Failed again: shown with its new error.
+                                if let DeadReason::PluginError {
+                                    plugin_version,
+                                    kind: old_kind,
+                                    detail: old_detail,
+                                    ..
+                                } = &mut letter.reason
+                                {
+                                    plugin_version.clone_from(&outcome.version);
+                                    *old_kind = kind.parse().unwrap_or(*old_kind);
+                                    old_detail.clone_from(detail);
+                                }
+                                summary.add(letter);
+                            }
+                        },
+                        None => summary.add(letter),
+                    }
+                }
                 Ok(_) => {}
                 // Filtered reads leave out what they cannot classify.
                 Err(why) if args.reason.is_none() && args.plugin.is_none() => {
@@ -108,4 +147,24 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_string_pretty(&report).context("printing the summary")?
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `dlq redrive` recorded of each letter it ran, when PostgreSQL is
+/// configured (none otherwise).
+fn redrive_outcomes(
+    config: &pulsehub::config::Config,
+) -> anyhow::Result<HashMap<(String, i32, i64), RedriveOutcome>> {
+    let Some(url) = config.database.url.as_deref() else {
+        return Ok(HashMap::new());
+    };
+    super::command_runtime()?.block_on(async {
+        let store = PgStore::connect(url, 1)?;
+        if config.database.migrate {
+            store.migrate().await?;
+        }
+        let outcomes = store
+            .redrive_outcomes(&config.kafka.group, &config.kafka.topic)
+            .await?;
+        Ok(outcomes)
+    })
 }

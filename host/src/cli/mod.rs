@@ -5,6 +5,8 @@ pub mod dlq;
 pub mod plugin;
 pub mod rebuild;
 pub mod reconcile;
+mod redrive;
+mod replaying;
 pub mod run;
 mod scaffold;
 

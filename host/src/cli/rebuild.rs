@@ -21,7 +21,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::backfill::progress_bar;
+use super::replaying::progress_bar;
 use super::run::{init_logging, load_config};
 use pulsehub::model::profile::Profile;
 use pulsehub::replay::{PAGE_USERS, Repair, Replay};
@@ -249,11 +249,11 @@ fn rebuild_profiles(args: &RebuildArgs) -> anyhow::Result<ExitCode> {
     let (config, _) = load_config(args.config.as_deref())?;
     init_logging(&config);
     super::command_runtime()?.block_on(async {
-        let mut replay = super::backfill::open(&config, "rebuild --profiles").await?;
+        let mut replay = super::replaying::open(&config, "rebuild --profiles").await?;
         let options = json!({ "restart": args.restart });
         let outcome = replay_profiles(&mut replay, args.restart).await;
         let store = replay.store.clone();
-        super::backfill::audited(&store, &actor(), "rebuild-profiles", options, outcome).await
+        super::replaying::audited(&store, &actor(), "rebuild-profiles", options, outcome).await
     })
 }
 

@@ -3,7 +3,6 @@
 //! PostgreSQL, and PostgreSQL with Redis; `--repair` writes what the replay
 //! computes.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,13 +11,10 @@ use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
 
-use super::backfill::{audited, open, progress_bar};
 use super::rebuild::actor;
+use super::replaying::{audited, open, progress_bar};
 use super::run::{init_logging, load_config};
-use pulsehub::replay::{Discrepancy, PAGE_USERS, Repair, Replay};
-
-/// Discrepancies listed in the report; the counts cover all of them.
-const LISTED: usize = 1_000;
+use pulsehub::replay::{Repair, Replay, Scope};
 
 /// The exit status of a check that found discrepancies and left them.
 const FOUND: u8 = 3;
@@ -82,69 +78,38 @@ async fn check(
     repair: Repair,
 ) -> anyhow::Result<(serde_json::Value, ExitCode)> {
     let started = Instant::now();
-    let mut found: Vec<Discrepancy> = Vec::new();
-    let mut checked = 0;
-    let mut repaired = 0;
-    let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
-    // A sample is drawn at once and split into pages; `--all` pages
-    // through `profiles` by key.
-    let mut sampled = match all {
-        true => Vec::new(),
-        false => replay.store.sample_users(sample).await?,
-    }
-    .into_iter();
-    let total = match all {
-        true => u64::try_from(replay.store.count_profiles(None).await?).unwrap_or(0),
-        false => sampled.len() as u64,
+    let scope = if all {
+        Scope::All
+    } else {
+        Scope::Sample(sample)
+    };
+    let total = match scope {
+        Scope::All => u64::try_from(replay.store.count_profiles(None).await?).unwrap_or(0),
+        Scope::Sample(n) => u64::try_from(n).unwrap_or(0),
     };
     let bar = progress_bar("profiles", total, 0);
-    let mut after: Option<String> = None;
-    loop {
-        let page: Vec<String> = match all {
-            true => {
-                replay
-                    .store
-                    .profile_users_after(after.as_deref(), PAGE_USERS)
-                    .await?
-            }
-            false => sampled.by_ref().take(PAGE_USERS as usize).collect(),
-        };
-        let Some(last) = page.last().cloned() else {
-            break;
-        };
-        let report = replay.check_page(&page, repair, false).await?;
-        checked += report.checked;
-        repaired += report.repaired;
-        for d in report.discrepancies {
-            *by.entry((d.store.to_owned(), d.attribute.clone()))
-                .or_default() += 1;
-            found.push(d);
-        }
-        bar.inc(page.len() as u64);
-        after = Some(last);
-    }
+    let report = replay.check(scope, repair, |n| bar.inc(n)).await?;
     bar.finish_and_clear();
-    let count = found.len();
-    let by_store: Vec<serde_json::Value> = by
-        .into_iter()
+    let by_store: Vec<serde_json::Value> = report
+        .by
+        .iter()
         .map(|((store, attribute), n)| json!({"store": store, "attribute": attribute, "count": n}))
         .collect();
-    found.truncate(LISTED);
-    let report = json!({
-        "checked": checked,
+    let summary = json!({
+        "checked": report.checked,
         "events": replay.counts.events,
-        "discrepancies": count,
+        "discrepancies": report.count,
         "by_attribute": by_store,
-        "found": found,
-        "repaired": repaired,
+        "found": report.found,
+        "repaired": report.repaired,
         "retried": replay.counts.retried,
         "plugin_failures": replay.replayer.failures,
         "seconds": started.elapsed().as_secs_f64(),
     });
-    let code = if count == 0 || repair == Repair::Found {
+    let code = if report.count == 0 || repair == Repair::Found {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(FOUND)
     };
-    Ok((report, code))
+    Ok((summary, code))
 }

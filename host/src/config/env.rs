@@ -120,6 +120,16 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "pipeline.profile_cache_mib",
         Kind::Number,
     ),
+    (
+        "PULSEHUB_RECONCILE_INTERVAL_SECS",
+        "reconcile.interval_secs",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_RECONCILE_SAMPLE",
+        "reconcile.sample",
+        Kind::Number,
+    ),
     ("PULSEHUB_ADMIN_TOKEN", "admin.token", Kind::Text),
     ("PULSEHUB_LOG", "log.filter", Kind::Text),
     ("PULSEHUB_LOG_FORMAT", "log.format", Kind::Text),

@@ -27,7 +27,7 @@ use env::env_value;
 pub use env::{ENV_KEYS, Kind};
 pub use sections::{
     AdminConfig, DatabaseConfig, EmbeddedConfig, HttpConfig, KafkaConfig, LogConfig, LogFormat,
-    PipelineConfig, PluginsConfig, RedisConfig, defaults,
+    PipelineConfig, PluginsConfig, ReconcileConfig, RedisConfig, defaults,
 };
 pub use validate::ConfigError;
 use validate::key_error;
@@ -56,6 +56,9 @@ pub struct Config {
     /// Lanes and batch bounds.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The archive role's scheduled reconcile.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     /// The token of the admin routes.
     #[serde(default)]
     pub admin: AdminConfig,

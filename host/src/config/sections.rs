@@ -48,6 +48,10 @@ pub mod defaults {
     pub const BATCH_MAX_WAIT_MS: u64 = 1_000;
     pub const PROFILE_CACHE_MIB: usize = 64;
 
+    /// 0: the archive role runs no scheduled reconcile.
+    pub const RECONCILE_INTERVAL_SECS: u64 = 0;
+    pub const RECONCILE_SAMPLE: i64 = 1_000;
+
     pub const LOG_FILTER: &str = "info";
 }
 
@@ -276,6 +280,28 @@ impl Default for PipelineConfig {
             batch_max_mib: defaults::BATCH_MAX_MIB,
             batch_max_wait_ms: defaults::BATCH_MAX_WAIT_MS,
             profile_cache_mib: defaults::PROFILE_CACHE_MIB,
+        }
+    }
+}
+
+/// `[reconcile]`: the archive role's scheduled check of the profiles
+/// against the archive (what `pulsehub reconcile --sample N` does, without
+/// repairing), exported as metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Seconds between two runs; 0 = none. It needs the enrich role's
+    /// plugin registry (`plugins.registry_dir`) to replay the versions.
+    pub interval_secs: u64,
+    /// Profiles checked each run, picked at random.
+    pub sample: i64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: defaults::RECONCILE_INTERVAL_SECS,
+            sample: defaults::RECONCILE_SAMPLE,
         }
     }
 }

@@ -119,6 +119,9 @@ impl Config {
                 "must be between 1 and 100",
             ));
         }
+        if self.reconcile.sample < 1 {
+            return Err(key_error("reconcile.sample", "must be at least 1"));
+        }
         if let Some(token) = &self.admin.token
             && token.len() < 16
         {

@@ -84,6 +84,8 @@ pub struct LetterSummary {
     /// Messages of the dead-letter topic that PulseHub did not write (no
     /// readable `pulsehub-*` headers).
     unreadable: u64,
+    /// Letters `pulsehub dlq redrive` applied: out of the groups.
+    redriven: u64,
     groups: BTreeMap<GroupKey, LetterGroup>,
 }
 
@@ -164,10 +166,17 @@ impl LetterSummary {
         self.unreadable += 1;
     }
 
+    /// A letter whose event a re-drive applied: it no longer needs anyone.
+    pub fn add_redriven(&mut self) {
+        self.total += 1;
+        self.redriven += 1;
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "total": self.total,
             "unreadable": self.unreadable,
+            "redriven": self.redriven,
             "groups": self.groups.values().collect::<Vec<_>>(),
         })
     }
@@ -214,9 +223,11 @@ mod tests {
         summary.add(letter(4, failed("chaos", "0.1.0", ErrorKind::Trap)));
         summary.add(letter(5, failed("chaos", "0.2.0", ErrorKind::Trap)));
         summary.add_unreadable();
+        summary.add_redriven();
         let groups = summary.to_json()["groups"].clone();
-        assert_eq!(summary.to_json()["total"], 6);
+        assert_eq!(summary.to_json()["total"], 7);
         assert_eq!(summary.to_json()["unreadable"], 1);
+        assert_eq!(summary.to_json()["redriven"], 1);
         assert_eq!(
             groups,
             json!([

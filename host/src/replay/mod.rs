@@ -30,13 +30,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use sync_wrapper::SyncWrapper;
 
 use crate::model::event::Event;
 use crate::model::merge::{AttributeChange, Merger, ProfileChanges};
 use crate::model::profile::Profile;
 use crate::model::update::Value;
 use crate::plugin::chain::MAX_EVENTS_PER_CALL;
-use crate::plugin::{HostLimits, Manifest, Plugin, PluginInstance, Runtime};
+use crate::plugin::{ErrorKind, HostLimits, Manifest, Plugin, PluginInstance, Runtime};
 use crate::plugin_ops::registry::Registry;
 use crate::store::TimelineEntry;
 use crate::store::postgres::replay::ArchivedRecord;
@@ -48,13 +49,18 @@ pub const PAGE_USERS: i64 = 500;
 /// a cut before it gives up.
 pub const ARCHIVE_PATIENCE: Duration = Duration::from_secs(120);
 
-/// A page's profiles and the enrich offsets, read in one snapshot.
+/// A page's profiles, the enrich offsets, and what backfills and
+/// re-drives did, read in one snapshot: the profiles hold exactly the
+/// changes of the records below the offsets, as amended by those.
 #[derive(Debug, Clone, Default)]
 pub struct Cut {
     /// Partition to the next offset the enrich group will read.
     pub offsets: HashMap<i32, i64>,
     /// The page's stored profiles (users without one are absent).
     pub profiles: HashMap<String, Profile>,
+    pub backfills: Vec<Recorded>,
+    /// The page's users' dead letters re-driven with success.
+    pub redriven: Vec<Redriven>,
 }
 
 /// One backfill of a plugin version, as recorded in `plugin_backfills`.
@@ -73,6 +79,9 @@ pub struct BackfillRecord {
     pub finished: bool,
     /// The last user done, in byte order.
     pub after_user: Option<String>,
+    /// Users after `after_user` written by an earlier round of the page
+    /// under way (see [`crate::store::postgres::Step::Backfill`]).
+    pub page_done: BTreeSet<String>,
 }
 
 impl BackfillRecord {
@@ -87,7 +96,8 @@ impl BackfillRecord {
                 || self
                     .after_user
                     .as_deref()
-                    .is_some_and(|after| user <= after))
+                    .is_some_and(|after| user <= after)
+                || self.page_done.contains(user))
     }
 }
 
@@ -113,6 +123,9 @@ pub struct History {
     stretches: Vec<TimelineEntry>,
     /// Oldest first.
     backfills: Vec<BackfillRecord>,
+    /// Plugin to (partition, offset) to the version `dlq redrive` applied to
+    /// that dead-lettered event.
+    redriven: HashMap<String, HashMap<(i32, i64), String>>,
 }
 
 impl History {
@@ -120,7 +133,20 @@ impl History {
         Self {
             stretches,
             backfills,
+            redriven: HashMap::new(),
         }
+    }
+
+    /// This history with the dead letters re-driven so far: plugin,
+    /// partition, offset, and the version applied.
+    pub fn with_redriven(mut self, redriven: Vec<Redriven>) -> Self {
+        for r in redriven {
+            self.redriven
+                .entry(r.plugin)
+                .or_default()
+                .insert((r.partition, r.offset), r.version);
+        }
+        self
     }
 
     /// Every plugin named in it.
@@ -144,8 +170,9 @@ impl History {
     /// The version of `plugin` whose output the profile of `user` holds for
     /// the event `at`, if any: that of the latest backfill done for the user
     /// whose range holds the event (none when the event is older than its
-    /// `since`), else that of the stretch of the timeline that ran over it.
-    /// `assume_done` counts that backfill as done for the user.
+    /// `since`), else the one `dlq redrive` applied to it, else that of the
+    /// stretch of the timeline that ran over it. `assume_done` counts that
+    /// backfill as done for the user.
     pub fn version_at(
         &self,
         plugin: &str,
@@ -153,16 +180,16 @@ impl History {
         at: At,
         assume_done: Option<i64>,
     ) -> Option<&str> {
-        let backfill = self.backfills.iter().rev().find(|b| {
-            b.plugin == plugin
-                && (b.done_for(user) || (assume_done == Some(b.id) && b.covers(user)))
-                && b.until
-                    .get(&at.partition)
-                    .is_some_and(|&until| at.offset < until)
-        });
-        if let Some(b) = backfill {
+        if let Some(b) = self.backfill_at(plugin, user, at, assume_done) {
             let counted = b.since_ms.is_none_or(|since| at.time_ms >= since);
             return counted.then_some(b.version.as_str());
+        }
+        if let Some(version) = self
+            .redriven
+            .get(plugin)
+            .and_then(|events| events.get(&(at.partition, at.offset)))
+        {
+            return Some(version);
         }
         self.stretches
             .iter()
@@ -174,6 +201,34 @@ impl History {
             })
             .map(|s| s.version.as_str())
     }
+
+    /// The latest backfill of `plugin` done for `user` (or `assume_done`)
+    /// that recomputed the event `at`.
+    pub fn backfill_at(
+        &self,
+        plugin: &str,
+        user: &str,
+        at: At,
+        assume_done: Option<i64>,
+    ) -> Option<&BackfillRecord> {
+        self.backfills.iter().rev().find(|b| {
+            b.plugin == plugin
+                && (b.done_for(user) || (assume_done == Some(b.id) && b.covers(user)))
+                && b.until
+                    .get(&at.partition)
+                    .is_some_and(|&until| at.offset < until)
+        })
+    }
+}
+
+/// A dead-lettered event `dlq redrive` ran a plugin version over, with
+/// success: the profile holds that version's output for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redriven {
+    pub plugin: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub version: String,
 }
 
 /// The plugin versions of the registry, loaded on first use.
@@ -215,6 +270,16 @@ impl Versions {
         self.current.get(plugin).map(String::as_str)
     }
 
+    /// [`Versions::current`], or an error naming the plugin.
+    pub fn installed(&self, plugin: &str) -> anyhow::Result<String> {
+        match self.current(plugin) {
+            Some(version) => Ok(version.to_owned()),
+            None => {
+                bail!("plugin {plugin} is not installed (plugins.registry_dir has no record of it)")
+            }
+        }
+    }
+
     /// `version` of `plugin`, compiled (from wasmtime's cache when the
     /// enrich role compiled it before).
     pub fn get(&mut self, plugin: &str, version: &str) -> anyhow::Result<Arc<Plugin>> {
@@ -245,7 +310,10 @@ impl Versions {
 /// Runs plugin versions over archived events, one instance per version.
 pub struct Replayer {
     versions: Versions,
-    instances: HashMap<(String, String), PluginInstance>,
+    /// A wasmtime store is not `Sync`, and a replay's futures hold shared
+    /// borrows of it across awaits (the scheduled reconcile runs on the
+    /// multi-threaded runtime): only `&mut` reaches the instances.
+    instances: SyncWrapper<HashMap<(String, String), PluginInstance>>,
     /// Events a plugin failed on (the live pipeline dead-lettered them too,
     /// for a plugin that fails the same way on the same event).
     pub failures: u64,
@@ -293,7 +361,7 @@ impl Replayer {
     pub fn new(versions: Versions) -> Self {
         Self {
             versions,
-            instances: HashMap::new(),
+            instances: SyncWrapper::new(HashMap::new()),
             failures: 0,
         }
     }
@@ -310,7 +378,20 @@ impl Replayer {
         &mut self,
         page: &Page,
         plugins: &[&'p str],
+        choose: impl FnMut(&'p str, usize) -> Option<&'h str>,
+    ) -> anyhow::Result<ProfileChanges> {
+        self.replay_reporting(page, plugins, choose, |_, _, _| {})
+    }
+
+    /// [`Replayer::replay`], telling `failed` of each event a version
+    /// failed on (its index, the kind of error and what it said); that
+    /// event's updates from that version are left out.
+    pub fn replay_reporting<'p, 'h>(
+        &mut self,
+        page: &Page,
+        plugins: &[&'p str],
         mut choose: impl FnMut(&'p str, usize) -> Option<&'h str>,
+        mut failed: impl FnMut(usize, ErrorKind, String),
     ) -> anyhow::Result<ProfileChanges> {
         // Borrowed keys: nothing is allocated per event.
         let mut work: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
@@ -327,6 +408,7 @@ impl Replayer {
             let runtime = self.versions.runtime.clone();
             let instance = self
                 .instances
+                .get_mut()
                 .entry((name.to_owned(), version.to_owned()))
                 .or_insert_with(|| PluginInstance::new(runtime, plugin.clone()));
             let handle = merger.plugin(plugin.name(), &plugin.version);
@@ -338,10 +420,11 @@ impl Replayer {
                 let batch: Vec<&Event> = chunk.iter().map(|&i| &page.events[i]).collect();
                 for (&index, result) in chunk.iter().zip(instance.enrich(&batch)) {
                     let merged = result
-                        .map_err(|_| ())
-                        .and_then(|updates| merger.add(handle, index, updates).map_err(|_| ()));
-                    if merged.is_err() {
+                        .map_err(|error| (error.kind, error.message))
+                        .and_then(|updates| merger.add(handle, index, updates));
+                    if let Err((kind, detail)) = merged {
                         self.failures += 1;
+                        failed(index, kind, detail);
                     }
                 }
             }
@@ -458,9 +541,15 @@ pub struct Counts {
     pub retried: u64,
 }
 
+mod check;
+mod redrive;
 mod run;
+mod schedule;
 
+pub use check::{CheckReport, LISTED, Scope};
+pub use redrive::{Letter, RedriveReport};
 pub use run::{Discrepancy, PageReport, Repair, Replay};
+pub use schedule::run_scheduled;
 
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use anyhow::bail;
+
 use serde::Serialize;
 
+use super::Versions;
 use super::{Archive, BackfillRecord, Counts, Cut, History, Page, Replayer, recomputed, values};
+use crate::config::Config;
 use crate::model::profile::{Profile, now_ms};
+use crate::plugin_ops::registry::Registry;
 use crate::store::postgres::PgStore;
 use crate::store::postgres::replay::Step;
 use crate::store::redis::RedisCache;
@@ -61,6 +66,45 @@ pub struct PageReport {
 }
 
 impl Replay {
+    /// The parts of a replay, from the configuration of the services mode;
+    /// `command` names what needs them in the errors.
+    pub async fn open(config: &Config, command: &str) -> anyhow::Result<Replay> {
+        let Some(database_url) = config.database.url.as_deref() else {
+            bail!(
+                "configuration key `database.url` (PULSEHUB_DATABASE_URL) is not set: {command} \
+                 replays the archive the archive role keeps in PostgreSQL; the embedded mode \
+                 keeps none"
+            );
+        };
+        let Some(brokers) = config.kafka.brokers.as_deref() else {
+            bail!(
+                "configuration key `kafka.brokers` (PULSEHUB_KAFKA_BROKERS) is not set: {command} \
+                 asks the broker how far the archive role has read"
+            );
+        };
+        let store = PgStore::connect(database_url, 2)?;
+        if config.database.migrate {
+            store.migrate().await?;
+        }
+        let cache = match config.redis.url.as_deref() {
+            Some(url) => {
+                let ttl = Duration::from_secs(config.redis.ttl_secs);
+                Some(RedisCache::connect(url, &config.redis.key_prefix, ttl).await?)
+            }
+            None => None,
+        };
+        let registry = Registry::open(&config.registry_dir())?;
+        Ok(Replay {
+            store,
+            cache,
+            archive: Archive::new(brokers, &config.kafka.archive_group, &config.kafka.topic),
+            replayer: Replayer::new(Versions::open(registry)?),
+            group: config.kafka.group.clone(),
+            topic: config.kafka.topic.clone(),
+            counts: Counts::default(),
+        })
+    }
+
     /// Reads the cut of `users`, waits for the archive to reach it, and
     /// decodes their archived events below it.
     async fn load(&mut self, users: &[String]) -> anyhow::Result<(Cut, Page)> {
@@ -74,16 +118,14 @@ impl Replay {
         Ok((cut, page))
     }
 
-    /// The history the profiles of a cut reflect: the timeline and the
-    /// backfills as they are now (a stretch opened after the cut starts at
-    /// or above its offsets, so it changes nothing below them).
-    async fn history(&self) -> anyhow::Result<History> {
+    /// The history the profiles of `cut` reflect: the backfills and
+    /// re-drives the cut read, and the timeline as it is now (a stretch
+    /// opened after the cut starts at or above its offsets, so it changes
+    /// nothing below them).
+    pub async fn history(&self, cut: &Cut) -> anyhow::Result<History> {
         let timeline = self.store.timeline(&self.group, &self.topic).await?;
-        let backfills = self.store.backfills(&self.group, &self.topic).await?;
-        Ok(History::new(
-            timeline,
-            backfills.into_iter().map(|b| b.record).collect(),
-        ))
+        let backfills = cut.backfills.iter().map(|b| b.record.clone()).collect();
+        Ok(History::new(timeline, backfills).with_redriven(cut.redriven.clone()))
     }
 
     /// Backfills `record` over `users` (a page, in byte order): for each,
@@ -104,7 +146,7 @@ impl Replay {
         let mut page_events = None;
         loop {
             let (cut, page) = self.load(&pending).await?;
-            let history = self.history().await?;
+            let history = self.history(&cut).await?;
             for (partition, (version, _)) in history.running(&record.plugin) {
                 anyhow::ensure!(
                     version == record.version,
@@ -136,7 +178,9 @@ impl Replay {
                 after_user: last,
                 events,
                 users: users.len() as i64,
+                round: &pending,
             };
+            self.retire_cached(&profiles).await?;
             let refused = self.store.write_recomputed(&profiles, Some(step)).await?;
             self.refresh_cache(&profiles, &refused).await?;
             self.counts.changed += (profiles.len() - refused.len()) as u64;
@@ -172,7 +216,7 @@ impl Replay {
         let mut pending = users.to_vec();
         loop {
             let (cut, page) = self.load(&pending).await?;
-            let history = self.history().await?;
+            let history = self.history(&cut).await?;
             let plugins: Vec<&str> = history.plugins().into_iter().collect();
             let changes = self.replayer.replay(&page, &plugins, |plugin, i| {
                 let user = &page.events[i].user_id;
@@ -213,6 +257,7 @@ impl Replay {
             let refused = if repaired.is_empty() && step.is_none() {
                 BTreeSet::new()
             } else {
+                self.retire_cached(&repaired).await?;
                 self.store.write_recomputed(&repaired, step).await?
             };
             for profile in &repaired {
@@ -318,9 +363,19 @@ impl Replay {
         Ok((wrong, 1))
     }
 
+    /// Tombstones the cached copies of `profiles` before they are written
+    /// (see [`RedisCache::retire`]): killed after the commit, the command
+    /// leaves no stale copy behind.
+    pub(super) async fn retire_cached(&self, profiles: &[Profile]) -> anyhow::Result<()> {
+        match &self.cache {
+            Some(cache) if !profiles.is_empty() => Ok(cache.retire(profiles).await?),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the profiles a replay wrote (all but `refused`) through to the
     /// cache; a newer copy there is kept.
-    async fn refresh_cache(
+    pub(super) async fn refresh_cache(
         &self,
         profiles: &[Profile],
         refused: &BTreeSet<String>,

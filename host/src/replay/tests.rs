@@ -24,6 +24,7 @@ fn backfill(id: i64, version: &str, until: i64) -> BackfillRecord {
         until: HashMap::from([(0, until)]),
         finished: true,
         after_user: None,
+        page_done: BTreeSet::new(),
     }
 }
 
@@ -104,6 +105,66 @@ fn a_backfill_done_for_a_user_overrides_what_ran_below_its_offsets() {
     assert_eq!(
         history.version_at("counter", "b", at(10, 0), None),
         Some("2.0.0")
+    );
+}
+
+#[test]
+fn users_written_by_an_earlier_round_of_the_page_under_way_are_done() {
+    let mut partial = backfill(1, "2.0.0", 10);
+    partial.finished = false;
+    partial.after_user = Some("m".into());
+    partial.page_done = BTreeSet::from(["q".to_owned()]);
+    let history = History::new(vec![stretch(0, "1.0.0", 0, None)], vec![partial]);
+    assert_eq!(
+        history.version_at("counter", "q", at(5, 0), None),
+        Some("2.0.0")
+    );
+    assert_eq!(
+        history.version_at("counter", "p", at(5, 0), None),
+        Some("1.0.0"),
+        "after `m`, refused in the round or not reached"
+    );
+}
+
+#[test]
+fn a_redriven_event_holds_the_redrive_version_until_a_backfill_recomputes_it() {
+    let redriven = |offset| Redriven {
+        plugin: "counter".into(),
+        partition: 0,
+        offset,
+        version: "2.0.0".into(),
+    };
+    let history = History::new(vec![stretch(0, "1.0.0", 0, None)], Vec::new())
+        .with_redriven(vec![redriven(3)]);
+    assert_eq!(
+        history.version_at("counter", "u", at(3, 0), None),
+        Some("2.0.0")
+    );
+    assert_eq!(
+        history.version_at("counter", "u", at(4, 0), None),
+        Some("1.0.0"),
+        "only the re-driven event"
+    );
+    assert_eq!(history.version_at("other", "u", at(3, 0), None), None);
+    // A backfill done for the user recomputed it with its own version.
+    let history = History::new(
+        vec![stretch(0, "1.0.0", 0, None)],
+        vec![backfill(1, "3.0.0", 10)],
+    )
+    .with_redriven(vec![redriven(3)]);
+    assert_eq!(
+        history.version_at("counter", "u", at(3, 0), None),
+        Some("3.0.0")
+    );
+    assert!(
+        history
+            .backfill_at("counter", "u", at(3, 0), None)
+            .is_some()
+    );
+    assert!(
+        history
+            .backfill_at("counter", "u", at(10, 0), None)
+            .is_none()
     );
 }
 

@@ -7,11 +7,13 @@
 //! names.
 //!
 //! Each area's series, label sets and recording methods are in their own
-//! file: `plugin.rs`, `pipeline.rs`, `store.rs` and `http.rs`.
+//! file: `plugin.rs`, `pipeline.rs`, `store.rs`, `http.rs` and
+//! `reconcile.rs`.
 
 mod http;
 mod pipeline;
 mod plugin;
+mod reconcile;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -28,6 +30,7 @@ pub use plugin::{
     PluginAction, PluginActionLabels, PluginErrorLabels, PluginLabels, PluginMetrics,
     PluginNameLabels, PluginStateLabels,
 };
+pub use reconcile::{DiscrepancyLabels, ReconcileMetrics, RunLabels};
 pub use store::{Backend, CacheLabels, StoreLabels, StoreMetrics};
 
 /// The process's metrics.
@@ -38,6 +41,7 @@ pub struct Metrics {
     pub pipeline: PipelineMetrics,
     pub stores: StoreMetrics,
     pub http: HttpMetrics,
+    pub reconcile: ReconcileMetrics,
     /// The state series each plugin shows now, to remove it on a change.
     plugin_states: Mutex<HashMap<String, PluginStateLabels>>,
 }
@@ -65,12 +69,14 @@ impl Metrics {
         let pipeline = PipelineMetrics::register(&mut registry);
         let stores = StoreMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry);
+        let reconcile = ReconcileMetrics::register(&mut registry);
         Self {
             registry,
             plugins,
             pipeline,
             stores,
             http,
+            reconcile,
             plugin_states: Mutex::default(),
         }
     }

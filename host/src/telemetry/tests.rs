@@ -218,3 +218,68 @@ fn http_series_use_the_route_template_and_bounded_methods() {
         "{text}"
     );
 }
+
+#[test]
+fn a_reconcile_run_replaces_what_the_last_one_found() {
+    let metrics = Metrics::new();
+    let found = std::collections::BTreeMap::from([
+        (("postgres".to_owned(), "page_views".to_owned()), 3),
+        (("redis".to_owned(), "device_type".to_owned()), 1),
+    ]);
+    metrics.reconcile.finished(1_000, &found, 1_800_000_000.5);
+    let text = metrics.render();
+    let discrepancies = "pulsehub_reconcile_discrepancies";
+    assert_eq!(
+        value(
+            &text,
+            discrepancies,
+            r#"store="postgres",attribute="page_views""#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            discrepancies,
+            r#"store="redis",attribute="device_type""#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "pulsehub_reconcile_last_run_timestamp_seconds", ""),
+        None,
+        "unlabelled series render without braces"
+    );
+    assert!(
+        text.contains("pulsehub_reconcile_last_run_timestamp_seconds 1800000000.5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pulsehub_reconcile_checked_profiles 1000"),
+        "{text}"
+    );
+
+    // A healthy run: nothing found, so no series at all; a failed one
+    // leaves the figures of the last finished run.
+    metrics
+        .reconcile
+        .finished(1_000, &std::collections::BTreeMap::new(), 1_800_000_060.0);
+    metrics.reconcile.failed();
+    let text = metrics.render();
+    assert!(
+        !text.contains("pulsehub_reconcile_discrepancies{"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "pulsehub_reconcile_runs_total", r#"outcome="done""#),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "pulsehub_reconcile_runs_total",
+            r#"outcome="failed""#
+        ),
+        Some(1.0)
+    );
+}

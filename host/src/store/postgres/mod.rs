@@ -10,6 +10,7 @@
 //! and written once more), commit. The schema is in `migrations/`, embedded in the binary.
 
 mod audit;
+pub mod redrive;
 pub mod replay;
 
 use std::collections::HashMap;
@@ -347,6 +348,16 @@ pub(crate) struct Written {
     /// not the one each was computed from. Their rows are locked all the
     /// same, until the transaction ends.
     pub(crate) refused: Vec<usize>,
+}
+
+impl Written {
+    /// The users of the refused profiles of `profiles` (as written).
+    pub(crate) fn refused_users(&self, profiles: &[Profile]) -> std::collections::BTreeSet<String> {
+        self.refused
+            .iter()
+            .map(|&i| profiles[i].user_id.clone())
+            .collect()
+    }
 }
 
 /// Writes `profiles` in one statement.

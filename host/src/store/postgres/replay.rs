@@ -9,7 +9,7 @@ use sqlx::Row as _;
 
 use super::{PgStore, write_profiles};
 use crate::model::profile::Profile;
-use crate::replay::{BackfillRecord, Cut, Recorded};
+use crate::replay::{BackfillRecord, Cut, Recorded, Redriven};
 use crate::store::StoreResult;
 
 /// One archived event with where it was read from.
@@ -24,13 +24,16 @@ pub struct ArchivedRecord {
 /// Where a replay got to, written with the profiles it changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step<'a> {
-    /// A page of backfill `id`: its last user, the events and users it
-    /// covered.
+    /// A round of a page of backfill `id`: the page's last user, the events
+    /// and users it covered, and the users this round computed. Once no
+    /// profile was refused the page is done; before, the round's users
+    /// that were written are noted (`page_done`) all the same.
     Backfill {
         id: i64,
         after_user: &'a str,
         events: i64,
         users: i64,
+        round: &'a [String],
     },
     /// A page of `rebuild --profiles`: its last user.
     Rebuild { after_user: &'a str },
@@ -112,6 +115,8 @@ impl PgStore {
                 .fetch_all(&mut *tx)
                 .await
                 .context("reading the profiles of a page")?;
+        let backfills = backfills(&mut *tx, group, topic).await?;
+        let redriven = redriven(&mut *tx, group, topic, users).await?;
         tx.commit().await.context("ending a snapshot")?;
         let mut profiles = HashMap::with_capacity(rows.len());
         for (user_id, document) in rows {
@@ -122,6 +127,8 @@ impl PgStore {
         Ok(Cut {
             offsets: offsets.into_iter().collect(),
             profiles,
+            backfills,
+            redriven,
         })
     }
 
@@ -179,12 +186,9 @@ impl PgStore {
         step: Option<Step<'_>>,
     ) -> StoreResult<BTreeSet<String>> {
         let mut tx = self.pool().begin().await.context("starting a write")?;
-        let written = write_profiles(&mut tx, profiles).await?;
-        let refused: BTreeSet<String> = written
-            .refused
-            .iter()
-            .map(|&i| profiles[i].user_id.clone())
-            .collect();
+        let refused = write_profiles(&mut tx, profiles)
+            .await?
+            .refused_users(profiles);
         let changed = (profiles.len() - refused.len()) as i64;
         let done = refused.is_empty();
         match step {
@@ -193,12 +197,19 @@ impl PgStore {
                 after_user,
                 events,
                 users,
+                round,
             }) => {
+                let written: Vec<&str> = round
+                    .iter()
+                    .filter(|user| !refused.contains(*user))
+                    .map(String::as_str)
+                    .collect();
                 sqlx::query(
                     "UPDATE plugin_backfills SET \
                          after_user = CASE WHEN $6 THEN $2 ELSE after_user END, \
                          events = events + CASE WHEN $6 THEN $3 ELSE 0 END, \
                          users_done = users_done + CASE WHEN $6 THEN $4 ELSE 0 END, \
+                         page_done = CASE WHEN $6 THEN '{}' ELSE page_done || $7 END, \
                          changed = changed + $5, updated_at = now() \
                      WHERE id = $1",
                 )
@@ -208,6 +219,7 @@ impl PgStore {
                 .bind(users)
                 .bind(changed)
                 .bind(done)
+                .bind(&written)
                 .execute(&mut *tx)
                 .await
                 .context("noting the backfill's progress")?;
@@ -266,48 +278,7 @@ impl PgStore {
 
     /// The backfills of `group` on `topic`, oldest first.
     pub async fn backfills(&self, group: &str, topic: &str) -> StoreResult<Vec<Recorded>> {
-        let rows = sqlx::query(
-            "SELECT id, plugin, version, since_ms, users::text AS users, \
-                    until_offsets::text AS until_offsets, finished_at IS NOT NULL AS finished, \
-                    after_user, users_done \
-             FROM plugin_backfills WHERE group_id = $1 AND topic = $2 ORDER BY id",
-        )
-        .bind(group)
-        .bind(topic)
-        .fetch_all(self.pool())
-        .await
-        .context("reading the backfills")?;
-        rows.into_iter()
-            .map(|row| -> anyhow::Result<Recorded> {
-                let id: i64 = row.try_get("id")?;
-                let users: Option<String> = row.try_get("users")?;
-                let until: String = row.try_get("until_offsets")?;
-                let until: HashMap<String, i64> = serde_json::from_str(&until)
-                    .with_context(|| format!("backfill {id}: until_offsets"))?;
-                let until = until
-                    .into_iter()
-                    .map(|(p, o)| Ok((p.parse::<i32>()?, o)))
-                    .collect::<anyhow::Result<_>>()
-                    .with_context(|| format!("backfill {id}: until_offsets"))?;
-                Ok(Recorded {
-                    record: BackfillRecord {
-                        id,
-                        plugin: row.try_get("plugin")?,
-                        version: row.try_get("version")?,
-                        since_ms: row.try_get("since_ms")?,
-                        users: users
-                            .map(|text| serde_json::from_str(&text))
-                            .transpose()
-                            .with_context(|| format!("backfill {id}: users"))?,
-                        until,
-                        finished: row.try_get("finished")?,
-                        after_user: row.try_get("after_user")?,
-                    },
-                    users_done: row.try_get("users_done")?,
-                })
-            })
-            .collect::<anyhow::Result<_>>()
-            .map_err(Into::into)
+        Ok(backfills(self.pool(), group, topic).await?)
     }
 
     /// Records a new backfill; returns its id.
@@ -360,4 +331,85 @@ impl PgStore {
         .context("marking the backfill done")?;
         Ok(())
     }
+}
+
+/// The backfills of `group` on `topic`, oldest first.
+async fn backfills<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    group: &str,
+    topic: &str,
+) -> anyhow::Result<Vec<Recorded>> {
+    let rows = sqlx::query(
+        "SELECT id, plugin, version, since_ms, users::text AS users, \
+                until_offsets::text AS until_offsets, finished_at IS NOT NULL AS finished, \
+                after_user, users_done, page_done \
+         FROM plugin_backfills WHERE group_id = $1 AND topic = $2 ORDER BY id",
+    )
+    .bind(group)
+    .bind(topic)
+    .fetch_all(executor)
+    .await
+    .context("reading the backfills")?;
+    rows.into_iter()
+        .map(|row| -> anyhow::Result<Recorded> {
+            let id: i64 = row.try_get("id")?;
+            let users: Option<String> = row.try_get("users")?;
+            let until: String = row.try_get("until_offsets")?;
+            let until: HashMap<String, i64> = serde_json::from_str(&until)
+                .with_context(|| format!("backfill {id}: until_offsets"))?;
+            let until = until
+                .into_iter()
+                .map(|(p, o)| Ok((p.parse::<i32>()?, o)))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("backfill {id}: until_offsets"))?;
+            Ok(Recorded {
+                record: BackfillRecord {
+                    id,
+                    plugin: row.try_get("plugin")?,
+                    version: row.try_get("version")?,
+                    since_ms: row.try_get("since_ms")?,
+                    users: users
+                        .map(|text| serde_json::from_str(&text))
+                        .transpose()
+                        .with_context(|| format!("backfill {id}: users"))?,
+                    until,
+                    finished: row.try_get("finished")?,
+                    after_user: row.try_get("after_user")?,
+                    page_done: row
+                        .try_get::<Vec<String>, _>("page_done")?
+                        .into_iter()
+                        .collect(),
+                },
+                users_done: row.try_get("users_done")?,
+            })
+        })
+        .collect()
+}
+
+/// The dead letters of `users` re-driven with success.
+async fn redriven<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    group: &str,
+    topic: &str,
+    users: &[String],
+) -> anyhow::Result<Vec<Redriven>> {
+    let rows: Vec<(String, i32, i64, String)> = sqlx::query_as(
+        "SELECT plugin, partition, \"offset\", version FROM dead_letter_redrives \
+         WHERE group_id = $1 AND topic = $2 AND user_id = ANY($3) AND applied",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(users)
+    .fetch_all(executor)
+    .await
+    .context("reading the re-driven dead letters")?;
+    Ok(rows
+        .into_iter()
+        .map(|(plugin, partition, offset, version)| Redriven {
+            plugin,
+            partition,
+            offset,
+            version,
+        })
+        .collect())
 }
