@@ -66,6 +66,10 @@ METRICS = {
     "pulsehub_cache_lookups_total": ("counter", {"result": {"hit", "miss"}}),
     "pulsehub_http_requests_total": ("counter", {"route": None, "method": None, "status": None}),
     "pulsehub_http_request_duration_seconds": ("histogram", {"route": None, "method": None}),
+    "pulsehub_reconcile_discrepancies": ("gauge", {"store": {"postgres", "redis"}, "attribute": None}),
+    "pulsehub_reconcile_checked_profiles": ("gauge", {}),
+    "pulsehub_reconcile_last_run_timestamp_seconds": ("gauge", {}),
+    "pulsehub_reconcile_runs_total": ("counter", {"outcome": {"done", "failed"}}),
     # Written by Prometheus itself.
     "up": ("gauge", {}),
     "ALERTS": ("gauge", {"alertname": None, "alertstate": {"pending", "firing"}, "severity": None}),
