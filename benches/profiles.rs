@@ -9,10 +9,11 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use pulsehub::model::profile::{Attribute, Profile};
-use pulsehub::model::update::Value;
+use pulsehub::model::update::{OpKind, Value};
 
 fn profile() -> Profile {
-    let attribute = |value: Value, plugin: &str, event: &str, at: i64| Attribute {
+    let attribute = |value: Value, plugin: &str, event: &str, at: i64, op| Attribute {
+        op: Some(op),
         value,
         plugin: plugin.to_owned(),
         plugin_version: "1.0.0".to_owned(),
@@ -28,27 +29,45 @@ fn profile() -> Profile {
     let attributes = BTreeMap::from([
         (
             "browser_family".to_owned(),
-            attribute(text("Chrome"), "device-classifier", second, t2),
+            attribute(text("Chrome"), "device-classifier", second, t2, OpKind::Set),
         ),
         (
             "device_type".to_owned(),
-            attribute(text("desktop"), "device-classifier", second, t2),
+            attribute(
+                text("desktop"),
+                "device-classifier",
+                second,
+                t2,
+                OpKind::Set,
+            ),
         ),
         (
             "first_seen_at".to_owned(),
-            attribute(Value::Timestamp(t1), "last-active", first, t1),
+            attribute(Value::Timestamp(t1), "last-active", first, t1, OpKind::Min),
         ),
         (
             "last_active_at".to_owned(),
-            attribute(Value::Timestamp(t2), "last-active", second, t2),
+            attribute(Value::Timestamp(t2), "last-active", second, t2, OpKind::Max),
         ),
         (
             "os_family".to_owned(),
-            attribute(text("Windows"), "device-classifier", second, t2),
+            attribute(
+                text("Windows"),
+                "device-classifier",
+                second,
+                t2,
+                OpKind::Set,
+            ),
         ),
         (
             "page_views".to_owned(),
-            attribute(Value::Integer(17), "page-view-counter", first, t1),
+            attribute(
+                Value::Integer(17),
+                "page-view-counter",
+                first,
+                t1,
+                OpKind::Increment,
+            ),
         ),
     ]);
     Profile {

@@ -44,6 +44,7 @@ fn profile(user_id: &str, revision: i64, visits: i64) -> Profile {
             plugin_version: "1.0.0".into(),
             event_id: format!("e-{revision}"),
             event_time_ms: 1_700_000_000_000 + revision,
+            op: None,
         },
     )]);
     profile.updated_at_ms += revision;

@@ -181,6 +181,7 @@ mod tests {
             plugin_version: "1.0.0".into(),
             event_id: event_id.into(),
             event_time_ms,
+            op: None,
         }
     }
 

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::merge::AttributeChange;
-use crate::model::update::{Op, Value};
+use crate::model::update::{Op, OpKind, Value};
 
-/// One attribute: its value and who last changed it. Stored as
-/// `{"type": "integer", "value": 17, "plugin": …, "plugin_version": …,
-/// "event_id": …, "event_time_ms": …}`; read by a hand-written
+/// One attribute: its value and who last changed it, by which operation.
+/// Stored as `{"type": "integer", "value": 17, "plugin": …, "plugin_version":
+/// …, "event_id": …, "event_time_ms": …, "op": "increment"}`; read by a hand-written
 /// [`Deserialize`] that decodes `value` as the `type` it follows, instead of
 /// serde's buffering `flatten` path (the commit decodes every profile a batch
 /// changes).
@@ -29,6 +29,10 @@ pub struct Attribute {
     pub event_id: String,
     /// Time of the deciding event, milliseconds since the Unix epoch.
     pub event_time_ms: i64,
+    /// The operation of the last change (`None`: stored before it was
+    /// kept); what [`Profile::join`] joins the value by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<OpKind>,
 }
 
 impl<'de> Deserialize<'de> for Attribute {
@@ -49,6 +53,7 @@ enum Field {
     PluginVersion,
     EventId,
     EventTimeMs,
+    Op,
     #[serde(other)]
     Other,
 }
@@ -97,6 +102,7 @@ impl<'de> serde::de::Visitor<'de> for AttributeVisitor {
         let mut untyped: Option<serde_json::Value> = None;
         let (mut plugin, mut plugin_version, mut event_id, mut event_time_ms) =
             (None, None, None, None);
+        let mut op = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Type => kind = Some(map.next_value()?),
@@ -108,6 +114,7 @@ impl<'de> serde::de::Visitor<'de> for AttributeVisitor {
                 Field::PluginVersion => plugin_version = Some(map.next_value()?),
                 Field::EventId => event_id = Some(map.next_value()?),
                 Field::EventTimeMs => event_time_ms = Some(map.next_value()?),
+                Field::Op => op = map.next_value()?,
                 Field::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -128,6 +135,7 @@ impl<'de> serde::de::Visitor<'de> for AttributeVisitor {
                 .ok_or_else(|| A::Error::missing_field("plugin_version"))?,
             event_id: event_id.ok_or_else(|| A::Error::missing_field("event_id"))?,
             event_time_ms: event_time_ms.ok_or_else(|| A::Error::missing_field("event_time_ms"))?,
+            op,
         })
     }
 }
@@ -180,6 +188,7 @@ impl Profile {
                 plugin_version: provenance.plugin_version.to_string(),
                 event_id: provenance.event_id.clone(),
                 event_time_ms: provenance.event_time_ms,
+                op: Some(change.op.kind()),
             };
             let existing = self.attributes.get(name);
             let replacement = match (&change.op, existing) {
@@ -207,6 +216,82 @@ impl Profile {
         self.updated_at_ms = now_ms;
         self.revision += 1;
     }
+}
+
+impl Profile {
+    /// Joins `other` (another profile of the same person) into this one, at
+    /// wall-clock time `now_ms`: each attribute becomes the join of both
+    /// states under its operation, so joining in either direction, before
+    /// or after more events, gives the same values.
+    ///
+    /// - `increment`: the sum;
+    /// - `max` / `min`: the extreme; equal or incomparable values go to the
+    ///   later event;
+    /// - `set`, and an attribute whose two sides name different operations
+    ///   (or none): the later event's.
+    ///
+    /// "Later" orders by event time, then event id, then value, so no tie
+    /// depends on the direction. The provenance is the deciding event's; a
+    /// sum's is the later event's.
+    pub fn join(&mut self, other: &Profile, now_ms: i64) {
+        for (name, theirs) in &other.attributes {
+            let joined = match self.attributes.get(name) {
+                Some(ours) => join_attributes(ours, theirs),
+                None => theirs.clone(),
+            };
+            self.attributes.insert(name.clone(), joined);
+        }
+        self.created_at_ms = self.created_at_ms.min(other.created_at_ms);
+        self.updated_at_ms = now_ms;
+        self.revision += 1;
+    }
+}
+
+/// The join of one attribute's two states (see [`Profile::join`]).
+fn join_attributes(a: &Attribute, b: &Attribute) -> Attribute {
+    let later = |a: &Attribute, b: &Attribute| -> bool {
+        match (a.event_time_ms, a.event_id.as_str()).cmp(&(b.event_time_ms, b.event_id.as_str())) {
+            // One event in both profiles: the values decide, as text.
+            Ordering::Equal => value_text(&a.value) >= value_text(&b.value),
+            ordering => ordering == Ordering::Greater,
+        }
+    };
+    let (newer, older) = if later(a, b) { (a, b) } else { (b, a) };
+    let kind = match (a.op, b.op) {
+        (Some(x), Some(y)) if x == y => Some(x),
+        (Some(x), None) | (None, Some(x)) => Some(x),
+        _ => None,
+    };
+    match kind {
+        Some(OpKind::Increment) => {
+            let count = |x: &Attribute| match x.value {
+                Value::Integer(n) => n,
+                _ => 0,
+            };
+            Attribute {
+                value: Value::Integer(count(a).saturating_add(count(b))),
+                op: Some(OpKind::Increment),
+                ..newer.clone()
+            }
+        }
+        Some(direction @ (OpKind::Max | OpKind::Min)) => {
+            let wanted = match direction {
+                OpKind::Max => Ordering::Greater,
+                _ => Ordering::Less,
+            };
+            let older_wins = older.value.compare(&newer.value) == Some(wanted);
+            let kept = if older_wins { older } else { newer };
+            Attribute {
+                op: Some(direction),
+                ..kept.clone()
+            }
+        }
+        Some(OpKind::Set) | None => newer.clone(),
+    }
+}
+
+fn value_text(value: &Value) -> String {
+    value.to_json().to_string()
 }
 
 fn initial(op: &Op) -> Value {
@@ -303,6 +388,115 @@ mod tests {
         assert_eq!(p.attributes["hi"].value, Value::Text("x".into()));
     }
 
+    /// A small deterministic generator, so a failing case replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// A stream of one person's changes, distinct times: a counter, a
+    /// `max` and a `min` timestamp, a `set` text, in one batch each.
+    fn stream(rng: &mut Rng, events: i64) -> Vec<(String, AttributeChange)> {
+        let mut changes = Vec::new();
+        for i in 0..events {
+            let at = 1_000 + i * 7 + rng.below(5) as i64;
+            let id = format!("e{}", rng.below(1_000_000));
+            let seen = Value::Timestamp(at);
+            let (name, op) = match rng.below(4) {
+                0 => ("n", Op::Increment(1 + rng.below(3) as i64)),
+                1 => ("last", Op::Max(seen)),
+                2 => ("first", Op::Min(seen)),
+                _ => ("device", Op::Set(Value::Text(format!("d{}", rng.below(3))))),
+            };
+            changes.push((name.to_owned(), change(op, at, &id)));
+        }
+        changes
+    }
+
+    fn applied<'a>(changes: impl IntoIterator<Item = &'a (String, AttributeChange)>) -> Profile {
+        let mut p = Profile::new("u", 1);
+        for (name, c) in changes {
+            apply(&mut p, name, c.clone());
+        }
+        p
+    }
+
+    #[test]
+    fn two_profiles_of_one_stream_join_to_the_profile_of_the_whole_stream_both_ways() {
+        for seed in 1..200 {
+            let mut rng = Rng(seed);
+            let events = 1 + rng.below(30) as i64;
+            let all = stream(&mut rng, events);
+            let (a, b): (Vec<_>, Vec<_>) = all.iter().partition(|_| rng.below(2) == 0);
+            let whole = applied(&all);
+            let mut ab = applied(a.iter().copied());
+            ab.join(&applied(b.iter().copied()), 99);
+            let mut ba = applied(b.iter().copied());
+            ba.join(&applied(a.iter().copied()), 99);
+            assert_eq!(ab.attributes, whole.attributes, "seed {seed}");
+            assert_eq!(ba.attributes, whole.attributes, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn joins_decide_ties_the_same_way_in_both_directions() {
+        let mut a = Profile::new("a", 5);
+        let mut b = Profile::new("b", 3);
+        apply(
+            &mut a,
+            "d",
+            change(Op::Set(Value::Text("x".into())), 10, "e1"),
+        );
+        apply(
+            &mut b,
+            "d",
+            change(Op::Set(Value::Text("y".into())), 10, "e2"),
+        );
+        apply(&mut a, "hi", change(Op::Max(Value::Integer(4)), 10, "e1"));
+        apply(&mut b, "hi", change(Op::Max(Value::Integer(4)), 12, "e2"));
+        // Stored before the operation was kept: joined as a `set`.
+        apply(&mut a, "old", change(Op::Increment(1), 10, "e1"));
+        apply(&mut b, "old", change(Op::Increment(1), 11, "e2"));
+        for profile in [&mut a, &mut b] {
+            if let Some(old) = profile.attributes.get_mut("old") {
+                old.op = None;
+            }
+        }
+        let mut ab = a.clone();
+        ab.join(&b, 99);
+        let mut ba = b.clone();
+        ba.join(&a, 99);
+        assert_eq!(ab.attributes, ba.attributes);
+        assert_eq!(ab.attributes["d"].value, Value::Text("y".into()), "e2 > e1");
+        assert_eq!(
+            ab.attributes["hi"].event_id, "e2",
+            "equal values: the later event"
+        );
+        assert_eq!(ab.attributes["old"].value, Value::Integer(1));
+        assert_eq!(ab.created_at_ms, 3);
+        assert_eq!(ab.revision, a.revision + 1);
+    }
+
+    #[test]
+    fn a_stored_attribute_without_its_operation_still_reads() {
+        let text = r#"{"user_id":"u","attributes":{"n":{"type":"integer","value":3,
+            "plugin":"p","plugin_version":"1.0.0","event_id":"e","event_time_ms":5}},
+            "created_at_ms":1,"updated_at_ms":2,"revision":1}"#;
+        let p: Profile = serde_json::from_str(text).expect("parses");
+        assert_eq!(p.attributes["n"].op, None);
+        let mut q = p.clone();
+        apply(&mut q, "n", change(Op::Increment(1), 6, "f"));
+        assert_eq!(q.attributes["n"].op, Some(OpKind::Increment));
+        let text = serde_json::to_string(&q).expect("serialises");
+        assert!(text.contains(r#""op":"increment""#), "{text}");
+    }
+
     #[test]
     fn round_trips_through_json() {
         let mut p = Profile::new("u-1", 0);
@@ -336,6 +530,7 @@ mod tests {
                 plugin_version: "1.0.0".into(),
                 event_id: "e-1".into(),
                 event_time_ms: 5,
+                op: Some(OpKind::Max),
             };
             let text = serde_json::to_string(&attribute).expect("encodes");
             let back: Attribute = serde_json::from_str(&text).expect("decodes");
@@ -343,7 +538,7 @@ mod tests {
 
             let json = serde_json::to_value(&attribute).expect("encodes");
             let value_first = format!(
-                r#"{{"extra":[1,{{"x":2}}],"value":{},"event_time_ms":5,"plugin_version":"1.0.0","event_id":"e-1","plugin":"p","type":{}}}"#,
+                r#"{{"extra":[1,{{"x":2}}],"value":{},"op":"max","event_time_ms":5,"plugin_version":"1.0.0","event_id":"e-1","plugin":"p","type":{}}}"#,
                 json["value"], json["type"]
             );
             let back: Attribute = serde_json::from_str(&value_first).expect("decodes");

@@ -70,7 +70,27 @@ pub enum Op {
     Min(Value),
 }
 
+/// Which operation an attribute's value comes from: what a profile keeps of
+/// its last change, so that two profiles can be joined (identity merges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    Set,
+    Increment,
+    Max,
+    Min,
+}
+
 impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Set(_) => OpKind::Set,
+            Op::Increment(_) => OpKind::Increment,
+            Op::Max(_) => OpKind::Max,
+            Op::Min(_) => OpKind::Min,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Op::Set(_) => "set",

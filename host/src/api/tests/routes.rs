@@ -29,6 +29,7 @@ fn profile() -> Profile {
             plugin_version: "1.0.0".into(),
             event_id: "e-9".into(),
             event_time_ms: 1_795_989_600_123,
+            op: None,
         },
     );
     profile
