@@ -231,12 +231,15 @@ pub struct Redriven {
     pub version: String,
 }
 
+/// (plugin, version) to the registry's id of that upload.
+type VersionIds = HashMap<(String, String), String>;
+
 /// The plugin versions of the registry, loaded on first use.
 pub struct Versions {
     runtime: Runtime,
     registry: Registry,
-    /// (plugin, version) to version id, the newest upload of each.
-    ids: HashMap<(String, String), String>,
+    /// The newest upload of each version.
+    ids: VersionIds,
     /// Plugin to the version that runs (or ran, when quarantined).
     current: HashMap<String, String>,
     loaded: HashMap<(String, String), Arc<Plugin>>,
@@ -246,6 +249,19 @@ impl Versions {
     /// Opens the registry the enrich role keeps (`plugins.registry_dir`).
     pub fn open(registry: Registry) -> anyhow::Result<Self> {
         let runtime = Runtime::with_cache(HostLimits::default(), &registry.compiled_dir())?;
+        let (ids, current) = Self::read(&registry)?;
+        Ok(Self {
+            runtime,
+            registry,
+            ids,
+            current,
+            loaded: HashMap::new(),
+        })
+    }
+
+    /// The registry's versions: (plugin, version) to id, and each
+    /// plugin's current version.
+    fn read(registry: &Registry) -> anyhow::Result<(VersionIds, HashMap<String, String>)> {
         let mut ids = HashMap::new();
         let mut current = HashMap::new();
         for (name, record) in registry.load()? {
@@ -256,13 +272,7 @@ impl Versions {
                     .or_insert_with(|| version.id.clone());
             }
         }
-        Ok(Self {
-            runtime,
-            registry,
-            ids,
-            current,
-            loaded: HashMap::new(),
-        })
+        Ok((ids, current))
     }
 
     /// The version of `plugin` the registry says runs.
@@ -286,6 +296,11 @@ impl Versions {
         let key = (plugin.to_owned(), version.to_owned());
         if let Some(loaded) = self.loaded.get(&key) {
             return Ok(loaded.clone());
+        }
+        if !self.ids.contains_key(&key) {
+            // Uploaded since the registry was read (a replay that runs
+            // while the enrich role takes a new version).
+            (self.ids, self.current) = Self::read(&self.registry)?;
         }
         let Some(id) = self.ids.get(&key) else {
             bail!(

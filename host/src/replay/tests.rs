@@ -229,3 +229,56 @@ fn a_recomputed_profile_replaces_only_the_named_attributes_and_only_when_values_
     assert!(!gone.attributes.contains_key("views"));
     assert_eq!(recomputed("new", None, counter_only, None, 9), None);
 }
+
+#[test]
+fn a_version_uploaded_after_the_registry_was_read_is_found() {
+    use crate::plugin_ops::registry::{
+        PluginRecord, PluginState, Registry, VersionRecord, version_id,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = Registry::open(dir.path()).expect("opens");
+    let mut versions = Versions::open(registry.clone()).expect("reads an empty registry");
+    let missing = versions.get("p", "1.0.0").err().map(|e| format!("{e:#}"));
+    assert!(
+        missing
+            .as_deref()
+            .is_some_and(|e| e.contains("not in the plugin registry")),
+        "{missing:?}"
+    );
+
+    // The enrich role takes 1.0.0 of `p` meanwhile.
+    let id = version_id("not a manifest", b"not a component");
+    registry
+        .put_version(&id, "not a manifest", b"not a component")
+        .expect("stores");
+    let record = PluginRecord {
+        state: PluginState::Active,
+        since_ms: 1,
+        reason: None,
+        current: VersionRecord {
+            id,
+            version: "1.0.0".into(),
+            sha256: "c".into(),
+            installed_at_ms: 1,
+            source: "api".into(),
+        },
+        previous: Vec::new(),
+        activated_at_ms: 1,
+        dir_id: None,
+    };
+    registry
+        .save(&std::collections::BTreeMap::from([(
+            "p".to_owned(),
+            record,
+        )]))
+        .expect("saves");
+    // Found now: loading it fails on what was stored, not on its absence.
+    let error = versions.get("p", "1.0.0").err().map(|e| format!("{e:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("the stored manifest of p 1.0.0")),
+        "{error:?}"
+    );
+    assert_eq!(versions.current("p"), Some("1.0.0"));
+}
