@@ -139,6 +139,18 @@ impl Setup {
         }
     }
 
+    /// [`Setup::wait_counts`] through the API, then the same of every
+    /// profile as PostgreSQL holds it; returns PostgreSQL's values.
+    async fn assert_counts(&self, want: &KindCounts) -> BTreeMap<String, BTreeMap<String, Value>> {
+        self.wait_counts(want).await;
+        let values = self.values().await;
+        for (user, (views, counted)) in want {
+            assert_eq!(values[user]["page_views"], *views, "{user}");
+            assert_eq!(values[user]["chaos_count"], *counted, "{user}");
+        }
+        values
+    }
+
     async fn sql<T>(&self, query: &str) -> Vec<T>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
@@ -291,13 +303,8 @@ async fn a_new_plugin_is_backfilled_exactly_while_events_flow_even_when_killed()
 
     let mut want = counts1.clone();
     add(&mut want, &counts2);
-    setup.wait_counts(&want).await;
     // Nothing else moved: the page views are the events' own.
-    let values = setup.values().await;
-    for (user, (views, counted)) in &want {
-        assert_eq!(values[user]["page_views"], *views, "{user}");
-        assert_eq!(values[user]["chaos_count"], *counted, "{user}");
-    }
+    setup.assert_counts(&want).await;
 
     // Done means done: again, nothing changes.
     let again = summary(&setup.run(&["backfill", "--plugin", "chaos"]));
@@ -556,12 +563,7 @@ async fn dead_letters_of_a_fixed_plugin_are_redriven_exactly_once() {
     assert_eq!(sample["detail"], "chaos: fail requested", "{redriven}");
     let mut want = counts1.clone();
     add(&mut want, &counts2);
-    setup.wait_counts(&want).await;
-    let values = setup.values().await;
-    for (user, (views, counted)) in &want {
-        assert_eq!(values[user]["page_views"], *views, "{user}");
-        assert_eq!(values[user]["chaos_count"], *counted, "{user}");
-    }
+    let values = setup.assert_counts(&want).await;
 
     // What is left in the topic: the ten letters that failed again, with
     // their new error, and the three bad events.

@@ -55,7 +55,11 @@ pub(super) async fn audited(
 
 /// The parts of a replay, from the configuration of the services mode.
 pub(super) async fn open(config: &Config, command: &str) -> anyhow::Result<Replay> {
-    Replay::open(config, command).await
+    let replay = Replay::open(config, command).await?;
+    if config.database.migrate {
+        replay.store.migrate().await?;
+    }
+    Ok(replay)
 }
 
 /// Waits until the enrich role runs `version` of `plugin` on every

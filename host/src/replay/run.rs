@@ -67,7 +67,8 @@ pub struct PageReport {
 
 impl Replay {
     /// The parts of a replay, from the configuration of the services mode;
-    /// `command` names what needs them in the errors.
+    /// `command` names what needs them in the errors. Applies no migration:
+    /// a command does that first, a running process did at start-up.
     pub async fn open(config: &Config, command: &str) -> anyhow::Result<Replay> {
         let Some(database_url) = config.database.url.as_deref() else {
             bail!(
@@ -83,9 +84,6 @@ impl Replay {
             );
         };
         let store = PgStore::connect(database_url, 2)?;
-        if config.database.migrate {
-            store.migrate().await?;
-        }
         let cache = match config.redis.url.as_deref() {
             Some(url) => {
                 let ttl = Duration::from_secs(config.redis.ttl_secs);
