@@ -37,6 +37,10 @@ fn events(n: usize) -> Vec<Event> {
         .map(|i| Event {
             id: format!("0b9e2c56-8f7d-4c1e-9a43-{i:012x}"),
             user_id: format!("u-{}", i % 97),
+            anonymous_id: None,
+            previous_id: None,
+            known_user: true,
+            profile_key: None,
             kind: if i % 4 == 3 { "click" } else { "page_view" }.to_owned(),
             timestamp_ms: 1_764_453_600_000 + i as i64,
             user_agent: Some(USER_AGENTS[i % USER_AGENTS.len()].to_owned()),

@@ -70,13 +70,11 @@ fn profile() -> Profile {
             ),
         ),
     ]);
-    Profile {
-        user_id: "u-42".to_owned(),
-        attributes,
-        created_at_ms: t1,
-        updated_at_ms: t2,
-        revision: 9,
-    }
+    let mut profile = Profile::new("u-42", t1);
+    profile.attributes = attributes;
+    profile.updated_at_ms = t2;
+    profile.revision = 9;
+    profile
 }
 
 fn benches(c: &mut Criterion) {

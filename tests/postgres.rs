@@ -87,6 +87,7 @@ async fn commit_from(
                 .map(|profile| (profile.user_id.clone(), profile))
                 .collect(),
             now_ms,
+            identity: None,
         })
         .await
 }
@@ -201,6 +202,7 @@ async fn commit_run_by(
             plugins: &plugins,
             known: Default::default(),
             now_ms: 1_700_000_000_000,
+            identity: None,
         })
         .await
         .expect("the commit reaches the store");

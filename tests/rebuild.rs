@@ -63,6 +63,7 @@ async fn commit(store: &PgStore, users: &[String], expected: Option<i64>, next: 
             plugins: &[],
             known: Default::default(),
             now_ms,
+            identity: None,
         })
         .await
         .expect("commit");

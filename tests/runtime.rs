@@ -62,6 +62,10 @@ fn event(id: &str, user: &str, kind: &str, at: i64) -> Event {
     Event {
         id: id.into(),
         user_id: user.into(),
+        anonymous_id: None,
+        previous_id: None,
+        known_user: true,
+        profile_key: None,
         kind: kind.into(),
         timestamp_ms: at,
         user_agent: None,

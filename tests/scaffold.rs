@@ -124,6 +124,10 @@ fn a_scaffolded_plugin_builds_loads_and_counts_events() {
     let event = Event {
         id: "e-1".into(),
         user_id: "u-1".into(),
+        anonymous_id: None,
+        previous_id: None,
+        known_user: true,
+        profile_key: None,
         kind: "click".into(),
         timestamp_ms: 1_764_453_600_000,
         user_agent: None,

@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref, Schema};
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema,
+};
 use utoipa::{PartialSchema, ToSchema};
 
 use super::{ApiLimits, AppState, EventFailure, Problem};
@@ -186,7 +188,14 @@ impl utoipa::PartialSchema for EventsBody {
 
 impl ToSchema for EventsBody {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.push((WireEvent::name().into(), WireEvent::schema()));
+        // An event needs a `user_id` or an `anonymous_id`, or both.
+        let needs = |field: &str| ObjectBuilder::new().required(field);
+        let event = AllOfBuilder::new().item(WireEvent::schema()).item(
+            AnyOfBuilder::new()
+                .item(needs("user_id"))
+                .item(needs("anonymous_id")),
+        );
+        schemas.push((WireEvent::name().into(), event.into()));
         WireEvent::schemas(schemas);
     }
 }
@@ -209,10 +218,19 @@ pub(super) struct WireEvent {
     /// 256 bytes of UTF-8, no NUL.
     #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
     event_id: Option<String>,
-    /// The user the event belongs to; becomes the message key. At most 256
-    /// bytes of UTF-8, no NUL.
+    /// The known user the event belongs to; becomes the message key. At
+    /// most 256 bytes of UTF-8, no NUL. An event needs a `user_id`, an
+    /// `anonymous_id`, or both (which links them: docs/identity.md).
     #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
-    user_id: String,
+    user_id: Option<String>,
+    /// The device or session before the user is known; the message key when
+    /// there is no `user_id`. The same rules as `user_id`.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
+    anonymous_id: Option<String>,
+    /// An earlier `user_id` of the same person (an `alias` event): linked
+    /// to this event's profile. The same rules as `user_id`.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
+    previous_id: Option<String>,
     /// What happened: `page_view`, `click`, `purchase`, ... At most 256
     /// bytes of UTF-8, no NUL.
     #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]

@@ -110,6 +110,8 @@ pub struct AppState {
     /// The admin routes exist only when this is set.
     pub admin_token: Option<AdminToken>,
     pub limits: ApiLimits,
+    /// The identifier types profiles are looked up by.
+    pub identity: Arc<crate::model::identity::Rules>,
 }
 
 /// The whole REST API.
@@ -121,6 +123,10 @@ pub fn router(state: AppState) -> Router {
         // `{user_id}` never matches an empty segment; answer that as the bad
         // id it is rather than as an unknown route.
         .route("/api/v1/profiles/", get(profiles::empty_user_id))
+        .route(
+            "/api/v1/profiles/by/{type}/{value}",
+            get(profiles::get_profile_by),
+        )
         .route("/api/v1/events", post(events::ingest))
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/{name}", get(plugins::get_one))

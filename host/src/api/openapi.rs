@@ -21,6 +21,7 @@ use super::{AppState, admin, events, health, plugins, problem, profiles};
     ),
     paths(
         profiles::get_profile,
+        profiles::get_profile_by,
         events::ingest,
         plugins::list,
         plugins::get_one,

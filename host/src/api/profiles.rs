@@ -1,4 +1,9 @@
-//! `GET /api/v1/profiles/{user_id}`: one user's profile.
+//! `GET /api/v1/profiles/{user_id}` and
+//! `GET /api/v1/profiles/by/{type}/{value}`: the profile of one person.
+//!
+//! Both read the row at the identifier's home key and follow its pointers
+//! (docs/identity.md), so an id whose profile was merged into another one
+//! answers with the surviving profile, and says so (`resolved_from`).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +17,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::{AppState, Problem};
 use crate::model::event::{MAX_ID_BYTES, format_millis};
+use crate::model::identity::{Identifier, USER_ID};
 use crate::model::profile::Profile;
 use crate::model::update::Value;
 
@@ -37,15 +43,64 @@ pub(super) async fn get_profile(
     // The only way the path segment fails to extract is bad percent-encoding.
     let Path(user_id) = user_id.map_err(|e| Problem::invalid_user_id(&e.body_text()))?;
     check_user_id(&user_id).map_err(Problem::invalid_user_id)?;
-    match state.profiles.lookup(&user_id).await {
-        Ok(Some(profile)) => Ok(Json(ProfileBody::from(&profile))),
-        Ok(None) => Err(Problem::profile_not_found(&user_id)),
+    let requested = Identifier::new(USER_ID, user_id.as_str());
+    respond(&state, &user_id, requested).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/profiles/by/{type}/{value}",
+    operation_id = "get_profile_by_identifier",
+    tag = "profiles",
+    params(
+        ("type" = String, Path, description = "An identifier type: `user_id`, `anonymous_id` or one of `identity.types`"),
+        ("value" = String, Path, description = "The identifier's value, as in the events (a `hashed` type's plain value: PulseHub hashes it)",
+            min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$"),
+    ),
+    responses(
+        (status = 200, description = "The profile", body = ProfileBody),
+        (status = 400, description = "The type is unknown, or the value is empty, too long or holds a NUL", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No profile has this identifier", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The profile store is unavailable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+pub(super) async fn get_profile_by(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<ProfileBody>, Problem> {
+    let Path((kind, value)) = path.map_err(|e| Problem::invalid_user_id(&e.body_text()))?;
+    check_user_id(&value).map_err(|reason| {
+        Problem::invalid_user_id(&reason.replace("user id", "identifier value"))
+    })?;
+    let key = state
+        .identity
+        .lookup_key(&kind, &value)
+        .map_err(|reason| Problem::invalid_user_id(&reason))?;
+    respond(&state, &key, Identifier::new(kind, value)).await
+}
+
+/// The profile the row at `key` resolves to, for `requested`.
+async fn respond(
+    state: &AppState,
+    key: &str,
+    requested: Identifier,
+) -> Result<Json<ProfileBody>, Problem> {
+    match state.profiles.resolve(key).await {
+        Ok(Some((profile, moved))) => {
+            let mut body = ProfileBody::from(&profile);
+            if moved.is_some() {
+                body.resolved_from = Some(requested.into());
+            }
+            Ok(Json(body))
+        }
+        Ok(None) if requested.kind == USER_ID => Err(Problem::profile_not_found(&requested.value)),
+        Ok(None) => Err(Problem::profile_not_found(&format!(
+            "{} {}",
+            requested.kind, requested.value
+        ))),
         Err(error) => {
-            tracing::warn!(
-                user_id,
-                error = format!("{error:#}"),
-                "profile lookup failed"
-            );
+            tracing::warn!(key, error = format!("{error:#}"), "profile lookup failed");
             Err(Problem::unavailable(
                 "the profile store did not answer; retry shortly",
             ))
@@ -84,6 +139,50 @@ pub(super) struct ProfileBody {
     /// When the latest commit changed the profile (RFC 3339).
     #[schema(format = DateTime)]
     updated_at: String,
+    /// The key the profile is stored under: its `user_id`, or for a
+    /// profile first seen by another identifier, a key derived from it.
+    profile_key: String,
+    /// Every identifier of the person, sorted by type and value.
+    identifiers: Vec<IdentifierBody>,
+    /// The profiles merged into this one, oldest first.
+    merges: Vec<MergeBody>,
+    /// Present when the identifier asked for was merged into (or joined)
+    /// this profile: the identifier asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved_from: Option<IdentifierBody>,
+}
+
+/// One identifier of a person.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Identifier)]
+pub(super) struct IdentifierBody {
+    /// `user_id`, `anonymous_id` or a configured type.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The value (a `hashed` type's SHA-256, in hex).
+    value: String,
+}
+
+impl From<Identifier> for IdentifierBody {
+    fn from(identifier: Identifier) -> Self {
+        IdentifierBody {
+            kind: identifier.kind,
+            value: identifier.value,
+        }
+    }
+}
+
+/// A merge the profile took in.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Merge)]
+pub(super) struct MergeBody {
+    /// The key of the profile merged in.
+    merged_profile_key: String,
+    /// The event whose identifiers linked the two.
+    event_id: String,
+    /// When (RFC 3339).
+    #[schema(format = DateTime)]
+    merged_at: String,
 }
 
 /// One attribute with its provenance: who last changed it, and from which
@@ -160,11 +259,29 @@ impl From<&Profile> for ProfileBody {
                 (name.clone(), body)
             })
             .collect();
+        let identifiers = profile.identifiers().into_owned();
+        // The person's user id when they have one; else the key, as before.
+        let user_id = identifiers
+            .iter()
+            .find(|i| i.kind == USER_ID)
+            .map_or_else(|| profile.user_id.clone(), |i| i.value.clone());
         ProfileBody {
-            user_id: profile.user_id.clone(),
+            user_id,
             attributes,
             created_at: format_millis(profile.created_at_ms),
             updated_at: format_millis(profile.updated_at_ms),
+            profile_key: profile.user_id.clone(),
+            identifiers: identifiers.into_iter().map(IdentifierBody::from).collect(),
+            merges: profile
+                .merges
+                .iter()
+                .map(|m| MergeBody {
+                    merged_profile_key: m.merged.clone(),
+                    event_id: m.event_id.clone(),
+                    merged_at: format_millis(m.at_ms),
+                })
+                .collect(),
+            resolved_from: None,
         }
     }
 }

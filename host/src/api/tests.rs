@@ -71,6 +71,7 @@ impl Fakes {
             admin_token: self.admin_token,
             chain,
             limits: self.limits,
+            identity: Default::default(),
         }
     }
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AdminToken, ApiLimits, AppState};
 use crate::config::Config;
+use crate::model::identity::Rules;
 use crate::pipeline::publish::EventPublisher;
 use crate::pipeline::{EnrichTargets, Pipeline, Setup, batch_limits};
 use crate::plugin::chain::Chain;
@@ -116,6 +117,7 @@ impl App {
         let parts = Parts::build(config, role, &metrics).await?;
         let stop = CancellationToken::new();
         let (chain, manager) = plugins(config, role, &metrics, parts.audit.clone(), &stop).await?;
+        let identity = Arc::new(Rules::new(&config.identity)?);
         let setup = Setup {
             metrics: metrics.clone(),
             lanes: parts.lanes,
@@ -127,6 +129,7 @@ impl App {
             ),
             profile_cache_bytes: config.pipeline.profile_cache_mib.saturating_mul(1 << 20),
             runtime: Handle::current(),
+            identity: identity.clone(),
         };
         let mut pipelines = Vec::new();
         if let Some(EnrichPart {
@@ -179,6 +182,7 @@ impl App {
             manager,
             admin_token: config.admin.token.as_deref().map(AdminToken::new),
             limits: ApiLimits::new(&config.http, &config.plugins),
+            identity,
         };
         Ok(App {
             state,

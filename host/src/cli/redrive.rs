@@ -84,6 +84,7 @@ async fn run_redrive(
     let total: u64 = mail.letters.values().map(|l| l.len() as u64).sum();
     let bar = progress_bar("letters", total, 0);
     let (mut applied, mut covered, mut uncommitted, mut changed) = (0, 0, 0, 0);
+    let mut identities = 0;
     let mut failed = Vec::new();
     let users: Vec<&String> = mail.letters.keys().collect();
     for page in users.chunks(PAGE_USERS as usize) {
@@ -95,6 +96,7 @@ async fn run_redrive(
         applied += report.applied;
         covered += report.covered;
         uncommitted += report.uncommitted;
+        identities += report.identities;
         changed += report.changed;
         failed.extend(report.failed);
         bar.inc(letters.len() as u64);
@@ -125,6 +127,7 @@ async fn run_redrive(
         "already_applied": mail.already,
         "covered_by_backfill": covered,
         "not_yet_committed": uncommitted,
+        "left_for_identity": identities,
         "older_than_since": mail.older,
         "undecodable": mail.undecodable,
         "bad_events": mail.bad_events,

@@ -23,6 +23,7 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::model::identity::IdentityConfig;
 use env::env_value;
 pub use env::{ENV_KEYS, Kind};
 pub use sections::{
@@ -59,6 +60,9 @@ pub struct Config {
     /// The archive role's scheduled reconcile.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Identifier types and the guards on links (docs/identity.md).
+    #[serde(default)]
+    pub identity: IdentityConfig,
     /// The token of the admin routes.
     #[serde(default)]
     pub admin: AdminConfig,

@@ -201,3 +201,29 @@ fn group_membership_keys() {
     Config::load_from(None, vars(&[("PULSEHUB_KAFKA_INSTANCE_ID", &longest)]))
         .expect("241 characters leave room for `-archive`");
 }
+
+/// The `[identity]` example of docs/contract.md §6 loads; a type without
+/// its property is refused, naming the key.
+#[test]
+fn identity_types_come_from_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("identity.toml");
+    std::fs::write(
+        &file,
+        "[identity]\nmax_merges = 50\n[identity.types.email]\nproperty = \"email\"\nhashed = true\nlimit = 3\nunique = true\n",
+    )
+    .expect("write");
+    let config = Config::load_from(Some(&file), vars(&[])).expect("valid");
+    assert_eq!(config.identity.max_merges, 50);
+    assert_eq!(config.identity.types["email"].limit, 3);
+    crate::model::identity::Rules::new(&config.identity).expect("usable rules");
+
+    std::fs::write(&file, "[identity.types.email]\nlimit = 3\n").expect("write");
+    let message = Config::load_from(Some(&file), vars(&[]))
+        .expect_err("no property")
+        .to_string();
+    assert!(
+        message.contains("identity.types.email.property"),
+        "{message}"
+    );
+}

@@ -55,6 +55,9 @@ impl Config {
         if let Some(id) = &self.kafka.instance_id {
             check_instance_id(id)?;
         }
+        if let Err(error) = crate::model::identity::Rules::new(&self.identity) {
+            return Err(ConfigError::Invalid(format!("{error:#}")));
+        }
         if let Some(url) = &self.database.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {

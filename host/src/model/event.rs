@@ -4,14 +4,27 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Longest `user_id` or `event_type`, in bytes.
+/// Longest `user_id`, `anonymous_id`, `previous_id` or `event_type`, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
 
 /// One user action, decoded and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub id: String,
+    /// The id the plugins see as `user-id`: the event's `user_id`, or its
+    /// `anonymous_id` when it has none ([`Event::known_user_id`] tells).
     pub user_id: String,
+    /// The `anonymous_id`, when the event carries both it and a `user_id`,
+    /// or only it.
+    pub anonymous_id: Option<String>,
+    /// An `alias` event's earlier `user_id`.
+    pub previous_id: Option<String>,
+    /// Whether [`Event::user_id`] is a `user_id` (`false`: the event came
+    /// with an `anonymous_id` only).
+    pub known_user: bool,
+    /// The key of the profile the event's updates are merged under, when it
+    /// is not `user_id` (set by the enrich lane from the identity rules).
+    pub profile_key: Option<String>,
     pub kind: String,
     /// Milliseconds since the Unix epoch (UTC).
     pub timestamp_ms: i64,
@@ -42,6 +55,8 @@ struct WireEvent<'a> {
     #[serde(borrow)]
     event_id: Option<std::borrow::Cow<'a, str>>,
     user_id: Option<serde_json::Value>,
+    anonymous_id: Option<serde_json::Value>,
+    previous_id: Option<serde_json::Value>,
     event_type: Option<serde_json::Value>,
     #[serde(borrow)]
     timestamp: Option<&'a RawValue>,
@@ -69,7 +84,16 @@ impl Event {
             Some(_) => return Err(bad("event_id", "must not be empty when present")),
             None => fallback_id(),
         };
-        let user_id = required_text("user_id", wire.user_id)?;
+        let user_id = optional_id("user_id", wire.user_id)?;
+        let anonymous_id = optional_id("anonymous_id", wire.anonymous_id)?;
+        let previous_id = optional_id("previous_id", wire.previous_id)?;
+        let (user_id, known_user) = match (user_id, &anonymous_id) {
+            (Some(user_id), _) => (user_id, true),
+            (None, Some(anonymous_id)) => (anonymous_id.clone(), false),
+            (None, None) => {
+                return Err(bad("user_id", "is required when there is no anonymous_id"));
+            }
+        };
         let kind = required_text("event_type", wire.event_type)?;
         let timestamp_ms = timestamp(wire.timestamp)?;
         let user_agent = optional_text("user_agent", wire.user_agent)?;
@@ -83,12 +107,29 @@ impl Event {
         Ok(Event {
             id,
             user_id,
+            anonymous_id,
+            previous_id,
+            known_user,
+            profile_key: None,
             kind,
             timestamp_ms,
             user_agent,
             url,
             properties,
         })
+    }
+}
+
+impl Event {
+    /// The event's `user_id`, when it has one.
+    pub fn known_user_id(&self) -> Option<&str> {
+        self.known_user.then_some(self.user_id.as_str())
+    }
+
+    /// The key of the profile the event's updates go to before identity
+    /// resolution: [`Event::profile_key`] when set, else `user_id`.
+    pub fn profile_key(&self) -> &str {
+        self.profile_key.as_deref().unwrap_or(&self.user_id)
     }
 }
 
@@ -115,6 +156,17 @@ fn required_text(
         Some(serde_json::Value::String(_)) => Err(bad(field, "must not be empty")),
         None | Some(serde_json::Value::Null) => Err(bad(field, "is required")),
         Some(_) => Err(bad(field, "must be a string")),
+    }
+}
+
+/// An optional id: absent or null, or a non-empty string as `user_id`.
+fn optional_id(
+    field: &'static str,
+    value: Option<serde_json::Value>,
+) -> Result<Option<String>, EventError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        value => required_text(field, value).map(Some),
     }
 }
 
@@ -293,6 +345,50 @@ mod tests {
         assert_eq!(whole_number("1e-9223372036854775808"), None);
         assert_eq!(whole_number("0e-9223372036854775808"), Some(0));
         assert_eq!(whole_number("1e9223372036854775807"), None);
+    }
+
+    #[test]
+    fn takes_anonymous_and_previous_ids() {
+        let e = decode(r#"{"anonymous_id":"a1","event_type":"page_view","timestamp":1}"#)
+            .expect("an anonymous event is valid");
+        assert_eq!((e.user_id.as_str(), e.known_user), ("a1", false));
+        assert_eq!(e.known_user_id(), None);
+        assert_eq!(e.anonymous_id.as_deref(), Some("a1"));
+        let e = decode(
+            r#"{"user_id":"u42","anonymous_id":"a1","event_type":"identify","timestamp":1}"#,
+        )
+        .expect("valid");
+        assert_eq!(e.known_user_id(), Some("u42"));
+        assert_eq!(e.anonymous_id.as_deref(), Some("a1"));
+        let e =
+            decode(r#"{"user_id":"u42","previous_id":"u41","event_type":"alias","timestamp":1}"#)
+                .expect("valid");
+        assert_eq!(e.previous_id.as_deref(), Some("u41"));
+        assert_eq!(e.profile_key(), "u42");
+        for (json, field) in [
+            (r#"{"event_type":"c","timestamp":1}"#, "user_id"),
+            (
+                r#"{"user_id":null,"anonymous_id":null,"event_type":"c","timestamp":1}"#,
+                "user_id",
+            ),
+            (
+                r#"{"anonymous_id":"","event_type":"c","timestamp":1}"#,
+                "anonymous_id",
+            ),
+            (
+                r#"{"user_id":"u","anonymous_id":7,"event_type":"c","timestamp":1}"#,
+                "anonymous_id",
+            ),
+            (
+                r#"{"user_id":"u","previous_id":"","event_type":"c","timestamp":1}"#,
+                "previous_id",
+            ),
+        ] {
+            match decode(json) {
+                Err(EventError::Field { field: f, .. }) => assert_eq!(f, field, "{json}"),
+                other => panic!("{json}: expected a bad `{field}`, got {other:?}"),
+            }
+        }
     }
 
     #[test]

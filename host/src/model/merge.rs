@@ -83,7 +83,7 @@ impl<'a> Merger<'a> {
         updates: Vec<Update>,
     ) -> Result<(), (ErrorKind, String)> {
         let events = self.events;
-        let user = events[event].user_id.as_str();
+        let user = events[event].profile_key();
         let attributes = self.pending.entry(user).or_default();
         for update in &updates {
             if let Some(existing) = attributes.get(&update.attribute) {
@@ -194,6 +194,10 @@ mod tests {
         Event {
             id: id.into(),
             user_id: user.into(),
+            anonymous_id: None,
+            previous_id: None,
+            known_user: true,
+            profile_key: None,
             kind: "page_view".into(),
             timestamp_ms: at,
             user_agent: None,

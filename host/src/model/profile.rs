@@ -6,11 +6,13 @@
 //! as the JSON of [`Profile`] (serde); the REST shape of contract §5 is the
 //! API's business (`api/profiles.rs`).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::identity::{Identifier, MergeRecord, USER_ID};
 use crate::model::merge::AttributeChange;
 use crate::model::update::{Op, OpKind, Value};
 
@@ -153,6 +155,18 @@ pub struct Profile {
     /// with the highest revision, so a slow refill cannot overwrite a newer
     /// write-through.
     pub revision: i64,
+    /// The person's identifiers, sorted; empty for a profile that has only
+    /// the `user_id` its key is ([`Profile::identifiers`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifiers: Vec<Identifier>,
+    /// The merges this profile took in, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merges: Vec<MergeRecord>,
+    /// Set on a pointer: the row of an identifier (or of a profile merged
+    /// away) that belongs to the profile at this key. A pointer has no
+    /// attributes of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
 }
 
 impl Profile {
@@ -163,6 +177,19 @@ impl Profile {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             revision: 0,
+            identifiers: Vec::new(),
+            merges: Vec::new(),
+            merged_into: None,
+        }
+    }
+
+    /// The person's identifiers: as stored, or the `user_id` the key is when
+    /// none are.
+    pub fn identifiers(&self) -> Cow<'_, [Identifier]> {
+        if self.identifiers.is_empty() && self.merged_into.is_none() {
+            Cow::Owned(vec![Identifier::new(USER_ID, self.user_id.as_str())])
+        } else {
+            Cow::Borrowed(&self.identifiers)
         }
     }
 

@@ -10,11 +10,13 @@ use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Source};
 use super::{count_consumed, next_offsets};
 use crate::model::event::Event;
+use crate::model::identity::Rules;
 use crate::store::{ArchivedEvent, EventArchive};
 use crate::telemetry::{Metrics, PipelineRole};
 
 pub(super) struct ArchiveLane {
     pub(super) archive: Arc<dyn EventArchive>,
+    pub(super) identity: Arc<Rules>,
     pub(super) source: Arc<dyn Source>,
     pub(super) runtime: Handle,
     pub(super) stop: CancellationToken,
@@ -30,15 +32,19 @@ impl ArchiveLane {
         let next = next_offsets(&batch.records);
         for record in &batch.records {
             let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
-            let Ok(event) = Event::from_json(&record.payload, fallback) else {
+            let Ok(mut event) = Event::from_json(&record.payload, fallback) else {
                 continue;
             };
             let Ok(payload) = String::from_utf8(record.payload.clone()) else {
                 continue;
             };
+            // Archived under the key of the profile it counted on first
+            // (its user id, else its anonymous id's home key).
+            self.identity.key_event(&mut event);
+            let user_id = event.profile_key.take().unwrap_or(event.user_id);
             events.push(ArchivedEvent {
                 event_id: event.id,
-                user_id: event.user_id,
+                user_id,
                 event_type: event.kind,
                 event_time_ms: event.timestamp_ms,
                 topic: topic.to_owned(),

@@ -15,9 +15,13 @@ use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Record, Source};
 use super::{count_consumed, next_offsets};
 use crate::model::event::Event;
+use crate::model::identity::{BatchIdentities, LinkKind, Rules};
 use crate::model::profile::now_ms;
 use crate::plugin::chain::ChainWorker;
-use crate::store::{Commit, CommitOutcome, OffsetRange, PluginVersion, ProfileCache, ProfileStore};
+use crate::store::{
+    Commit, CommitOutcome, Identity, LinkReport, OffsetRange, PluginVersion, ProfileCache,
+    ProfileStore,
+};
 use crate::telemetry::{Metrics, PipelineRole};
 
 /// Where the enrich role writes.
@@ -40,6 +44,8 @@ pub(super) struct EnrichLane {
     /// The profiles this lane committed last, so its next commit need not
     /// read them back.
     pub(super) profiles: LaneCache,
+    /// How events resolve to profiles.
+    pub(super) identity: Arc<Rules>,
     pub(super) runtime: Handle,
     pub(super) stop: CancellationToken,
     pub(super) metrics: Arc<Metrics>,
@@ -122,6 +128,20 @@ impl EnrichLane {
                 )),
             }
         }
+        // Each event's profile key, and what it links, before the plugins
+        // run: the updates merge under the key.
+        let mut identities = BatchIdentities::default();
+        let mut blocked = 0;
+        for event in &mut events {
+            let keyed = self.identity.key_event(event);
+            blocked += keyed.blocked;
+            if let Some(identifier) = keyed.key_identifier {
+                identities
+                    .keys
+                    .insert(event.profile_key().to_owned(), identifier);
+            }
+            identities.links.extend(keyed.link);
+        }
         let outcome = self.worker.run(&events);
         for (index, error) in outcome.errors {
             tracing::debug!(
@@ -182,6 +202,12 @@ impl EnrichLane {
         let changes = &outcome.changes;
         let metrics = &self.metrics;
         let offsets = &offsets;
+        let report = LinkReport::default();
+        let identity = (!identities.is_empty()).then(|| Identity {
+            batch: &identities,
+            rules: &self.identity,
+            report: &report,
+        });
         // The first attempt starts from the lane's copies; a failed attempt
         // loses them, and the retry reads the store.
         let mut copies = Some(self.profiles.take(changes));
@@ -197,6 +223,7 @@ impl EnrichLane {
                     plugins,
                     known,
                     now_ms: now_ms(),
+                    identity,
                 };
                 let started = Instant::now();
                 let result = store.commit(commit).await;
@@ -221,6 +248,7 @@ impl EnrichLane {
         if let Some(known) = &mut self.known {
             known.extend(next.iter().copied());
         }
+        self.count_links(blocked, report);
         if let Some(cache) = &self.targets.cache
             && !profiles.is_empty()
             && let Err(error) = runtime.block_on(async {
@@ -236,6 +264,34 @@ impl EnrichLane {
         self.profiles.keep(profiles);
         self.source.committed(&next);
         Attempt::Committed
+    }
+}
+
+impl EnrichLane {
+    /// Counts and logs what a committed batch's links did.
+    fn count_links(&self, blocked: usize, report: LinkReport) {
+        let metrics = &self.metrics.identity;
+        metrics.refused("blocked", blocked as u64);
+        let (merges, refused) = report.take();
+        for merge in merges.iter().filter(|m| m.kind == LinkKind::Merge) {
+            metrics.merges.inc();
+            tracing::debug!(
+                survivor = %merge.survivor,
+                merged = %merge.merged,
+                event_id = %merge.event_id,
+                "merged two profiles of one person"
+            );
+        }
+        for refusal in &refused {
+            metrics.refused(refusal.reason.as_str(), 1);
+            tracing::info!(
+                reason = refusal.reason.as_str(),
+                event_id = %refusal.event_id,
+                identifier_type = %refusal.identifier.kind,
+                profile = %refusal.profile,
+                "refused to link an identifier to a profile"
+            );
+        }
     }
 }
 

@@ -44,6 +44,7 @@ use anyhow::Context as _;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::identity::Rules;
 use crate::plugin::chain::Chain;
 use crate::store::EventArchive;
 use crate::telemetry::{Metrics, PipelineRole};
@@ -66,6 +67,8 @@ pub struct Setup {
     pub profile_cache_bytes: usize,
     /// The async runtime the lanes and the lag reporter use.
     pub runtime: Handle,
+    /// How events resolve to profiles (`[identity]`).
+    pub identity: Arc<Rules>,
 }
 
 /// A running pipeline: the source thread and its lanes.
@@ -97,6 +100,7 @@ impl Pipeline {
                 group: group.to_owned(),
                 known: None,
                 profiles: LaneCache::new(setup.profile_cache_bytes / setup.lanes.max(1)),
+                identity: setup.identity.clone(),
                 runtime: setup.runtime.clone(),
                 stop: stop.clone(),
                 metrics: setup.metrics.clone(),
@@ -118,6 +122,7 @@ impl Pipeline {
         for _ in 0..setup.lanes.max(1) {
             let lane = ArchiveLane {
                 archive: archive.clone(),
+                identity: setup.identity.clone(),
                 source: source.clone(),
                 runtime: setup.runtime.clone(),
                 stop: stop.clone(),

@@ -310,6 +310,10 @@ mod tests {
         Event {
             id: format!("e-{n}"),
             user_id: format!("u-{}", n % 7),
+            anonymous_id: None,
+            previous_id: None,
+            known_user: true,
+            profile_key: None,
             kind: "click".into(),
             timestamp_ms: 1_000 + n as i64,
             user_agent: None,

@@ -51,6 +51,10 @@ pub fn for_manifest(manifest: &Manifest) -> Vec<Event> {
             events.push(Event {
                 id: format!("pulsehub-sample-{}", events.len()),
                 user_id: format!("pulsehub-sample-user-{n}"),
+                anonymous_id: None,
+                previous_id: None,
+                known_user: true,
+                profile_key: None,
                 kind: kind.unwrap_or(template_kind).to_owned(),
                 timestamp_ms: 1_764_453_600_000 + n as i64 * 1_000,
                 user_agent: user_agent.map(str::to_owned),

@@ -38,6 +38,10 @@ pub struct RedriveReport {
     /// Letters of events the enrich role has not committed yet (their batch
     /// may still run again): left for a later run.
     pub uncommitted: u64,
+    /// Letters of events that carry identifiers beyond a `user_id`, or of
+    /// users whose row holds identities: left alone, since a re-drive does
+    /// not resolve identities yet (docs/identity.md).
+    pub identities: u64,
     /// Profiles written.
     pub changed: u64,
     /// Users computed again because the live pipeline changed their
@@ -72,9 +76,19 @@ impl Replay {
             }
             let mut page = Page::default();
             let mut skipped = Vec::new();
+            let mut held = Vec::new();
             for letter in letters {
                 let user = letter.event.user_id.as_str();
                 if !pending.contains(user) {
+                    continue;
+                }
+                let stored = cut.profiles.get(user);
+                if letter.event.anonymous_id.is_some()
+                    || letter.event.previous_id.is_some()
+                    || !letter.event.known_user
+                    || stored.is_some_and(|p| p.merged_into.is_some() || !p.identifiers.is_empty())
+                {
+                    held.push(user);
                     continue;
                 }
                 let committed = cut
@@ -150,6 +164,7 @@ impl Replay {
                     }
                 }
             }
+            report.identities += held.iter().filter(|u| !refused.contains(**u)).count() as u64;
             report.retried += refused.len() as u64;
             pending.retain(|user| refused.contains(*user));
         }

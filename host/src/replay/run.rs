@@ -63,6 +63,10 @@ pub struct PageReport {
     pub discrepancies: Vec<Discrepancy>,
     /// Profiles written (PostgreSQL) or refreshed (Redis) by the repair.
     pub repaired: u64,
+    /// Rows left alone because they hold identities (pointers, profiles
+    /// with identifiers of their own), which a replay does not resolve yet
+    /// (docs/identity.md).
+    pub identities: u64,
 }
 
 impl Replay {
@@ -165,8 +169,15 @@ impl Replay {
             let owned = |name: &str, attribute: &crate::model::profile::Attribute| {
                 writes.contains(name) || attribute.plugin == record.plugin
             };
+            // Rows that hold identities are left alone: a replay does not
+            // resolve identities yet (docs/identity.md).
             let profiles: Vec<Profile> = pending
                 .iter()
+                .filter(|user| {
+                    cut.profiles
+                        .get(*user)
+                        .is_none_or(|p| p.merged_into.is_none() && p.identifiers.is_empty())
+                })
                 .filter_map(|user| {
                     recomputed(user, cut.profiles.get(user), owned, changes.get(user), now)
                 })
@@ -225,6 +236,10 @@ impl Replay {
             let mut repaired = Vec::new();
             for user in &pending {
                 let stored = cut.profiles.get(user);
+                if stored.is_some_and(|p| p.merged_into.is_some() || !p.identifiers.is_empty()) {
+                    report.identities += 1;
+                    continue;
+                }
                 let mut fresh = Profile::new(user.as_str(), now);
                 if let Some(changes) = changes.get(user) {
                     fresh.apply(changes, now);
@@ -286,6 +301,12 @@ impl Replay {
                     }
                 }
             }
+        }
+        if report.identities > 0 {
+            tracing::warn!(
+                rows = report.identities,
+                "left rows that hold identities alone: replays do not resolve identities yet"
+            );
         }
         self.counts.users += users.len() as u64;
         report.discrepancies = found.into_values().flatten().collect();

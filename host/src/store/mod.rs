@@ -26,6 +26,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
+use crate::model::identity::{BatchIdentities, PlannedMerge, Refusal, Rules};
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
 
@@ -90,6 +91,41 @@ pub struct Commit<'a> {
     pub known: HashMap<String, Profile>,
     /// Wall-clock time of the commit, for `created_at`/`updated_at`.
     pub now_ms: i64,
+    /// The batch's identifiers and links; `None`: every change's key is a
+    /// `user_id` and nothing links.
+    pub identity: Option<Identity<'a>>,
+}
+
+/// A batch's identities, for [`Commit::identity`].
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub batch: &'a BatchIdentities,
+    pub rules: &'a Rules,
+    /// Where the store reports the links it made and refused.
+    pub report: &'a LinkReport,
+}
+
+/// What a commit did with a batch's links (the last attempt's, for a
+/// commit that was retried).
+#[derive(Debug, Default)]
+pub struct LinkReport(std::sync::Mutex<(Vec<PlannedMerge>, Vec<Refusal>)>);
+
+impl LinkReport {
+    pub fn set(&self, merges: Vec<PlannedMerge>, refused: Vec<Refusal>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (merges, refused);
+    }
+
+    pub fn take(&self) -> (Vec<PlannedMerge>, Vec<Refusal>) {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -171,5 +207,28 @@ pub trait EventArchive: Send + Sync + 'static {
 /// store ([`reader::ProfileReader`]).
 #[async_trait]
 pub trait ProfileLookup: Send + Sync + 'static {
-    async fn lookup(&self, user_id: &str) -> StoreResult<Option<Profile>>;
+    /// The row at `key`: a profile, or a pointer ([`Profile::merged_into`]).
+    async fn lookup(&self, key: &str) -> StoreResult<Option<Profile>>;
+
+    /// The profile `key` resolves to, following pointers; with the key it
+    /// was found under when that is not `key`.
+    async fn resolve(&self, key: &str) -> StoreResult<Option<(Profile, Option<String>)>> {
+        let mut at = key.to_owned();
+        for _ in 0..crate::model::identity::MAX_POINTER_STEPS {
+            let Some(row) = self.lookup(&at).await? else {
+                return Ok(None);
+            };
+            match &row.merged_into {
+                Some(next) => at = next.clone(),
+                None => {
+                    let moved = (at != key).then_some(at);
+                    return Ok(Some((row, moved)));
+                }
+            }
+        }
+        Err(StoreError(anyhow::anyhow!(
+            "the pointers from {key} lead on past {} rows",
+            crate::model::identity::MAX_POINTER_STEPS
+        )))
+    }
 }

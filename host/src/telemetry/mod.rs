@@ -11,6 +11,7 @@
 //! `reconcile.rs`.
 
 mod http;
+mod identity;
 mod pipeline;
 mod plugin;
 mod reconcile;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use http::{HttpLabels, HttpMetrics, HttpRouteLabels, UNMATCHED_ROUTE};
+pub use identity::{IdentityMetrics, RefusalLabels};
 pub use pipeline::{DeadLetterLabels, PartitionLabels, PipelineMetrics, PipelineRole, RoleLabels};
 pub use plugin::{
     PluginAction, PluginActionLabels, PluginErrorLabels, PluginLabels, PluginMetrics,
@@ -42,6 +44,7 @@ pub struct Metrics {
     pub stores: StoreMetrics,
     pub http: HttpMetrics,
     pub reconcile: ReconcileMetrics,
+    pub identity: IdentityMetrics,
     /// The state series each plugin shows now, to remove it on a change.
     plugin_states: Mutex<HashMap<String, PluginStateLabels>>,
 }
@@ -70,6 +73,7 @@ impl Metrics {
         let stores = StoreMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry);
         let reconcile = ReconcileMetrics::register(&mut registry);
+        let identity = IdentityMetrics::register(&mut registry);
         Self {
             registry,
             plugins,
@@ -77,6 +81,7 @@ impl Metrics {
             stores,
             http,
             reconcile,
+            identity,
             plugin_states: Mutex::default(),
         }
     }

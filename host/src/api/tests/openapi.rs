@@ -34,6 +34,7 @@ async fn the_openapi_document_covers_every_route() {
         .collect();
     let routes = BTreeSet::from([
         "/api/v1/profiles/{user_id}",
+        "/api/v1/profiles/by/{type}/{value}",
         "/api/v1/events",
         "/api/v1/plugins",
         "/api/v1/plugins/{name}",

@@ -45,6 +45,44 @@ pub(super) fn with_profile() -> Fakes {
 }
 
 #[tokio::test]
+async fn an_identifier_answers_with_the_profile_it_resolves_to() {
+    let mut fakes = with_profile();
+    let home = crate::model::identity::home_key("anonymous_id", "a1");
+    let mut pointer = Profile::new(home.as_str(), 0);
+    pointer.merged_into = Some("u-42".into());
+    fakes.lookup.profiles.insert(home, pointer);
+    let app = fakes.app();
+
+    let reply = send(&app, get("/api/v1/profiles/by/anonymous_id/a1")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["user_id"], "u-42");
+    assert_eq!(body["attributes"]["page_views"]["value"], 17);
+    assert_eq!(
+        body["resolved_from"],
+        serde_json::json!({"type": "anonymous_id", "value": "a1"})
+    );
+
+    let reply = send(&app, get("/api/v1/profiles/by/user_id/u-42")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert!(
+        reply.json().get("resolved_from").is_none(),
+        "{}",
+        reply.text
+    );
+
+    let reply = send(&app, get("/api/v1/profiles/by/anonymous_id/a2")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    let reply = send(&app, get("/api/v1/profiles/by/shoe_size/42")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert!(
+        reply.text.contains("unknown identifier type"),
+        "{}",
+        reply.text
+    );
+}
+
+#[tokio::test]
 async fn a_profile_is_served_in_the_contract_shape() {
     let reply = send(&with_profile().app(), get("/api/v1/profiles/u-42")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
@@ -57,6 +95,9 @@ async fn a_profile_is_served_in_the_contract_shape() {
             "attributes": {"page_views": {
                 "value": 17, "plugin": "page-view-counter", "plugin_version": "1.0.0",
                 "event_id": "e-9", "updated_at": "2026-11-29T22:00:00.123Z"}},
+            "profile_key": "u-42",
+            "identifiers": [{"type": "user_id", "value": "u-42"}],
+            "merges": [],
             "created_at": "2026-11-29T21:50:00.000Z",
             "updated_at": "2026-11-29T22:00:00.500Z"
         })

@@ -14,6 +14,9 @@
 //!   key and payload as text, with the exact bytes in hex only when they are
 //!   not UTF-8 (the format is documented in `rows.rs`).
 //! - `archive`: event id → JSON of an [`ArchivedEvent`].
+//! - `profile_merges`: the merge log, (event id, what joined) → (survivor,
+//!   kind, milliseconds); a profile row may be a pointer
+//!   ([`Profile::merged_into`], see [`crate::model::identity`]).
 //!
 //! # Durability
 //! Publishing, committing, dead letters and archiving commit durably (fsync)
@@ -35,7 +38,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -48,6 +51,7 @@ use redb::{
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
 
+use crate::model::identity;
 use crate::model::profile::Profile;
 use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
@@ -71,6 +75,10 @@ const PROFILES: TableDefinition<&str, &str> = TableDefinition::new("profiles");
 const OFFSETS: TableDefinition<(&str, &str, i32), i64> = TableDefinition::new("offsets");
 const DEAD_LETTERS: TableDefinition<u64, &str> = TableDefinition::new("dead_letters");
 const ARCHIVE: TableDefinition<&str, &str> = TableDefinition::new("archive");
+/// The merge log: (causing event id, what joined) to (survivor, kind,
+/// wall-clock milliseconds), as PostgreSQL's `profile_merges`.
+const MERGES: TableDefinition<(&str, &str), (&str, &str, i64)> =
+    TableDefinition::new("profile_merges");
 /// The timeline of plugin versions: `(group, topic, partition, plugin,
 /// version, from_offset)` to `until_offset` (`None` while open), as
 /// PostgreSQL's `plugin_timeline`.
@@ -279,22 +287,64 @@ impl Inner {
             txn.abort()?;
             return Ok(CommitOutcome::Stale);
         }
-        let mut profiles = Vec::with_capacity(commit.changes.len());
+        let mut out: BTreeMap<String, Profile> = BTreeMap::new();
         {
             let mut table = txn.open_table(PROFILES)?;
-            for (user, changes) in commit.changes {
-                let stored = table
-                    .get(user.as_str())?
-                    .map(|json| serde_json::from_str::<Profile>(json.value()));
-                let mut profile = match stored {
-                    Some(parsed) => parsed
-                        .with_context(|| format!("the stored profile of {user} is unreadable"))?,
-                    None => Profile::new(user.as_str(), commit.now_ms),
+            let batch = commit.identity.map(|identity| identity.batch);
+            if let Some(identity) = commit.identity
+                && !identity.batch.links.is_empty()
+            {
+                let mut rows = HashMap::new();
+                for home in identity::homes(&identity.batch.links) {
+                    read_chain(&table, &home, &mut rows)?;
+                }
+                let plan =
+                    identity::plan(&identity.batch.links, &rows, identity.rules, commit.now_ms);
+                for profile in plan.writes {
+                    let json = serde_json::to_string(&profile)?;
+                    table.insert(profile.user_id.as_str(), json.as_str())?;
+                    out.insert(profile.user_id.clone(), profile);
+                }
+                let mut merges = txn.open_table(MERGES)?;
+                for merge in &plan.merges {
+                    let key = (merge.event_id.as_str(), merge.merged.as_str());
+                    if merges.get(key)?.is_none() {
+                        merges.insert(
+                            key,
+                            (merge.survivor.as_str(), merge.kind.as_str(), commit.now_ms),
+                        )?;
+                    }
+                }
+                identity.report.set(plan.merges, plan.refused);
+            }
+            // Each change's key resolved to its profile: the row itself, or
+            // where its pointers lead.
+            let mut rows = HashMap::new();
+            let mut groups: BTreeMap<String, Vec<&String>> = BTreeMap::new();
+            for key in commit.changes.keys() {
+                read_chain(&table, key, &mut rows)?;
+                let canonical = match identity::resolve(&rows, key) {
+                    Ok(Some(canonical)) => canonical.to_owned(),
+                    Ok(None) => key.clone(),
+                    Err(broken) => {
+                        bail!("the pointer from {key} leads to {broken}, which has no row")
+                    }
                 };
-                profile.apply(changes, commit.now_ms);
+                groups.entry(canonical).or_default().push(key);
+            }
+            for (canonical, keys) in groups {
+                let mut profile = rows.remove(&canonical).unwrap_or_else(|| match batch {
+                    Some(batch) => batch.new_profile(&canonical, commit.now_ms),
+                    None => Profile::new(canonical.as_str(), commit.now_ms),
+                });
+                let revision = profile.revision + 1;
+                for key in keys {
+                    profile.apply(&commit.changes[key], commit.now_ms);
+                }
+                profile.revision = revision;
                 let json = serde_json::to_string(&profile)?;
-                table.insert(user.as_str(), json.as_str())?;
-                profiles.push(profile);
+                table.insert(canonical.as_str(), json.as_str())?;
+                out.insert(canonical, profile);
             }
             let mut offsets = txn.open_table(OFFSETS)?;
             for range in commit.offsets {
@@ -306,7 +356,7 @@ impl Inner {
             self.trim_inbox(&txn)?;
         }
         txn.commit()?;
-        Ok(CommitOutcome::Applied(profiles))
+        Ok(CommitOutcome::Applied(out.into_values().collect()))
     }
 
     fn timeline(&self, group: &str, topic: &str) -> anyhow::Result<Vec<TimelineEntry>> {
@@ -465,6 +515,33 @@ impl Inner {
 /// ran its batch, as PostgreSQL's `write_timeline` does: versions that left
 /// the set close at the partition's start (`expected`, 0 when `None`),
 /// versions that joined it open there.
+/// Reads the row at `key` into `rows`, and the rows its pointers lead to.
+fn read_chain(
+    table: &redb::Table<'_, &'static str, &'static str>,
+    key: &str,
+    rows: &mut HashMap<String, Profile>,
+) -> anyhow::Result<()> {
+    let mut at = key.to_owned();
+    for _ in 0..identity::MAX_POINTER_STEPS {
+        let row = match rows.get(&at) {
+            Some(row) => row,
+            None => {
+                let Some(json) = table.get(at.as_str())? else {
+                    return Ok(());
+                };
+                let profile: Profile = serde_json::from_str(json.value())
+                    .with_context(|| format!("the stored profile of {at} is unreadable"))?;
+                rows.entry(at.clone()).or_insert(profile)
+            }
+        };
+        match &row.merged_into {
+            Some(next) => at = next.clone(),
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 fn advance_timeline(txn: &WriteTransaction, commit: &Commit<'_>) -> anyhow::Result<()> {
     let mut table = txn.open_table(TIMELINE)?;
     for range in commit.offsets {

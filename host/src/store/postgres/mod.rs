@@ -13,7 +13,7 @@ mod audit;
 pub mod redrive;
 pub mod replay;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -22,11 +22,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
+use crate::model::identity::{self, BatchIdentities, Plan, PlannedMerge};
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
 use crate::store::{
-    ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
-    TimelineEntry,
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, Identity, ProfileStore, StoreError,
+    StoreResult, TimelineEntry,
 };
 
 /// How long a statement waits for a pooled connection. A database that is
@@ -163,24 +164,62 @@ impl ProfileStore for PgStore {
             return Ok(CommitOutcome::Stale);
         }
         write_timeline(&mut tx, &commit).await?;
-        let mut profiles =
-            apply_changes(&mut tx, commit.changes, commit.known, commit.now_ms).await?;
-        let mut written = write_profiles(&mut tx, &profiles).await?;
-        if !written.refused.is_empty() {
+        let mut known = commit.known;
+        // Profile key → the row as this transaction leaves it, JSON beside.
+        let mut out: BTreeMap<String, (Profile, String)> = BTreeMap::new();
+        let batch = commit.identity.map(|identity| identity.batch);
+        if let Some(identity) = commit.identity
+            && !identity.batch.links.is_empty()
+        {
+            let plan = plan_links(&mut tx, identity, commit.now_ms).await?;
+            let written = write_profiles(&mut tx, &plan.writes).await?;
+            if !written.refused.is_empty() {
+                // Only a row created meanwhile at a new identifier's home
+                // (the reads locked every existing one): read it next time.
+                return Err(StoreError(anyhow!(
+                    "{} rows an identity link writes were created by another writer; \
+                     the batch is rolled back and must be retried",
+                    written.refused.len()
+                )));
+            }
+            write_merge_log(&mut tx, &plan.merges, commit.now_ms).await?;
+            for (profile, document) in plan.writes.into_iter().zip(written.documents) {
+                known.insert(profile.user_id.clone(), profile.clone());
+                out.insert(profile.user_id.clone(), (profile, document));
+            }
+            identity.report.set(plan.merges, plan.refused);
+        }
+        let applied = apply_changes(&mut tx, commit.changes, known, batch, commit.now_ms).await?;
+        let profiles: Vec<Profile> = applied.iter().map(|(p, _)| p.clone()).collect();
+        let written = write_profiles(&mut tx, &profiles).await?;
+        let refused = written.refused.clone();
+        for (profile, document) in profiles.into_iter().zip(written.documents) {
+            out.insert(profile.user_id.clone(), (profile, document));
+        }
+        if !refused.is_empty() {
             // Another writer (a backfill, a reconcile repair, another lane
-            // holding the same user) changed these profiles since the copy
-            // or the read they were computed from. The upsert locked their
-            // rows all the same, so they are read again, as they are now,
-            // and the batch's changes applied to them once more.
-            let refused: ProfileChanges = written
-                .refused
+            // holding the same user, a link that made a row a pointer)
+            // changed these profiles since the copy or the read they were
+            // computed from. The upsert locked their rows all the same, so
+            // they are read again, as they are now, and the batch's changes
+            // applied to them once more.
+            let again_changes: ProfileChanges = refused
                 .iter()
-                .map(|&i| {
-                    let user = &profiles[i].user_id;
-                    (user.clone(), commit.changes[user].clone())
-                })
+                .flat_map(|&i| applied[i].1.iter())
+                .map(|&key| (key.clone(), commit.changes[key].clone()))
                 .collect();
-            let again = apply_changes(&mut tx, &refused, HashMap::new(), commit.now_ms).await?;
+            for &i in &refused {
+                out.remove(&applied[i].0.user_id);
+            }
+            let again = apply_changes(
+                &mut tx,
+                &again_changes,
+                HashMap::new(),
+                batch,
+                commit.now_ms,
+            )
+            .await?;
+            let again: Vec<Profile> = again.into_iter().map(|(p, _)| p).collect();
             let second = write_profiles(&mut tx, &again).await?;
             if !second.refused.is_empty() {
                 return Err(StoreError(anyhow!(
@@ -189,14 +228,12 @@ impl ProfileStore for PgStore {
                     second.refused.len()
                 )));
             }
-            for ((i, profile), document) in written.refused.iter().zip(again).zip(second.documents)
-            {
-                profiles[*i] = profile;
-                written.documents[*i] = document;
+            for (profile, document) in again.into_iter().zip(second.documents) {
+                out.insert(profile.user_id.clone(), (profile, document));
             }
         }
-        let documents = written.documents;
         tx.commit().await.context("committing the batch")?;
+        let (profiles, documents) = out.into_values().unzip();
         Ok(CommitOutcome::AppliedEncoded {
             profiles,
             documents,
@@ -292,52 +329,164 @@ async fn offsets_are_expected(
         .all(|range| stored.get(&range.partition).copied() == range.expected))
 }
 
-/// Applies `changes` to the profiles they touch, as they are now, in user
-/// order. A profile comes from `known` when the caller holds a copy, else it
-/// is read, without a lock: [`write_profiles`] replaces only the revision a
-/// profile was computed from, so a copy or a read that another writer has
-/// overtaken is never written over: the commit reads it again under the row
-/// lock and applies the changes once more.
-async fn apply_changes(
+/// Applies `changes` to the profiles they touch, as they are now, and
+/// returns each profile with the keys of the changes applied to it, in key
+/// order. A change's key may hold a pointer (an identifier's row, a profile
+/// merged away): its changes go to the profile the pointers lead to. A row
+/// comes from `known` when the caller holds a copy, else it is read, without
+/// a lock: [`write_profiles`] replaces only the revision a profile was
+/// computed from, so a copy or a read that another writer has overtaken is
+/// never written over: the commit reads it again under the row lock and
+/// applies the changes once more. A new profile records its key's
+/// identifier from `batch`.
+async fn apply_changes<'c>(
     tx: &mut Transaction<'_, Postgres>,
-    changes: &ProfileChanges,
+    changes: &'c ProfileChanges,
     mut known: HashMap<String, Profile>,
+    batch: Option<&BatchIdentities>,
     now_ms: i64,
-) -> StoreResult<Vec<Profile>> {
+) -> StoreResult<Vec<(Profile, Vec<&'c String>)>> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let missing: Vec<&str> = changes
+    let mut missing: Vec<String> = changes
         .keys()
-        .filter(|user_id| !known.contains_key(*user_id))
-        .map(String::as_str)
+        .filter(|key| !known.contains_key(*key))
+        .cloned()
         .collect();
-    if !missing.is_empty() {
+    let mut asked: HashSet<String> = HashSet::new();
+    for _ in 0..=identity::MAX_POINTER_STEPS {
+        if missing.is_empty() {
+            break;
+        }
         let rows = sqlx::query("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
             .bind(&missing)
             .fetch_all(&mut **tx)
             .await
             .context("reading the batch's profiles")?;
+        asked.extend(missing.drain(..));
         known.reserve(rows.len());
         for row in rows {
-            let user_id: String = row.try_get("user_id").context("reading a profile row")?;
+            let key: String = row.try_get("user_id").context("reading a profile row")?;
             let Json(profile): Json<Profile> = row
                 .try_get("profile")
-                .with_context(|| format!("decoding the stored profile of user {user_id}"))?;
-            known.insert(user_id, profile);
+                .with_context(|| format!("decoding the stored profile of {key}"))?;
+            known.insert(key, profile);
         }
+        // Pointers whose targets are not read yet.
+        missing = changes
+            .keys()
+            .filter_map(|key| identity::resolve(&known, key).err())
+            .filter(|target| !asked.contains(*target))
+            .map(str::to_owned)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
     }
-    let profiles = changes
-        .iter()
-        .map(|(user_id, attributes)| {
-            let mut profile = known
-                .remove(user_id)
-                .unwrap_or_else(|| Profile::new(user_id.as_str(), now_ms));
-            profile.apply(attributes, now_ms);
-            profile
+    let mut groups: BTreeMap<String, Vec<&'c String>> = BTreeMap::new();
+    for key in changes.keys() {
+        let canonical = match identity::resolve(&known, key) {
+            Ok(Some(canonical)) => canonical.to_owned(),
+            Ok(None) => key.clone(),
+            Err(broken) => {
+                return Err(StoreError(anyhow!(
+                    "the pointer from {key} leads to {broken}, which has no row"
+                )));
+            }
+        };
+        groups.entry(canonical).or_default().push(key);
+    }
+    let profiles = groups
+        .into_iter()
+        .map(|(canonical, keys)| {
+            let mut profile = known.remove(&canonical).unwrap_or_else(|| match batch {
+                Some(batch) => batch.new_profile(&canonical, now_ms),
+                None => Profile::new(canonical.as_str(), now_ms),
+            });
+            let revision = profile.revision + 1;
+            for key in &keys {
+                profile.apply(&changes[*key], now_ms);
+            }
+            profile.revision = revision;
+            (profile, keys)
         })
         .collect();
     Ok(profiles)
+}
+
+/// Reads and locks the rows `identity`'s links resolve through (their
+/// identifiers' home rows, in key order, then the rows their pointers lead
+/// to) and plans the links over them.
+async fn plan_links(
+    tx: &mut Transaction<'_, Postgres>,
+    identity: Identity<'_>,
+    now_ms: i64,
+) -> StoreResult<Plan> {
+    let links = &identity.batch.links;
+    let mut rows: HashMap<String, Profile> = HashMap::new();
+    let mut wanted: Vec<String> = identity::homes(links).into_iter().collect();
+    let mut asked: HashSet<String> = HashSet::new();
+    for _ in 0..=identity::MAX_POINTER_STEPS {
+        if wanted.is_empty() {
+            break;
+        }
+        // Locked in key order: two batches linking the same identifiers
+        // take their home rows in one order. (Pointer targets come in later
+        // reads; two links that cross there can still meet in a deadlock,
+        // which PostgreSQL breaks, failing one batch, which is retried.)
+        let read: Vec<(String, Json<Profile>)> = sqlx::query_as(
+            "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) \
+             ORDER BY user_id FOR UPDATE",
+        )
+        .bind(&wanted)
+        .fetch_all(&mut **tx)
+        .await
+        .context("locking the rows of the batch's linked identifiers")?;
+        asked.extend(wanted.drain(..));
+        for (key, Json(profile)) in read {
+            rows.insert(key, profile);
+        }
+        wanted = rows
+            .values()
+            .filter_map(|row| row.merged_into.as_ref())
+            .filter(|target| !asked.contains(*target) && !rows.contains_key(*target))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+    }
+    Ok(identity::plan(links, &rows, identity.rules, now_ms))
+}
+
+/// Records `merges` in the merge log; a merge already recorded (the same
+/// event, the same profile merged away) is kept as it is.
+async fn write_merge_log(
+    tx: &mut Transaction<'_, Postgres>,
+    merges: &[PlannedMerge],
+    now_ms: i64,
+) -> StoreResult<()> {
+    if merges.is_empty() {
+        return Ok(());
+    }
+    let events: Vec<&str> = merges.iter().map(|m| m.event_id.as_str()).collect();
+    let merged: Vec<&str> = merges.iter().map(|m| m.merged.as_str()).collect();
+    let survivors: Vec<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
+    let kinds: Vec<&str> = merges.iter().map(|m| m.kind.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO profile_merges (event_id, merged, survivor, kind, merged_at) \
+         SELECT e, m, s, k, to_timestamp($5 / 1000.0) \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS batch(e, m, s, k) \
+         ON CONFLICT (event_id, merged) DO NOTHING",
+    )
+    .bind(&events)
+    .bind(&merged)
+    .bind(&survivors)
+    .bind(&kinds)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .context("recording the batch's merges")?;
+    Ok(())
 }
 
 /// What [`write_profiles`] did.
@@ -387,7 +536,9 @@ pub(crate) async fn write_profiles(
     let mut revisions = Vec::with_capacity(profiles.len());
     let mut created = Vec::with_capacity(profiles.len());
     let mut updated = Vec::with_capacity(profiles.len());
+    let mut pointers = Vec::with_capacity(profiles.len());
     for profile in profiles {
+        pointers.push(profile.merged_into.as_deref());
         user_ids.push(profile.user_id.as_str());
         documents.push(
             serde_json::to_string(profile)
@@ -398,15 +549,17 @@ pub(crate) async fn write_profiles(
         updated.push(profile.updated_at_ms);
     }
     let written = sqlx::query(
-        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at) \
+        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at, merged_into) \
          SELECT user_id, profile, revision, \
-                to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0) \
-         FROM UNNEST($1::text[], $2::text[]::json[], $3::bigint[], $4::bigint[], $5::bigint[]) \
-              AS batch(user_id, profile, revision, created_ms, updated_ms) \
+                to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0), merged_into \
+         FROM UNNEST($1::text[], $2::text[]::json[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::text[]) \
+              AS batch(user_id, profile, revision, created_ms, updated_ms, merged_into) \
          ON CONFLICT (user_id) DO UPDATE SET \
               profile = EXCLUDED.profile, \
               revision = EXCLUDED.revision, \
-              updated_at = EXCLUDED.updated_at \
+              updated_at = EXCLUDED.updated_at, \
+              merged_into = EXCLUDED.merged_into \
          WHERE profiles.revision = EXCLUDED.revision - 1",
     )
     .bind(&user_ids)
@@ -414,6 +567,7 @@ pub(crate) async fn write_profiles(
     .bind(&revisions)
     .bind(&created)
     .bind(&updated)
+    .bind(&pointers)
     .execute(&mut **tx)
     .await
     .context("writing the batch's profiles")?

@@ -116,6 +116,7 @@ pub(super) async fn commit(
             plugins: &[],
             known: Default::default(),
             now_ms: 1_000,
+            identity: None,
         })
         .await
         .expect("the commit reaches the store")

@@ -166,6 +166,7 @@ async fn the_pipelines_run_on_the_embedded_store() {
         limits: batch_limits(8, 8, 1, 10),
         profile_cache_bytes: 1 << 20,
         runtime: Handle::current(),
+        identity: Default::default(),
     };
     let enrich = Pipeline::enrich(enrich_source, "enrich", &chain, targets, setup(2))
         .expect("enrich starts");
