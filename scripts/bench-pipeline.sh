@@ -13,6 +13,9 @@
 #    5,000 requests/s with wrk (scripts/wrk-profiles.lua), p99: idle, over
 #    the last W1 run's profiles once it drained, and busy, during further W1
 #    runs (whose throughput under that load is reported too);
+#  - W1id (issue 13): W1 with identities: every tenth event carries an
+#    anonymous id of its user, alone (half of them) or linking it to the
+#    user id (`identify`, the other half), so profiles merge;
 #  - W2: 3,000,000 events of 1,000,000 users: events/s, and the enrich
 #    process's peak RSS;
 #  - embedded: `pulsehub run` with no services, 1,000,000 events of 20,000
@@ -30,7 +33,7 @@
 #   BENCH_EMBEDDED_EVENTS=1000000 BENCH_EMBEDDED_USERS=20000
 #   BENCH_RUNS=3 BENCH_GET_RATE=5000 BENCH_GET_SECS=10
 #   BENCH_WORKLOADS="w1 get w2 embedded" (a subset runs only those; get
-#   needs w1)
+#   needs w1; w1id runs only when named)
 # A smoke run, under a minute once built (about 2 minutes with 3 runs):
 #   BENCH_RUNS=1 BENCH_W1_EVENTS=20000 BENCH_W1_USERS=2000 \
 #   BENCH_W2_EVENTS=20000 BENCH_W2_USERS=10000 BENCH_EMBEDDED_EVENTS=20000 \
@@ -263,6 +266,7 @@ header() {
     echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- host plugins Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')"
     echo "- machine: $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); broker, PostgreSQL, Redis, PulseHub and the load tools share it"
     want w1 && echo "- W1: $(commas <<<"$W1_EVENTS") events of $(commas <<<"$W1_USERS") users, $PARTITIONS partitions"
+    want w1id && echo "- W1id: W1 with every tenth event carrying an anonymous id, half of those linking it to the user id"
     want w2 && echo "- W2: $(commas <<<"$W2_EVENTS") events of $(commas <<<"$W2_USERS") users, $PARTITIONS partitions"
     want embedded && echo "- embedded: $(commas <<<"$EMBEDDED_EVENTS") events of $(commas <<<"$EMBEDDED_USERS") users"
     echo "- each event's user drawn uniformly at random; $RUNS runs a workload, medians"
@@ -280,6 +284,10 @@ PB_DIRS+=("$WORK")
 header
 echo
 
+if want w1id; then
+    pb_topic "${RUN_ID}_w1id" "$PARTITIONS" "$W1_EVENTS" "$W1_USERS" uniform-identify
+    enrich_runs "W1id: W1 with 10 % anonymous ids and links" w1id "${RUN_ID}_w1id" "$W1_EVENTS"
+fi
 if want w1; then
     pb_topic "${RUN_ID}_w1" "$PARTITIONS" "$W1_EVENTS" "$W1_USERS"
     raw_consume W1 "${RUN_ID}_w1" "$W1_EVENTS"

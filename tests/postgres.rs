@@ -161,6 +161,7 @@ async fn migrating_twice_changes_nothing() {
             "plugin_audit",
             "plugin_backfills",
             "plugin_timeline",
+            "profile_merges",
             "profiles",
             "replay_progress"
         ]

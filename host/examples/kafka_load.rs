@@ -8,7 +8,12 @@
 //!   archive (idempotent by event id) keeps both. The users take
 //!   turns (`round-robin`, the default, which the README's figures used), or
 //!   each event's user is drawn uniformly at random from USERS (`uniform`,
-//!   with a fixed seed so runs repeat), as real traffic spreads.
+//!   with a fixed seed so runs repeat), as real traffic spreads;
+//!   `uniform-identify` draws users as `uniform` and gives every tenth
+//!   event an anonymous id of its user (`bench-a<N>`): every twentieth
+//!   event carries it alone, the others of the tenth are `identify` events
+//!   carrying it with the user id, which link the two (a merge the first
+//!   time, when both have a profile by then).
 //! - `kafka_load consume BROKERS TOPIC EVENTS`: reads EVENTS messages from the
 //!   start of TOPIC with a fresh consumer group, doing nothing with them, and
 //!   prints `consumed N in S s: R events/s`: the broker's raw consume rate
@@ -41,14 +46,18 @@ fn main() -> anyhow::Result<()> {
             let spread = match args.get(5).map(String::as_str) {
                 None | Some("round-robin") => Spread::RoundRobin,
                 Some("uniform") => Spread::Uniform,
-                Some(other) => bail!("unknown spread `{other}`: round-robin or uniform"),
+                Some("uniform-identify") => Spread::UniformIdentify,
+                Some(other) => {
+                    bail!("unknown spread `{other}`: round-robin, uniform or uniform-identify")
+                }
             };
             let first = if args.len() == 7 { number(6)? } else { 0 };
             produce(&args[1], &args[2], first, number(3)?, number(4)?, spread)
         }
         Some("consume") if args.len() == 4 => consume(&args[1], &args[2], number(3)?),
         _ => bail!(
-            "usage: kafka_load produce BROKERS TOPIC EVENTS USERS [round-robin|uniform] [FIRST] \
+            "usage: kafka_load produce BROKERS TOPIC EVENTS USERS \
+             [round-robin|uniform|uniform-identify] [FIRST] \
              | consume BROKERS TOPIC EVENTS"
         ),
     }
@@ -59,6 +68,7 @@ fn main() -> anyhow::Result<()> {
 enum Spread {
     RoundRobin,
     Uniform,
+    UniformIdentify,
 }
 
 fn produce(
@@ -83,17 +93,28 @@ fn produce(
     for i in first..first + events {
         let u = match spread {
             Spread::RoundRobin => i % users.max(1),
-            Spread::Uniform => rng.below(users.max(1)),
+            Spread::Uniform | Spread::UniformIdentify => rng.below(users.max(1)),
         };
         let user = format!("bench-u{u}");
-        let kind = if i % 3 == 0 { "page_view" } else { "click" };
+        let mut kind = if i % 3 == 0 { "page_view" } else { "click" };
+        let (mut key, mut ids) = (user.clone(), format!(r#""user_id":"{user}""#));
+        if matches!(spread, Spread::UniformIdentify) && i % 10 == 0 {
+            let anonymous = format!("bench-a{u}");
+            if i % 20 == 0 {
+                ids = format!(r#""anonymous_id":"{anonymous}""#);
+                key = anonymous;
+            } else {
+                ids = format!(r#""user_id":"{user}","anonymous_id":"{anonymous}""#);
+                kind = "identify";
+            }
+        }
         let payload = format!(
-            r#"{{"event_id":"bench-{i}","user_id":"{user}","event_type":"{kind}","timestamp":{},"user_agent":"{}","url":"https://shop.example/p/{}","properties":{{"n":{i}}}}}"#,
+            r#"{{"event_id":"bench-{i}",{ids},"event_type":"{kind}","timestamp":{},"user_agent":"{}","url":"https://shop.example/p/{}","properties":{{"n":{i}}}}}"#,
             base_ms + i as i64,
             USER_AGENTS[u as usize % USER_AGENTS.len()],
             i % 97
         );
-        let mut record = BaseRecord::to(topic).key(&user).payload(&payload);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,

@@ -53,15 +53,16 @@ pb_cleanup() {
     for name in "${PB_DIRS[@]}"; do rm -rf "$name"; done
 }
 
-# pb_topic TOPIC PARTITIONS EVENTS USERS: a topic (and its dead-letter
-# topic) holding EVENTS events whose users are drawn uniformly at random
-# from USERS, as real traffic spreads (not in turns).
+# pb_topic TOPIC PARTITIONS EVENTS USERS [SPREAD]: a topic (and its
+# dead-letter topic) holding EVENTS events whose users are drawn uniformly at
+# random from USERS, as real traffic spreads (not in turns); SPREAD
+# `uniform-identify` mixes in anonymous ids and their links (kafka_load).
 pb_topic() {
-    local topic=$1 partitions=$2 events=$3 users=$4
+    local topic=$1 partitions=$2 events=$3 users=$4 spread=${5:-uniform}
     PB_TOPICS+=("$topic" "$topic.dlq")
     nisshi topic create "$topic" --partitions "$partitions" >/dev/null 2>&1 || true
     nisshi topic create "$topic.dlq" --partitions 1 >/dev/null 2>&1 || true
-    "$LOAD" produce "$BROKERS" "$topic" "$events" "$users" uniform
+    "$LOAD" produce "$BROKERS" "$topic" "$events" "$users" "$spread"
 }
 
 # pb_scratch_db NAME: a new, migrated database NAME; sets DB_URL.

@@ -22,6 +22,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// URIs (RFC 4151), which RFC 9457 suggests for types that need not resolve.
 pub(super) mod types {
     pub const INVALID_USER_ID: &str = "tag:pulsehub,2026:problem:invalid-user-id";
+    pub const INVALID_IDENTIFIER: &str = "tag:pulsehub,2026:problem:invalid-identifier";
     pub const PROFILE_NOT_FOUND: &str = "tag:pulsehub,2026:problem:profile-not-found";
     pub const PLUGIN_NOT_FOUND: &str = "tag:pulsehub,2026:problem:plugin-not-found";
     pub const INVALID_JSON: &str = "tag:pulsehub,2026:problem:invalid-json";
@@ -111,6 +112,16 @@ impl Problem {
     pub fn invalid_user_id(detail: &str) -> Self {
         let status = StatusCode::BAD_REQUEST;
         Self::new(status, types::INVALID_USER_ID, "Invalid user id", detail)
+    }
+
+    pub fn invalid_identifier(detail: &str) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        Self::new(
+            status,
+            types::INVALID_IDENTIFIER,
+            "Invalid identifier",
+            detail,
+        )
     }
 
     pub fn profile_not_found(user_id: &str) -> Self {

@@ -69,14 +69,14 @@ pub(super) async fn get_profile_by(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ProfileBody>, Problem> {
-    let Path((kind, value)) = path.map_err(|e| Problem::invalid_user_id(&e.body_text()))?;
+    let Path((kind, value)) = path.map_err(|e| Problem::invalid_identifier(&e.body_text()))?;
     check_user_id(&value).map_err(|reason| {
-        Problem::invalid_user_id(&reason.replace("user id", "identifier value"))
+        Problem::invalid_identifier(&reason.replace("user id", "identifier value"))
     })?;
     let key = state
         .identity
         .lookup_key(&kind, &value)
-        .map_err(|reason| Problem::invalid_user_id(&reason))?;
+        .map_err(|reason| Problem::invalid_identifier(&reason))?;
     respond(&state, &key, Identifier::new(kind, value)).await
 }
 

@@ -102,6 +102,7 @@ async fn check(
         "by_attribute": by_store,
         "found": report.found,
         "repaired": report.repaired,
+        "left_for_identity": report.identities,
         "retried": replay.counts.retried,
         "plugin_failures": replay.replayer.failures,
         "seconds": started.elapsed().as_secs_f64(),

@@ -372,6 +372,7 @@ impl Rules {
             link: (identifiers.len() > 1).then(|| Link {
                 event_id: event.id.clone(),
                 identifiers,
+                alias: event.previous_id.is_some(),
             }),
             blocked,
         }
@@ -384,6 +385,10 @@ pub struct Link {
     pub event_id: String,
     /// At least two, primary first.
     pub identifiers: Vec<Identifier>,
+    /// An `alias` (the event's `previous_id`): the producer says the user
+    /// ids are one person, so `user_id`'s uniqueness and limit do not hold
+    /// the link back (the merge cap does).
+    pub alias: bool,
 }
 
 /// What the identities of a batch need from the store.
@@ -575,7 +580,7 @@ impl Work {
                 Some(key) => match &target {
                     None => target = Some(key),
                     Some(t) if *t == key => {}
-                    Some(t) => match self.merge(t.clone(), key, &link.event_id, rules) {
+                    Some(t) => match self.merge(t.clone(), key, link, rules) {
                         Ok(survivor) => target = Some(survivor),
                         Err((reason, profile)) => self.plan.refused.push(Refusal {
                             reason,
@@ -604,7 +609,10 @@ impl Work {
             let profile = &self.rows[&t];
             let held = profile.identifiers();
             let same_type = held.iter().filter(|i| i.kind == identifier.kind).count();
-            let refusal = if rules.unique(&identifier.kind) && same_type > 0 {
+            let exempt = link.alias && identifier.kind == USER_ID;
+            let refusal = if exempt {
+                None
+            } else if rules.unique(&identifier.kind) && same_type > 0 {
                 Some(RefusalReason::Unique)
             } else if same_type + 1 > rules.limit(&identifier.kind) {
                 Some(RefusalReason::Limit)
@@ -646,9 +654,10 @@ impl Work {
         &mut self,
         a: String,
         b: String,
-        event_id: &str,
+        link: &Link,
         rules: &Rules,
     ) -> Result<String, (RefusalReason, String)> {
+        let event_id = link.event_id.as_str();
         let (pa, pb) = (&self.rows[&a], &self.rows[&b]);
         let (older, younger) = if (pa.created_at_ms, a.as_str()) <= (pb.created_at_ms, b.as_str()) {
             (a, b)
@@ -664,6 +673,9 @@ impl Work {
             *per_type.entry(identifier.kind.as_str()).or_default() += 1;
         }
         for (kind, count) in &per_type {
+            if link.alias && *kind == USER_ID {
+                continue;
+            }
             if rules.unique(kind) && *count > 1 {
                 return Err((RefusalReason::Unique, younger));
             }

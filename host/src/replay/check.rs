@@ -31,6 +31,9 @@ pub struct CheckReport {
     pub by: BTreeMap<(String, String), u64>,
     /// Profiles written (PostgreSQL) or refreshed (Redis) by the repair.
     pub repaired: u64,
+    /// Rows left alone because they hold identities (see
+    /// [`PageReport::identities`](super::run::PageReport)).
+    pub identities: u64,
 }
 
 impl Replay {
@@ -65,6 +68,7 @@ impl Replay {
             let checked = self.check_page(&page, repair, false).await?;
             report.checked += checked.checked;
             report.repaired += checked.repaired;
+            report.identities += checked.identities;
             for d in checked.discrepancies {
                 *report
                     .by

@@ -10,6 +10,7 @@ fn link(event: &str, ids: &[(&str, &str)]) -> Link {
     Link {
         event_id: event.to_owned(),
         identifiers: ids.iter().map(|(k, v)| id(k, v)).collect(),
+        alias: false,
     }
 }
 
@@ -348,4 +349,43 @@ fn pointers_resolve_to_their_end() {
     known.insert("c".to_owned(), c);
     assert_eq!(resolve(&known, "a"), Ok(Some("c")));
     assert_eq!(resolve(&known, "nobody"), Ok(None));
+}
+
+#[test]
+fn an_alias_links_two_user_ids_despite_their_uniqueness() {
+    let rules = Rules::default();
+    let mut alias =
+        event(r#"{"user_id":"u42","previous_id":"u41","event_type":"alias","timestamp":1}"#);
+    let link = rules.key_event(&mut alias).link.expect("a link");
+    assert!(link.alias);
+    // u41 has a profile; u42 is new: it joins u41's.
+    let known = rows(vec![stored("u41", 10, 3, &[])]);
+    let joined = plan(std::slice::from_ref(&link), &known, &rules, 100);
+    assert!(joined.refused.is_empty(), "{:?}", joined.refused);
+    let profile = joined
+        .writes
+        .iter()
+        .find(|p| p.user_id == "u41")
+        .expect("written");
+    assert_eq!(
+        profile.identifiers,
+        vec![id(USER_ID, "u41"), id(USER_ID, "u42")]
+    );
+    // Both have profiles: they merge.
+    let known = rows(vec![stored("u41", 10, 3, &[]), stored("u42", 20, 4, &[])]);
+    let merged = plan(&[link.clone()], &known, &rules, 100);
+    assert_eq!(merged.merges.len(), 1);
+    let survivor = merged
+        .writes
+        .iter()
+        .find(|p| p.user_id == "u41")
+        .expect("written");
+    assert_eq!(views(survivor), Some(&Value::Integer(7)));
+    // The same two ids seen on an ordinary event do not link.
+    let plain = Link {
+        alias: false,
+        ..link
+    };
+    let refused = plan(&[plain], &known, &rules, 100);
+    assert_eq!(refused.refused[0].reason, RefusalReason::Unique);
 }

@@ -189,37 +189,38 @@ impl ProfileStore for PgStore {
             }
             identity.report.set(plan.merges, plan.refused);
         }
-        let applied = apply_changes(&mut tx, commit.changes, known, batch, commit.now_ms).await?;
-        let profiles: Vec<Profile> = applied.iter().map(|(p, _)| p.clone()).collect();
+        let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) =
+            apply_changes(&mut tx, commit.changes, known, batch, commit.now_ms)
+                .await?
+                .into_iter()
+                .unzip();
         let written = write_profiles(&mut tx, &profiles).await?;
-        let refused = written.refused.clone();
-        for (profile, document) in profiles.into_iter().zip(written.documents) {
-            out.insert(profile.user_id.clone(), (profile, document));
-        }
-        if !refused.is_empty() {
+        let mut again = Vec::new();
+        let mut again_documents = Vec::new();
+        if !written.refused.is_empty() {
             // Another writer (a backfill, a reconcile repair, another lane
             // holding the same user, a link that made a row a pointer)
             // changed these profiles since the copy or the read they were
             // computed from. The upsert locked their rows all the same, so
             // they are read again, as they are now, and the batch's changes
             // applied to them once more.
-            let again_changes: ProfileChanges = refused
+            let again_changes: ProfileChanges = written
+                .refused
                 .iter()
-                .flat_map(|&i| applied[i].1.iter())
+                .flat_map(|&i| sources[i].iter())
                 .map(|&key| (key.clone(), commit.changes[key].clone()))
                 .collect();
-            for &i in &refused {
-                out.remove(&applied[i].0.user_id);
-            }
-            let again = apply_changes(
+            again = apply_changes(
                 &mut tx,
                 &again_changes,
                 HashMap::new(),
                 batch,
                 commit.now_ms,
             )
-            .await?;
-            let again: Vec<Profile> = again.into_iter().map(|(p, _)| p).collect();
+            .await?
+            .into_iter()
+            .map(|(profile, _)| profile)
+            .collect();
             let second = write_profiles(&mut tx, &again).await?;
             if !second.refused.is_empty() {
                 return Err(StoreError(anyhow!(
@@ -228,12 +229,29 @@ impl ProfileStore for PgStore {
                     second.refused.len()
                 )));
             }
-            for (profile, document) in again.into_iter().zip(second.documents) {
-                out.insert(profile.user_id.clone(), (profile, document));
-            }
+            again_documents = second.documents;
         }
         tx.commit().await.context("committing the batch")?;
-        let (profiles, documents) = out.into_values().unzip();
+        let refused: HashSet<usize> = written.refused.into_iter().collect();
+        let first = profiles
+            .into_iter()
+            .zip(written.documents)
+            .enumerate()
+            .filter(|(i, _)| !refused.contains(i))
+            .map(|(_, row)| row);
+        let rows = first.chain(again.into_iter().zip(again_documents));
+        let (profiles, documents) = if out.is_empty() {
+            // No links: the rows as written. (A key written again after a
+            // refusal comes last, and the cache keeps its higher revision.)
+            rows.unzip()
+        } else {
+            // Links wrote rows the changes may have written again: the
+            // later write of a key is the row as it is now.
+            out.extend(
+                rows.map(|(profile, document)| (profile.user_id.clone(), (profile, document))),
+            );
+            out.into_values().unzip()
+        };
         Ok(CommitOutcome::AppliedEncoded {
             profiles,
             documents,
