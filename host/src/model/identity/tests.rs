@@ -373,7 +373,7 @@ fn an_alias_links_two_user_ids_despite_their_uniqueness() {
     );
     // Both have profiles: they merge.
     let known = rows(vec![stored("u41", 10, 3, &[]), stored("u42", 20, 4, &[])]);
-    let merged = plan(&[link.clone()], &known, &rules, 100);
+    let merged = plan(std::slice::from_ref(&link), &known, &rules, 100);
     assert_eq!(merged.merges.len(), 1);
     let survivor = merged
         .writes
