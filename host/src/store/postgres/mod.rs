@@ -168,10 +168,13 @@ impl ProfileStore for PgStore {
         // Profile key → the row as this transaction leaves it, JSON beside.
         let mut out: BTreeMap<String, (Profile, String)> = BTreeMap::new();
         let batch = commit.identity.map(|identity| identity.batch);
+        let linked = commit
+            .identity
+            .is_some_and(|identity| !identity.batch.links.is_empty());
         if let Some(identity) = commit.identity
-            && !identity.batch.links.is_empty()
+            && linked
         {
-            let plan = plan_links(&mut tx, identity, commit.now_ms).await?;
+            let plan = plan_links(&mut tx, identity, commit.changes, commit.now_ms).await?;
             let written = write_profiles(&mut tx, &plan.writes).await?;
             if !written.refused.is_empty() {
                 // Only a row created meanwhile at a new identifier's home
@@ -230,6 +233,17 @@ impl ProfileStore for PgStore {
                 )));
             }
             again_documents = second.documents;
+        }
+        if let Some(batch) = batch
+            && linked
+        {
+            let mut placed: Vec<String> = identity::homes(&batch.links).into_iter().collect();
+            placed.extend(commit.changes.keys().cloned());
+            sqlx::query("DELETE FROM profiles WHERE user_id = ANY($1) AND revision = 0")
+                .bind(&placed)
+                .execute(&mut *tx)
+                .await
+                .context("deleting the rows the batch's links left unwritten")?;
         }
         tx.commit().await.context("committing the batch")?;
         let refused: HashSet<usize> = written.refused.into_iter().collect();
@@ -377,11 +391,14 @@ async fn apply_changes<'c>(
         if missing.is_empty() {
             break;
         }
-        let rows = sqlx::query("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
-            .bind(&missing)
-            .fetch_all(&mut **tx)
-            .await
-            .context("reading the batch's profiles")?;
+        // Revision 0: a placeholder of a batch with links (plan_links).
+        let rows = sqlx::query(
+            "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) AND revision > 0",
+        )
+        .bind(&missing)
+        .fetch_all(&mut **tx)
+        .await
+        .context("reading the batch's profiles")?;
         asked.extend(missing.drain(..));
         known.reserve(rows.len());
         for row in rows {
@@ -432,39 +449,85 @@ async fn apply_changes<'c>(
     Ok(profiles)
 }
 
-/// Reads and locks the rows `identity`'s links resolve through (their
-/// identifiers' home rows, in key order, then the rows their pointers lead
-/// to) and plans the links over them.
+/// Locks every row the batch writes, in key order, and reads the rows
+/// `identity`'s links resolve through (their identifiers' home rows, then
+/// the rows their pointers lead to), and plans the links over them.
+///
+/// One statement takes the locks of the changed profiles, the homes and
+/// the profiles their pointers lead to, together, in key order
+/// (placeholders where rows do not exist yet): a batch that links then
+/// holds every row it will write before it writes any, as a batch without
+/// links does in its one upsert, so two batches that share rows wait for
+/// each other instead of deadlocking. (Pointers are followed before the
+/// locks; one that changes in between can still lead a batch to lock a row
+/// late, and two such batches to deadlock, which PostgreSQL breaks by
+/// failing one of them: it is retried.)
 async fn plan_links(
     tx: &mut Transaction<'_, Postgres>,
     identity: Identity<'_>,
+    changes: &ProfileChanges,
     now_ms: i64,
 ) -> StoreResult<Plan> {
     let links = &identity.batch.links;
-    let mut rows: HashMap<String, Profile> = HashMap::new();
-    let mut wanted: Vec<String> = identity::homes(links).into_iter().collect();
-    let mut asked: HashSet<String> = HashSet::new();
-    for _ in 0..=identity::MAX_POINTER_STEPS {
-        if wanted.is_empty() {
+    let homes: Vec<String> = identity::homes(links).into_iter().collect();
+    let mut keys: BTreeSet<String> = changes.keys().cloned().collect();
+    keys.extend(homes.iter().cloned());
+    // The profiles pointers among them lead to are written too: they are
+    // found first, without locks, so that one statement can lock them all.
+    let mut frontier: Vec<String> = keys.iter().cloned().collect();
+    for _ in 0..identity::MAX_POINTER_STEPS {
+        if frontier.is_empty() {
             break;
         }
-        // Locked in key order: two batches linking the same identifiers
-        // take their home rows in one order. (Pointer targets come in later
-        // reads; two links that cross there can still meet in a deadlock,
-        // which PostgreSQL breaks, failing one batch, which is retried.)
-        let read: Vec<(String, Json<Profile>)> = sqlx::query_as(
-            "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) \
-             ORDER BY user_id FOR UPDATE",
+        let targets: Vec<String> = sqlx::query_scalar(
+            "SELECT merged_into FROM profiles \
+             WHERE user_id = ANY($1) AND merged_into IS NOT NULL",
         )
-        .bind(&wanted)
+        .bind(&frontier)
         .fetch_all(&mut **tx)
         .await
-        .context("locking the rows of the batch's linked identifiers")?;
-        asked.extend(wanted.drain(..));
-        for (key, Json(profile)) in read {
-            rows.insert(key, profile);
-        }
-        wanted = rows
+        .context("finding where the batch's pointers lead")?;
+        frontier = targets
+            .into_iter()
+            .filter(|target| keys.insert(target.clone()))
+            .collect();
+    }
+    let keys: Vec<String> = keys.into_iter().collect();
+    // Locks every row the batch writes, in key order, in one statement, as
+    // the upsert of a batch without links does: rows that exist are locked
+    // (the WHERE false updates nothing), and a placeholder (revision 0) is
+    // put where none exists, so that a row another batch is creating is
+    // waited for here, in order, and not later while this batch holds rows
+    // that batch wants. Revision-0 rows count as absent; the placeholders
+    // nothing wrote over are deleted before the commit.
+    sqlx::query(
+        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at) \
+         SELECT key, json_build_object('user_id', key, 'attributes', '{}'::json, \
+                                       'created_at_ms', $2::bigint, 'updated_at_ms', $2::bigint, \
+                                       'revision', 0), \
+                0, to_timestamp($2 / 1000.0), to_timestamp($2 / 1000.0) \
+         FROM UNNEST($1::text[]) AS batch(key) \
+         ON CONFLICT (user_id) DO UPDATE SET revision = profiles.revision WHERE false",
+    )
+    .bind(&keys)
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await
+    .context("locking the batch's rows")?;
+    let read: Vec<(String, Json<Profile>)> = sqlx::query_as(
+        "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) AND revision > 0",
+    )
+    .bind(&homes)
+    .fetch_all(&mut **tx)
+    .await
+    .context("reading the rows of the batch's linked identifiers")?;
+    let mut rows: HashMap<String, Profile> = HashMap::new();
+    for (key, Json(profile)) in read {
+        rows.insert(key, profile);
+    }
+    let mut asked: HashSet<String> = homes.into_iter().collect();
+    for _ in 0..identity::MAX_POINTER_STEPS {
+        let wanted: Vec<String> = rows
             .values()
             .filter_map(|row| row.merged_into.as_ref())
             .filter(|target| !asked.contains(*target) && !rows.contains_key(*target))
@@ -472,6 +535,21 @@ async fn plan_links(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        let read: Vec<(String, Json<Profile>)> = sqlx::query_as(
+            "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) AND revision > 0 \
+             ORDER BY user_id FOR UPDATE",
+        )
+        .bind(&wanted)
+        .fetch_all(&mut **tx)
+        .await
+        .context("locking the rows the batch's links point to")?;
+        asked.extend(wanted);
+        for (key, Json(profile)) in read {
+            rows.insert(key, profile);
+        }
     }
     Ok(identity::plan(links, &rows, identity.rules, now_ms))
 }
