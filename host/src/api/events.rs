@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{
-    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema,
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref, Schema, Type,
 };
 use utoipa::{PartialSchema, ToSchema};
 
@@ -189,7 +189,12 @@ impl utoipa::PartialSchema for EventsBody {
 impl ToSchema for EventsBody {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         // An event needs a `user_id` or an `anonymous_id`, or both.
-        let needs = |field: &str| ObjectBuilder::new().required(field);
+        // (Present and a string: `null` counts as absent.)
+        let needs = |field: &str| {
+            ObjectBuilder::new()
+                .property(field, ObjectBuilder::new().schema_type(Type::String))
+                .required(field)
+        };
         let event = AllOfBuilder::new().item(WireEvent::schema()).item(
             AnyOfBuilder::new()
                 .item(needs("user_id"))
