@@ -86,7 +86,7 @@ impl Replay {
                 if letter.event.anonymous_id.is_some()
                     || letter.event.previous_id.is_some()
                     || !letter.event.known_user
-                    || stored.is_some_and(|p| p.merged_into.is_some() || !p.identifiers.is_empty())
+                    || stored.is_some_and(Profile::holds_identities)
                 {
                     held.push(user);
                     continue;

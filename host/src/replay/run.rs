@@ -176,7 +176,7 @@ impl Replay {
                 .filter(|user| {
                     cut.profiles
                         .get(*user)
-                        .is_none_or(|p| p.merged_into.is_none() && p.identifiers.is_empty())
+                        .is_none_or(|p| !p.holds_identities())
                 })
                 .filter_map(|user| {
                     recomputed(user, cut.profiles.get(user), owned, changes.get(user), now)
@@ -236,7 +236,7 @@ impl Replay {
             let mut repaired = Vec::new();
             for user in &pending {
                 let stored = cut.profiles.get(user);
-                if stored.is_some_and(|p| p.merged_into.is_some() || !p.identifiers.is_empty()) {
+                if stored.is_some_and(Profile::holds_identities) {
                     report.identities += 1;
                     continue;
                 }

@@ -168,13 +168,13 @@ impl ProfileStore for PgStore {
         // Profile key → the row as this transaction leaves it, JSON beside.
         let mut out: BTreeMap<String, (Profile, String)> = BTreeMap::new();
         let batch = commit.identity.map(|identity| identity.batch);
-        let linked = commit
-            .identity
-            .is_some_and(|identity| !identity.batch.links.is_empty());
+        // The rows a batch with links locked (placeholders among them).
+        let mut locked: Vec<String> = Vec::new();
         if let Some(identity) = commit.identity
-            && linked
+            && !identity.batch.links.is_empty()
         {
-            let plan = plan_links(&mut tx, identity, commit.changes, commit.now_ms).await?;
+            let plan;
+            (plan, locked) = plan_links(&mut tx, identity, commit.changes, commit.now_ms).await?;
             let written = write_profiles(&mut tx, &plan.writes).await?;
             if !written.refused.is_empty() {
                 // Only a row created meanwhile at a new identifier's home
@@ -234,13 +234,9 @@ impl ProfileStore for PgStore {
             }
             again_documents = second.documents;
         }
-        if let Some(batch) = batch
-            && linked
-        {
-            let mut placed: Vec<String> = identity::homes(&batch.links).into_iter().collect();
-            placed.extend(commit.changes.keys().cloned());
+        if !locked.is_empty() {
             sqlx::query("DELETE FROM profiles WHERE user_id = ANY($1) AND revision = 0")
-                .bind(&placed)
+                .bind(&locked)
                 .execute(&mut *tx)
                 .await
                 .context("deleting the rows the batch's links left unwritten")?;
@@ -451,7 +447,8 @@ async fn apply_changes<'c>(
 
 /// Locks every row the batch writes, in key order, and reads the rows
 /// `identity`'s links resolve through (their identifiers' home rows, then
-/// the rows their pointers lead to), and plans the links over them.
+/// the rows their pointers lead to), and plans the links over them;
+/// returns the plan and the keys it locked.
 ///
 /// One statement takes the locks of the changed profiles, the homes and
 /// the profiles their pointers lead to, together, in key order
@@ -467,7 +464,7 @@ async fn plan_links(
     identity: Identity<'_>,
     changes: &ProfileChanges,
     now_ms: i64,
-) -> StoreResult<Plan> {
+) -> StoreResult<(Plan, Vec<String>)> {
     let links = &identity.batch.links;
     let homes: Vec<String> = identity::homes(links).into_iter().collect();
     let mut keys: BTreeSet<String> = changes.keys().cloned().collect();
@@ -551,7 +548,7 @@ async fn plan_links(
             rows.insert(key, profile);
         }
     }
-    Ok(identity::plan(links, &rows, identity.rules, now_ms))
+    Ok((identity::plan(links, &rows, identity.rules, now_ms), keys))
 }
 
 /// Records `merges` in the merge log; a merge already recorded (the same
