@@ -557,3 +557,303 @@ async fn the_embedded_mode_links_identifiers_too() {
         .expect("POST answers");
     assert_eq!(response.status().as_u16(), 400);
 }
+
+/// Waits until the archive role has consumed `count` records.
+async fn wait_archived(hub: &PulseHub, count: usize) {
+    wait_for(&format!("{count} records archived"), || async {
+        let samples = hub.metrics().await;
+        samples.sum("pulsehub_events_consumed_total", &[("role", "archive")]) >= count as f64
+    })
+    .await;
+}
+
+/// Every cached copy under `prefix` of a profile whose key or body
+/// mentions `tag` (a forgotten key's tombstone has an empty body).
+async fn cached_mentions(redis: &str, prefix: &str, tag: &str) -> Vec<String> {
+    let client = redis::Client::open(redis).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let mut found = Vec::new();
+    for key in keys {
+        let body: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg("body")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        if body.is_some_and(|b| !b.is_empty() && (key.contains(tag) || b.contains(tag))) {
+            found.push(key);
+        }
+    }
+    found
+}
+
+/// Neither of `person`'s identifiers finds a profile.
+async fn assert_forgotten(hub: &PulseHub, person: &Person) {
+    assert_eq!(by(hub, "user_id", &person.user).await, None);
+    assert_eq!(by(hub, "anonymous_id", &person.anonymous).await, None);
+    assert_eq!(hub.profile(&person.user).await, None);
+}
+
+/// The number `sql` counts in the database at `url`.
+async fn scalar(url: &str, sql: &'static str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query_scalar(sql)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_forgets_a_merged_person_everywhere_and_suppress_drops_events_before_plugins() {
+    let _serial = SERIAL.lock().await;
+    let topic = topics(2).await;
+    let database = TestDb::create().await;
+    let redis = redis_url();
+    let token = support::hub::ADMIN_TOKEN;
+    let mut hub = PulseHub::services_with(
+        &topic,
+        database.url(),
+        Some(&redis),
+        &[("PULSEHUB_ADMIN_TOKEN", token)],
+        &[],
+    );
+    hub.wait_ready().await;
+    let (gone, stays) = (Person::new("gone"), Person::new("stays"));
+    let producer = producer();
+    let mut produced = 0;
+    for group in gone.groups.iter().chain(&stays.groups) {
+        produce(&producer, &topic, group).await;
+        produced += group.len();
+        wait_consumed(&hub, produced).await;
+    }
+    wait_archived(&hub, produced).await;
+    assert_one_profile(&hub, &gone, 20).await;
+    assert_one_profile(&hub, &stays, 20).await;
+    let later_views = |from: usize| -> Vec<(String, String)> {
+        (from..from + 5)
+            .map(|i| {
+                let id = format!("stays-later-{i}");
+                event(&id, &[("user_id", &stays.user)], "page_view", T0 + 60_000)
+            })
+            .collect()
+    };
+
+    // Suppress, by the anonymous id: the known id's events are dropped
+    // before any plugin runs, and not archived.
+    let suppressed = hub
+        .privacy("suppress", &[("anonymous_id", &stays.anonymous)])
+        .await;
+    assert_eq!(suppressed["result"]["profiles"], 1, "{suppressed}");
+    let actor = suppressed["actor"].as_str().unwrap_or_default();
+    assert!(
+        actor.starts_with("admin e2e-test from 127.0.0.1:"),
+        "{suppressed}"
+    );
+    let calls_before = hub.metrics().await.sum("pulsehub_plugin_calls_total", &[]);
+    produce(&producer, &topic, &later_views(0)).await;
+    produced += 5;
+    wait_consumed(&hub, produced).await;
+    wait_archived(&hub, produced).await;
+    let samples = hub.metrics().await;
+    for role in ["enrich", "archive"] {
+        assert_eq!(
+            samples.sum(
+                "pulsehub_privacy_suppressed_events_total",
+                &[("role", role)]
+            ),
+            5.0,
+            "{role}"
+        );
+    }
+    assert_eq!(
+        samples.sum("pulsehub_plugin_calls_total", &[]),
+        calls_before,
+        "no plugin ran on a suppressed person's events"
+    );
+    assert_one_profile(&hub, &stays, 20).await;
+
+    // Unsuppress, by the user id: their events count again.
+    let lifted = hub.privacy("unsuppress", &[("user_id", &stays.user)]).await;
+    assert!(
+        lifted["result"]["unsuppressed"].as_u64() >= Some(2),
+        "{lifted}"
+    );
+    produce(&producer, &topic, &later_views(5)).await;
+    produced += 5;
+    wait_consumed(&hub, produced).await;
+    wait_archived(&hub, produced).await;
+    assert_one_profile(&hub, &stays, 25).await;
+
+    // Delete the merged person, by the user id.
+    let deleted = hub.privacy("delete", &[("user_id", &gone.user)]).await;
+    let removed = &deleted["result"]["removed"];
+    assert_eq!(removed["postgres"]["profiles"], 1, "{deleted}");
+    assert!(
+        removed["postgres"]["pointers"].as_u64() >= Some(1),
+        "{deleted}"
+    );
+    assert_eq!(removed["postgres"]["merges"], 1, "{deleted}");
+    assert_eq!(removed["postgres"]["archived_events"], 21, "{deleted}");
+    assert!(removed["redis"]["keys"].as_u64() >= Some(1), "{deleted}");
+    assert_forgotten(&hub, &gone).await;
+    let count = |sql: &'static str| scalar(database.url(), sql);
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE payload::text LIKE '%gone-%'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM profiles WHERE profile::text LIKE '%gone-%'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM profile_merges WHERE event_id LIKE 'gone-%'").await,
+        0
+    );
+    // The other person is whole.
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE payload::text LIKE '%stays-%'").await,
+        26
+    );
+    assert_eq!(
+        cached_mentions(&redis, &format!("{topic}:"), "gone-").await,
+        Vec::<String>::new()
+    );
+
+    // Replaying every event of the deleted person brings nothing back.
+    let all: Vec<(String, String)> = gone.groups.concat();
+    produce(&producer, &topic, &all).await;
+    produced += all.len();
+    wait_consumed(&hub, produced).await;
+    wait_archived(&hub, produced).await;
+    assert_forgotten(&hub, &gone).await;
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE payload::text LIKE '%gone-%'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM profiles WHERE profile::text LIKE '%gone-%'").await,
+        0
+    );
+    assert_eq!(
+        cached_mentions(&redis, &format!("{topic}:"), "gone-").await,
+        Vec::<String>::new()
+    );
+
+    // Export: what is stored about the other person.
+    let exported = hub
+        .privacy("export", &[("anonymous_id", &stays.anonymous)])
+        .await;
+    let export = &exported["result"]["export"];
+    assert_eq!(
+        export["profiles"][0]["attributes"]["page_views"]["value"], 25,
+        "{exported}"
+    );
+    assert_eq!(
+        export["merges"].as_array().map(Vec::len),
+        Some(1),
+        "{exported}"
+    );
+    assert_eq!(
+        export["archived_events"].as_array().map(Vec::len),
+        Some(26),
+        "{exported}"
+    );
+    assert_eq!(export["suppressed"], false);
+    // Every request is audited.
+    let mut conn = sqlx::PgConnection::connect(database.url())
+        .await
+        .expect("connect");
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT operation FROM operation_audit WHERE operation LIKE 'privacy-%' ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("audit");
+    assert_eq!(
+        audited,
+        [
+            "privacy-suppress",
+            "privacy-unsuppress",
+            "privacy-delete",
+            "privacy-export"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_mode_deletes_and_suppresses_too() {
+    let _serial = SERIAL.lock().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut hub = PulseHub::new(vec![
+        (
+            "PULSEHUB_DATA_DIR".into(),
+            data.path().display().to_string(),
+        ),
+        (
+            "PULSEHUB_ADMIN_TOKEN".into(),
+            support::hub::ADMIN_TOKEN.into(),
+        ),
+    ]);
+    hub.wait_ready().await;
+    let person = Person::new("local");
+    let all: Vec<(String, String)> = person.groups.concat();
+    let payloads: Vec<&str> = all.iter().map(|(_, p)| p.as_str()).collect();
+    hub.post_events(&payloads).await;
+    wait_for("one profile of 20 views", || async {
+        by(&hub, "anonymous_id", &person.anonymous)
+            .await
+            .is_some_and(|p| views(&p) == 20)
+    })
+    .await;
+    assert_one_profile(&hub, &person, 20).await;
+
+    let deleted = hub
+        .privacy("delete", &[("anonymous_id", &person.anonymous)])
+        .await;
+    let removed = &deleted["result"]["removed"]["embedded"];
+    assert_eq!(removed["profiles"], 1, "{deleted}");
+    assert_eq!(removed["merges"], 1, "{deleted}");
+    assert_eq!(removed["archived_events"], 21, "{deleted}");
+    assert_eq!(by(&hub, "user_id", &person.user).await, None);
+    assert_eq!(by(&hub, "anonymous_id", &person.anonymous).await, None);
+
+    // Sent again: dropped before the plugins, by both lanes.
+    hub.post_events(&payloads).await;
+    wait_for("the events again, dropped", || async {
+        let samples = hub.metrics().await;
+        samples.sum(
+            "pulsehub_privacy_suppressed_events_total",
+            &[("role", "enrich")],
+        ) >= 21.0
+            && samples.sum(
+                "pulsehub_privacy_suppressed_events_total",
+                &[("role", "archive")],
+            ) >= 21.0
+    })
+    .await;
+    assert_eq!(by(&hub, "user_id", &person.user).await, None);
+    let exported = hub.privacy("export", &[("user_id", &person.user)]).await;
+    let export = &exported["result"]["export"];
+    assert_eq!(export["profiles"], json!([]), "{exported}");
+    assert_eq!(export["archived_events"], json!([]), "{exported}");
+    assert_eq!(export["suppressed"], true, "{exported}");
+
+    // Unsuppressed: the person's next events count from scratch.
+    hub.privacy("unsuppress", &[("user_id", &person.user)])
+        .await;
+    hub.post_events(&payloads[11..]).await;
+    wait_for("the known views again", || async {
+        by(&hub, "user_id", &person.user)
+            .await
+            .is_some_and(|p| views(&p) == 10)
+    })
+    .await;
+}

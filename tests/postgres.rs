@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulsehub::model::identity::Identifier;
 use pulsehub::model::merge::{AttributeChange, ProfileChanges, Provenance};
 use pulsehub::model::profile::Profile;
 use pulsehub::model::update::{Op, Value};
+use pulsehub::privacy::{PrivacyStore, RequestKind, Status};
 use pulsehub::store::embedded::EmbeddedStore;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::{
@@ -88,6 +90,7 @@ async fn commit_from(
                 .collect(),
             now_ms,
             identity: None,
+            suppressions: 0,
         })
         .await
 }
@@ -111,6 +114,9 @@ fn applied(outcome: CommitOutcome) -> Vec<Profile> {
             profiles
         }
         CommitOutcome::Stale => panic!("expected the commit to apply, it was stale"),
+        CommitOutcome::SuppressionsChanged => {
+            panic!("expected the commit to apply, the suppressions changed")
+        }
     }
 }
 
@@ -161,9 +167,12 @@ async fn migrating_twice_changes_nothing() {
             "plugin_audit",
             "plugin_backfills",
             "plugin_timeline",
+            "privacy_requests",
+            "privacy_state",
             "profile_merges",
             "profiles",
-            "replay_progress"
+            "replay_progress",
+            "suppressions"
         ]
     );
     db.store.ping().await.expect("ping");
@@ -204,6 +213,7 @@ async fn commit_run_by(
             known: Default::default(),
             now_ms: 1_700_000_000_000,
             identity: None,
+            suppressions: 0,
         })
         .await
         .expect("the commit reaches the store");
@@ -281,6 +291,104 @@ async fn the_timeline_follows_the_plugin_sets(store: &dyn ProfileStore) {
         timeline(store).await[3..],
         ["1 a@1 [0, 5)", "1 a@1 [8, ..)", "1 b@1 [0, 5)"]
     );
+}
+
+/// A commit and an archive insert filtered with an older generation of
+/// the suppressions write nothing; with the current one they write.
+async fn writes_wait_for_the_suppressions<S>(store: &S)
+where
+    S: ProfileStore + EventArchive + PrivacyStore,
+{
+    assert_eq!(store.generation().await.expect("reads"), 0);
+    let identifiers = [Identifier::new("user_id", "u-gone")];
+    let request = store
+        .submit(
+            RequestKind::Suppress,
+            &identifiers,
+            &["u-gone".to_owned()],
+            "test",
+            5,
+        )
+        .await
+        .expect("stored");
+    assert_eq!(request.status, Status::Pending);
+    assert_eq!(store.unfinished().await.expect("reads"), vec![request.id]);
+    let applied = store
+        .apply(request.id, 6)
+        .await
+        .expect("applies")
+        .expect("pending");
+    assert_eq!(applied.result["suppressed"], 1, "{}", applied.result);
+    assert!(
+        applied.cache_keys.is_empty(),
+        "a suppression removes nothing"
+    );
+    assert_eq!(
+        store.apply(request.id, 7).await.expect("reads"),
+        None,
+        "done once"
+    );
+    let suppressions = store.suppressions().await.expect("reads");
+    assert_eq!(suppressions.generation, 1);
+    assert!(suppressions.keys.contains("u-gone"));
+    let done = store
+        .request(request.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!(done.status, Status::Done);
+    assert_eq!(done.finished_at_ms, Some(6));
+    assert!(store.unfinished().await.expect("reads").is_empty());
+
+    let views = changes(vec![("u-1", "views", change(Op::Increment(1), "e1", 10))]);
+    let offsets = [range(0, None, 1)];
+    let stale = |suppressions| Commit {
+        group: GROUP,
+        topic: TOPIC,
+        changes: &views,
+        offsets: &offsets,
+        plugins: &[],
+        known: Default::default(),
+        now_ms: 10,
+        identity: None,
+        suppressions,
+    };
+    let outcome = store.commit(stale(0)).await.expect("answers");
+    assert!(
+        matches!(outcome, CommitOutcome::SuppressionsChanged),
+        "{outcome:?}"
+    );
+    assert_eq!(store.profile("u-1").await.expect("reads"), None);
+    assert!(store.offsets(GROUP, TOPIC).await.expect("reads").is_empty());
+    applied_to(store.commit(stale(1)).await.expect("commits"));
+    assert!(store.profile("u-1").await.expect("reads").is_some());
+
+    let events = [archived("e1", 0, "{}")];
+    assert!(!store.archive(&events, 0).await.expect("answers"));
+    assert!(store.archive(&events, 1).await.expect("archives"));
+}
+
+fn applied_to(outcome: CommitOutcome) {
+    assert!(
+        matches!(
+            outcome,
+            CommitOutcome::Applied(_) | CommitOutcome::AppliedEncoded { .. }
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_filtered_under_older_suppressions_writes_nothing() {
+    let db = StoreDb::new().await;
+    writes_wait_for_the_suppressions(&db.store).await;
+}
+
+#[tokio::test]
+async fn the_embedded_store_fences_writes_with_the_suppressions_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+    writes_wait_for_the_suppressions(&store).await;
 }
 
 #[tokio::test]
@@ -694,11 +802,11 @@ async fn archiving_is_idempotent_and_keeps_the_payload_text() {
         // Redelivered within the same call.
         archived("e1", 10, odd),
     ];
-    db.store.archive(&events).await.expect("archive");
-    db.store.archive(&events).await.expect("archive again");
-    db.store.archive(&[]).await.expect("archive nothing");
+    db.store.archive(&events, 0).await.expect("archive");
+    db.store.archive(&events, 0).await.expect("archive again");
+    db.store.archive(&[], 0).await.expect("archive nothing");
     db.store
-        .archive(&[archived("e3", 12, "[]")])
+        .archive(&[archived("e3", 12, "[]")], 0)
         .await
         .expect("archive a later call");
 

@@ -64,6 +64,7 @@ async fn commit(store: &PgStore, users: &[String], expected: Option<i64>, next: 
             known: Default::default(),
             now_ms,
             identity: None,
+            suppressions: 0,
         })
         .await
         .expect("commit");

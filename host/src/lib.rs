@@ -21,6 +21,8 @@
 //! - [`replay`]: the profiles recomputed from the archive and the timeline
 //!   of plugin versions (backfill, reconcile, rebuild), page by page while
 //!   the pipeline runs.
+//! - [`privacy`]: privacy requests (suppress, unsuppress, delete, export)
+//!   and the suppressions the lanes filter with.
 //! - [`kafka`]: the Kafka source, dead-letter sink and publisher.
 //! - [`store`]: the traits behind which PostgreSQL, Redis and the embedded
 //!   backend sit, and their implementations.
@@ -42,6 +44,7 @@ pub mod model;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_ops;
+pub mod privacy;
 pub mod replay;
 pub mod store;
 pub mod telemetry;

@@ -367,6 +367,51 @@ impl PulseHub {
         reply(request.send().await.expect("admin call answers")).await
     }
 
+    /// `POST /api/v1/events` with `events` (their JSON texts) as one array;
+    /// asserts they were accepted.
+    pub async fn post_events(&self, events: &[&str]) {
+        let response = self
+            .http
+            .post(self.url("/api/v1/events"))
+            .header("content-type", "application/json")
+            .body(format!("[{}]", events.join(",")))
+            .send()
+            .await
+            .expect("POST answers");
+        assert_eq!(response.status().as_u16(), 202, "POST /api/v1/events");
+    }
+
+    /// A privacy request (`kind` of the person named by `identifiers`, as
+    /// `(type, value)`), waited for until done (up to 60 s); its final body.
+    pub async fn privacy(&self, kind: &str, identifiers: &[(&str, &str)]) -> Value {
+        let identifiers: Vec<Value> = identifiers
+            .iter()
+            .map(|(kind, value)| serde_json::json!({"type": kind, "value": value}))
+            .collect();
+        let request = self
+            .http
+            .post(self.url("/api/v1/privacy/requests"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("x-pulsehub-operator", "e2e-test")
+            .json(&serde_json::json!({"type": kind, "identifiers": identifiers}));
+        let (status, accepted) = reply(request.send().await.expect("POST answers")).await;
+        assert_eq!(status, 202, "{kind} request: {accepted}");
+        let path = format!("/api/v1/privacy/requests/{}", accepted["id"]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.admin(reqwest::Method::GET, &path).await;
+            assert_eq!(status, 200, "{path}: {body}");
+            if body["status"] == "done" {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind} request not done: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `GET /api/v1/plugins/{name}`.
     pub async fn plugin(&self, name: &str) -> (u16, Value) {
         self.get_json(&format!("/api/v1/plugins/{name}")).await

@@ -87,7 +87,7 @@ pub(super) async fn ingest(
 }
 
 /// `application/json`, or a `+json` type; parameters (`charset`) aside.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+pub(super) fn check_content_type(headers: &HeaderMap) -> Result<(), Problem> {
     let unsupported = |detail: &str| Problem::status(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail);
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Err(unsupported(

@@ -17,6 +17,7 @@ mod health;
 mod http_metrics;
 mod openapi;
 mod plugins;
+mod privacy;
 mod problem;
 mod profiles;
 
@@ -112,6 +113,8 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// The identifier types profiles are looked up by.
     pub identity: Arc<crate::model::identity::Rules>,
+    /// Carries out privacy requests (admin routes).
+    pub privacy: crate::privacy::Privacy,
 }
 
 /// The whole REST API.
@@ -169,7 +172,15 @@ pub fn router(state: AppState) -> Router {
             )
             .route(
                 "/api/v1/plugins/{name}/resume",
-                post(admin::resume).layer(admin),
+                post(admin::resume).layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/privacy/requests",
+                post(privacy::create).layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/privacy/requests/{id}",
+                get(privacy::get_one).layer(admin),
             );
     }
     router

@@ -5,7 +5,7 @@ use axum::extract::State;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{Operation, PathItem};
 
-use super::{AppState, admin, events, health, plugins, problem, profiles};
+use super::{AppState, admin, events, health, plugins, privacy, problem, profiles};
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
 /// profiles, events and plugins.
@@ -29,6 +29,8 @@ use super::{AppState, admin, events, health, plugins, problem, profiles};
         admin::rollback,
         admin::resume,
         admin::delete_plugin,
+        privacy::create,
+        privacy::get_one,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -40,6 +42,7 @@ use super::{AppState, admin, events, health, plugins, problem, profiles};
         (name = "profiles", description = "Enriched user profiles"),
         (name = "events", description = "Event ingestion (contract §3)"),
         (name = "plugins", description = "The enrichment plugins; changes need the admin bearer token"),
+        (name = "privacy", description = "Privacy requests: suppress, unsuppress, delete or export a person; need the admin bearer token"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),
     )

@@ -35,6 +35,9 @@ pub(super) mod types {
     pub const PLUGIN_REFUSED: &str = "tag:pulsehub,2026:problem:plugin-refused";
     pub const OWNERSHIP_CLASH: &str = "tag:pulsehub,2026:problem:ownership-clash";
     pub const PLUGIN_CONFLICT: &str = "tag:pulsehub,2026:problem:plugin-conflict";
+    pub const INVALID_PRIVACY_REQUEST: &str = "tag:pulsehub,2026:problem:invalid-privacy-request";
+    pub const PRIVACY_REQUEST_NOT_FOUND: &str =
+        "tag:pulsehub,2026:problem:privacy-request-not-found";
 }
 
 /// Longest `detail` text; the rest is cut so that an error never echoes a
@@ -179,6 +182,27 @@ impl Problem {
             types::PLUGIN_CONFLICT,
             "Plugin state conflict",
             detail,
+        )
+    }
+
+    pub fn invalid_privacy_request(detail: &str) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        Self::new(
+            status,
+            types::INVALID_PRIVACY_REQUEST,
+            "Invalid privacy request",
+            detail,
+        )
+    }
+
+    pub fn privacy_request_not_found(id: i64) -> Self {
+        let detail = format!("no privacy request has id {id}");
+        let status = StatusCode::NOT_FOUND;
+        Self::new(
+            status,
+            types::PRIVACY_REQUEST_NOT_FOUND,
+            "Privacy request not found",
+            &detail,
         )
     }
 

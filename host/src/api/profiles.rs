@@ -114,7 +114,7 @@ pub(super) async fn empty_user_id() -> Problem {
 }
 
 /// The rules of contract §3 for `user_id`.
-fn check_user_id(user_id: &str) -> Result<(), &'static str> {
+pub(super) fn check_user_id(user_id: &str) -> Result<(), &'static str> {
     if user_id.is_empty() {
         Err("the user id must not be empty")
     } else if user_id.len() > MAX_ID_BYTES {

@@ -5,6 +5,7 @@ mod health;
 mod ingest;
 mod metrics;
 mod openapi;
+mod privacy;
 mod routes;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ struct Fakes {
     metrics: Arc<Metrics>,
     admin_token: Option<AdminToken>,
     limits: ApiLimits,
+    privacy: Arc<fakes::FakePrivacy>,
 }
 
 impl Default for Fakes {
@@ -44,6 +46,7 @@ impl Default for Fakes {
             metrics: Arc::new(Metrics::new()),
             admin_token: None,
             limits: ApiLimits::default(),
+            privacy: Arc::default(),
         }
     }
 }
@@ -72,6 +75,10 @@ impl Fakes {
             chain,
             limits: self.limits,
             identity: Default::default(),
+            privacy: crate::privacy::Privacy {
+                store: self.privacy,
+                cache: None,
+            },
         }
     }
 }

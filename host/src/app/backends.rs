@@ -15,6 +15,7 @@ use crate::pipeline::publish::EventPublisher;
 use crate::pipeline::retry::{Backoff, GaveUp, Until, retry};
 use crate::pipeline::source::Source;
 use crate::plugin_ops::audit::{AuditLog, FileAudit};
+use crate::privacy::PrivacyStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::instrumented;
 use crate::store::postgres::PgStore;
@@ -45,6 +46,8 @@ pub(super) struct Parts {
     pub(super) archive: Option<(Arc<dyn Source>, Arc<dyn EventArchive>)>,
     /// Where plugin changes are audited.
     pub(super) audit: Arc<dyn AuditLog>,
+    /// Privacy requests and suppressions.
+    pub(super) privacy: Arc<dyn PrivacyStore>,
     pub(super) lanes: usize,
     pub(super) description: String,
 }
@@ -109,6 +112,7 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
     Ok(Parts {
         store: Arc::new(store.clone()),
         cache: None,
+        privacy: Arc::new(store.clone()),
         publisher: Arc::new(store),
         enrich,
         archive,
@@ -147,6 +151,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
     }
     let store: Arc<PgStore> = Arc::new(store);
     let audit_log: Arc<dyn AuditLog> = store.clone();
+    let privacy: Arc<dyn PrivacyStore> = store.clone();
     let cache: Option<Arc<dyn ProfileCache>> = match &config.redis.url {
         Some(url) => {
             let cache = RedisCache::connect(
@@ -206,6 +211,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         enrich,
         archive,
         audit: audit_log,
+        privacy,
         lanes: config.lanes(),
         description: format!("topic {} on {brokers}, group {}", kafka.topic, kafka.group),
     })

@@ -36,6 +36,7 @@ use crate::plugin::{HostLimits, QuarantinePolicy, Runtime};
 use crate::plugin_ops::audit::AuditLog;
 use crate::plugin_ops::registry::Registry;
 use crate::plugin_ops::{ManagerConfig, PluginManager, watch};
+use crate::privacy::Privacy;
 use crate::replay;
 use crate::store::reader::ProfileReader;
 use crate::telemetry::Metrics;
@@ -130,6 +131,7 @@ impl App {
             profile_cache_bytes: config.pipeline.profile_cache_mib.saturating_mul(1 << 20),
             runtime: Handle::current(),
             identity: identity.clone(),
+            privacy: parts.privacy.clone(),
         };
         let mut pipelines = Vec::new();
         if let Some(EnrichPart {
@@ -175,7 +177,7 @@ impl App {
                     .with_metrics(metrics.clone()),
             ),
             store: parts.store,
-            cache: parts.cache,
+            cache: parts.cache.clone(),
             publisher: parts.publisher,
             chain,
             metrics,
@@ -183,6 +185,10 @@ impl App {
             admin_token: config.admin.token.as_deref().map(AdminToken::new),
             limits: ApiLimits::new(&config.http, &config.plugins),
             identity,
+            privacy: Privacy {
+                store: parts.privacy,
+                cache: parts.cache,
+            },
         };
         Ok(App {
             state,
@@ -216,6 +222,9 @@ impl App {
             "PulseHub is running ({description}); API on http://{address}/api/v1 \
              (try: curl http://{address}/api/v1/profiles/u-42)"
         );
+        // Privacy requests a stop left unfinished.
+        let privacy = state.privacy.clone();
+        tokio::spawn(async move { privacy.resume().await });
         // Every role serves HTTP: orchestrators probe /healthz and /readyz.
         let api_task = tokio::spawn(api::serve(listener, state, stop.clone()));
         tokio::select! {

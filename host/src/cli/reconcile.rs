@@ -103,6 +103,7 @@ async fn check(
         "found": report.found,
         "repaired": report.repaired,
         "left_for_identity": report.identities,
+        "left_suppressed": report.suppressed,
         "retried": replay.counts.retried,
         "plugin_failures": replay.replayer.failures,
         "seconds": started.elapsed().as_secs_f64(),

@@ -85,6 +85,7 @@ async fn run_redrive(
     let bar = progress_bar("letters", total, 0);
     let (mut applied, mut covered, mut uncommitted, mut changed) = (0, 0, 0, 0);
     let mut identities = 0;
+    let mut suppressed = 0;
     let mut failed = Vec::new();
     let users: Vec<&String> = mail.letters.keys().collect();
     for page in users.chunks(PAGE_USERS as usize) {
@@ -97,6 +98,7 @@ async fn run_redrive(
         covered += report.covered;
         uncommitted += report.uncommitted;
         identities += report.identities;
+        suppressed += report.suppressed;
         changed += report.changed;
         failed.extend(report.failed);
         bar.inc(letters.len() as u64);
@@ -128,6 +130,7 @@ async fn run_redrive(
         "covered_by_backfill": covered,
         "not_yet_committed": uncommitted,
         "left_for_identity": identities,
+        "left_suppressed": suppressed,
         "older_than_since": mail.older,
         "undecodable": mail.undecodable,
         "bad_events": mail.bad_events,

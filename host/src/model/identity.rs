@@ -262,6 +262,15 @@ impl Rules {
         }
     }
 
+    /// Whether `event`'s only identifier is its `user_id` (the common
+    /// case: its own key, nothing to link).
+    pub fn is_plain(&self, event: &Event) -> bool {
+        event.known_user
+            && event.anonymous_id.is_none()
+            && event.previous_id.is_none()
+            && self.extra.is_empty()
+    }
+
     /// Whether `value` may never become an identifier.
     pub fn is_blocked(&self, value: &str) -> bool {
         self.blocked.contains(value)
@@ -344,11 +353,7 @@ impl Rules {
     /// keeps the key of its `user_id` (or `anonymous_id`), as before
     /// identities: it still counts, on a profile nothing links to.
     pub fn key_event(&self, event: &mut Event) -> Keyed {
-        if event.known_user
-            && event.anonymous_id.is_none()
-            && event.previous_id.is_none()
-            && self.extra.is_empty()
-        {
+        if self.is_plain(event) {
             // The common case: one user id, its own key.
             return Keyed::default();
         }

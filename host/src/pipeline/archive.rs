@@ -11,12 +11,16 @@ use super::source::{Batch, Source};
 use super::{count_consumed, next_offsets};
 use crate::model::event::Event;
 use crate::model::identity::Rules;
+use crate::privacy::{PrivacyStore, Suppressions};
 use crate::store::{ArchivedEvent, EventArchive};
 use crate::telemetry::{Metrics, PipelineRole};
 
 pub(super) struct ArchiveLane {
     pub(super) archive: Arc<dyn EventArchive>,
     pub(super) identity: Arc<Rules>,
+    /// As the enrich lane's: `None` until read.
+    pub(super) suppressions: Option<Arc<Suppressions>>,
+    pub(super) privacy: Arc<dyn PrivacyStore>,
     pub(super) source: Arc<dyn Source>,
     pub(super) runtime: Handle,
     pub(super) stop: CancellationToken,
@@ -24,17 +28,43 @@ pub(super) struct ArchiveLane {
 }
 
 impl ArchiveLane {
-    pub(super) fn process(&self, batch: Batch) {
+    pub(super) fn process(&mut self, batch: Batch) {
         self.metrics
             .batch_received(PipelineRole::Archive, batch.records.len());
+        loop {
+            let held = self.suppressions.take();
+            match super::current_suppressions(&self.privacy, held, &self.runtime, &self.stop) {
+                Some(suppressions) => self.suppressions = Some(suppressions),
+                None => return,
+            }
+            match self.archive_batch(&batch) {
+                Some(true) => break,
+                // A privacy request changed the suppressions meanwhile.
+                Some(false) => self.suppressions = None,
+                None => return,
+            }
+        }
+        count_consumed(&self.metrics, PipelineRole::Archive, &batch.records);
+        self.source.committed(&next_offsets(&batch.records));
+    }
+
+    /// Archives the batch's events but the suppressed ones; `Some(false)`
+    /// when the suppressions changed first, `None` when the pipeline
+    /// stopped.
+    fn archive_batch(&self, batch: &Batch) -> Option<bool> {
+        let suppressions = self.suppressions.clone().unwrap_or_default();
+        let mut suppressed = 0;
         let topic = &*batch.topic;
         let mut events = Vec::with_capacity(batch.records.len());
-        let next = next_offsets(&batch.records);
         for record in &batch.records {
             let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
             let Ok(mut event) = Event::from_json(&record.payload, fallback) else {
                 continue;
             };
+            if suppressions.drops(&self.identity, &event) {
+                suppressed += 1;
+                continue;
+            }
             let Ok(payload) = String::from_utf8(record.payload.clone()) else {
                 continue;
             };
@@ -59,13 +89,17 @@ impl ArchiveLane {
                 "archiving events",
                 Backoff::LANE,
                 Until::Stopped(&self.stop),
-                || archive.archive(&events),
+                || archive.archive(&events, suppressions.generation),
             ));
-            if done.is_err() {
-                return;
+            match done {
+                Ok(true) => {}
+                Ok(false) => return Some(false),
+                Err(_) => return None,
             }
         }
-        count_consumed(&self.metrics, PipelineRole::Archive, &batch.records);
-        self.source.committed(&next);
+        self.metrics
+            .identity
+            .suppressed(PipelineRole::Archive, suppressed);
+        Some(true)
     }
 }

@@ -18,6 +18,7 @@ use crate::model::event::Event;
 use crate::model::identity::{BatchIdentities, LinkKind, Rules};
 use crate::model::profile::now_ms;
 use crate::plugin::chain::ChainWorker;
+use crate::privacy::{PrivacyStore, Suppressions};
 use crate::store::{
     Commit, CommitOutcome, Identity, LinkReport, OffsetRange, PluginVersion, ProfileCache,
     ProfileStore,
@@ -46,6 +47,10 @@ pub(super) struct EnrichLane {
     pub(super) profiles: LaneCache,
     /// How events resolve to profiles.
     pub(super) identity: Arc<Rules>,
+    /// The suppressed persons, whose events are dropped before the
+    /// plugins; `None` until read.
+    pub(super) suppressions: Option<Arc<Suppressions>>,
+    pub(super) privacy: Arc<dyn PrivacyStore>,
     pub(super) runtime: Handle,
     pub(super) stop: CancellationToken,
     pub(super) metrics: Arc<Metrics>,
@@ -56,6 +61,8 @@ enum Attempt {
     Committed,
     /// Another consumer moved a partition: the offsets must be read again.
     Stale,
+    /// A privacy request changed the suppressions: read them again.
+    Suppressions,
     /// The pipeline stopped while a backend was away.
     Stopped,
 }
@@ -77,6 +84,18 @@ impl EnrichLane {
                     Ok(offsets) => self.known = Some(offsets),
                     Err(_) => return,
                 }
+            }
+            let held = self.suppressions.take();
+            let before = held.as_ref().map(|s| s.generation);
+            match super::current_suppressions(&self.privacy, held, &self.runtime, &self.stop) {
+                Some(suppressions) => {
+                    if before.is_some_and(|g| g != suppressions.generation) {
+                        // The copies may hold a person deleted meanwhile.
+                        self.profiles.clear();
+                    }
+                    self.suppressions = Some(suppressions);
+                }
+                None => return,
             }
             let known = self.known.as_ref();
             let records: Vec<&Record> = batch
@@ -102,6 +121,12 @@ impl EnrichLane {
                     self.known = None;
                     self.profiles.clear();
                 }
+                // Read them again; the copies may hold a person deleted
+                // meanwhile.
+                Attempt::Suppressions => {
+                    self.suppressions = None;
+                    self.profiles.clear();
+                }
                 Attempt::Stopped => return,
             }
         }
@@ -111,9 +136,12 @@ impl EnrichLane {
         let mut events = Vec::with_capacity(records.len());
         let mut origin = Vec::with_capacity(records.len());
         let mut letters = Vec::new();
+        let suppressions = self.suppressions.clone().unwrap_or_default();
+        let mut suppressed = 0;
         for record in records {
             let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
             match Event::from_json(&record.payload, fallback) {
+                Ok(event) if suppressions.drops(&self.identity, &event) => suppressed += 1,
                 Ok(event) => {
                     events.push(event);
                     origin.push(*record);
@@ -200,6 +228,7 @@ impl EnrichLane {
         let store = &self.targets.store;
         let group = self.group.as_str();
         let changes = &outcome.changes;
+        let generation = suppressions.generation;
         let metrics = &self.metrics;
         let offsets = &offsets;
         let report = LinkReport::default();
@@ -224,6 +253,7 @@ impl EnrichLane {
                     known,
                     now_ms: now_ms(),
                     identity,
+                    suppressions: generation,
                 };
                 let started = Instant::now();
                 let result = store.commit(commit).await;
@@ -243,12 +273,16 @@ impl EnrichLane {
                 documents,
             }) => (profiles, Some(documents)),
             Ok(CommitOutcome::Stale) => return Attempt::Stale,
+            Ok(CommitOutcome::SuppressionsChanged) => return Attempt::Suppressions,
             Err(_) => return Attempt::Stopped,
         };
         if let Some(known) = &mut self.known {
             known.extend(next.iter().copied());
         }
         self.count_links(blocked, report);
+        self.metrics
+            .identity
+            .suppressed(PipelineRole::Enrich, suppressed);
         if let Some(cache) = &self.targets.cache
             && !profiles.is_empty()
             && let Err(error) = runtime.block_on(async {

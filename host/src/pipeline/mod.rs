@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::identity::Rules;
 use crate::plugin::chain::Chain;
+use crate::privacy::{PrivacyStore, Suppressions};
 use crate::store::EventArchive;
 use crate::telemetry::{Metrics, PipelineRole};
 use archive::ArchiveLane;
@@ -53,6 +54,7 @@ use enrich::EnrichLane;
 pub use enrich::EnrichTargets;
 pub use lag::LAG_EVERY;
 use lane_cache::LaneCache;
+
 use source::{Batch, BatchLimits, LaneReceiver, Lanes, Record, Source};
 
 /// What every pipeline is started with, besides its source and targets.
@@ -69,6 +71,8 @@ pub struct Setup {
     pub runtime: Handle,
     /// How events resolve to profiles (`[identity]`).
     pub identity: Arc<Rules>,
+    /// Where the suppressed persons are read.
+    pub privacy: Arc<dyn PrivacyStore>,
 }
 
 /// A running pipeline: the source thread and its lanes.
@@ -101,6 +105,8 @@ impl Pipeline {
                 known: None,
                 profiles: LaneCache::new(setup.profile_cache_bytes / setup.lanes.max(1)),
                 identity: setup.identity.clone(),
+                suppressions: None,
+                privacy: setup.privacy.clone(),
                 runtime: setup.runtime.clone(),
                 stop: stop.clone(),
                 metrics: setup.metrics.clone(),
@@ -120,9 +126,11 @@ impl Pipeline {
         let stop = CancellationToken::new();
         let mut handlers: Vec<Handler> = Vec::new();
         for _ in 0..setup.lanes.max(1) {
-            let lane = ArchiveLane {
+            let mut lane = ArchiveLane {
                 archive: archive.clone(),
                 identity: setup.identity.clone(),
+                suppressions: None,
+                privacy: setup.privacy.clone(),
                 source: source.clone(),
                 runtime: setup.runtime.clone(),
                 stop: stop.clone(),
@@ -213,6 +221,45 @@ fn count_consumed<'r>(
     for (partition, count) in counts {
         metrics.events_consumed(role, partition, count);
     }
+}
+
+/// The suppressions as of now: `held` while their generation is still the
+/// store's, else read again. Retries until the pipeline stops (`None`).
+/// A lane asks before each batch, so no plugin runs on the events of a
+/// person suppressed before the batch began; one suppressed while it runs
+/// is caught by the commit ([`crate::store::CommitOutcome::SuppressionsChanged`]).
+fn current_suppressions(
+    privacy: &Arc<dyn PrivacyStore>,
+    held: Option<Arc<Suppressions>>,
+    runtime: &Handle,
+    stop: &CancellationToken,
+) -> Option<Arc<Suppressions>> {
+    let until = retry::Until::Stopped(stop);
+    runtime
+        .block_on(async {
+            if let Some(held) = held {
+                let generation = retry::retry(
+                    "reading the generation of the suppressions",
+                    retry::Backoff::LANE,
+                    until,
+                    || privacy.generation(),
+                )
+                .await?;
+                if generation == held.generation {
+                    return Ok(held);
+                }
+            }
+            let loaded = retry::retry(
+                "reading the suppressions",
+                retry::Backoff::LANE,
+                until,
+                || privacy.suppressions(),
+            )
+            .await?;
+            Ok(Arc::new(loaded))
+        })
+        .map_err(|_: retry::GaveUp<crate::store::StoreError>| ())
+        .ok()
 }
 
 fn run_lane(receiver: LaneReceiver, handler: &mut (dyn FnMut(Batch) + Send)) {

@@ -34,6 +34,8 @@ pub struct CheckReport {
     /// Rows left alone because they hold identities (see
     /// [`PageReport::identities`](super::run::PageReport)).
     pub identities: u64,
+    /// Suppressed persons, left alone.
+    pub suppressed: u64,
 }
 
 impl Replay {
@@ -69,6 +71,7 @@ impl Replay {
             report.checked += checked.checked;
             report.repaired += checked.repaired;
             report.identities += checked.identities;
+            report.suppressed += checked.suppressed;
             for d in checked.discrepancies {
                 *report
                     .by

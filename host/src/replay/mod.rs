@@ -61,6 +61,9 @@ pub struct Cut {
     pub backfills: Vec<Recorded>,
     /// The page's users' dead letters re-driven with success.
     pub redriven: Vec<Redriven>,
+    /// The page's users that are suppressed (a privacy request): replays
+    /// leave them alone.
+    pub suppressed: BTreeSet<String>,
 }
 
 /// One backfill of a plugin version, as recorded in `plugin_backfills`.

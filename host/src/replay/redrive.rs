@@ -42,6 +42,8 @@ pub struct RedriveReport {
     /// users whose row holds identities: left alone, since a re-drive does
     /// not resolve identities yet (docs/identity.md).
     pub identities: u64,
+    /// Letters of suppressed persons (a privacy request): left alone.
+    pub suppressed: u64,
     /// Profiles written.
     pub changed: u64,
     /// Users computed again because the live pipeline changed their
@@ -77,12 +79,17 @@ impl Replay {
             let mut page = Page::default();
             let mut skipped = Vec::new();
             let mut held = Vec::new();
+            let mut suppressed = Vec::new();
             for letter in letters {
                 let user = letter.event.user_id.as_str();
                 if !pending.contains(user) {
                     continue;
                 }
                 let stored = cut.profiles.get(user);
+                if cut.suppressed.contains(user) {
+                    suppressed.push(user);
+                    continue;
+                }
                 if letter.event.anonymous_id.is_some()
                     || letter.event.previous_id.is_some()
                     || !letter.event.known_user
@@ -165,6 +172,8 @@ impl Replay {
                 }
             }
             report.identities += held.iter().filter(|u| !refused.contains(**u)).count() as u64;
+            report.suppressed +=
+                suppressed.iter().filter(|u| !refused.contains(**u)).count() as u64;
             report.retried += refused.len() as u64;
             pending.retain(|user| refused.contains(*user));
         }

@@ -67,6 +67,8 @@ pub struct PageReport {
     /// with identifiers of their own), which a replay does not resolve yet
     /// (docs/identity.md).
     pub identities: u64,
+    /// Suppressed persons (a privacy request), left alone.
+    pub suppressed: u64,
 }
 
 impl Replay {
@@ -170,13 +172,16 @@ impl Replay {
                 writes.contains(name) || attribute.plugin == record.plugin
             };
             // Rows that hold identities are left alone: a replay does not
-            // resolve identities yet (docs/identity.md).
+            // resolve identities yet (docs/identity.md). So are suppressed
+            // persons.
             let profiles: Vec<Profile> = pending
                 .iter()
                 .filter(|user| {
-                    cut.profiles
-                        .get(*user)
-                        .is_none_or(|p| !p.holds_identities())
+                    !cut.suppressed.contains(*user)
+                        && cut
+                            .profiles
+                            .get(*user)
+                            .is_none_or(|p| !p.holds_identities())
                 })
                 .filter_map(|user| {
                     recomputed(user, cut.profiles.get(user), owned, changes.get(user), now)
@@ -238,6 +243,10 @@ impl Replay {
                 let stored = cut.profiles.get(user);
                 if stored.is_some_and(Profile::holds_identities) {
                     report.identities += 1;
+                    continue;
+                }
+                if cut.suppressed.contains(user) {
+                    report.suppressed += 1;
                     continue;
                 }
                 let mut fresh = Profile::new(user.as_str(), now);

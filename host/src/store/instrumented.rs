@@ -139,6 +139,10 @@ impl ProfileCache for Instrumented<dyn ProfileCache> {
     async fn ping(&self) -> StoreResult<()> {
         self.timed("ping", self.inner.ping()).await
     }
+
+    async fn forget(&self, keys: &[String]) -> StoreResult<u64> {
+        self.timed("forget", self.inner.forget(keys)).await
+    }
 }
 
 #[async_trait]
@@ -164,8 +168,9 @@ impl EventPublisher for Instrumented<dyn EventPublisher> {
 
 #[async_trait]
 impl EventArchive for Instrumented<dyn EventArchive> {
-    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()> {
-        self.timed("archive", self.inner.archive(events)).await
+    async fn archive(&self, events: &[ArchivedEvent], suppressions: i64) -> StoreResult<bool> {
+        self.timed("archive", self.inner.archive(events, suppressions))
+            .await
     }
 }
 
@@ -187,6 +192,9 @@ mod tests {
             Err(StoreError(anyhow::anyhow!("connection refused")))
         }
         async fn ping(&self) -> StoreResult<()> {
+            Err(StoreError(anyhow::anyhow!("connection refused")))
+        }
+        async fn forget(&self, _keys: &[String]) -> StoreResult<u64> {
             Err(StoreError(anyhow::anyhow!("connection refused")))
         }
     }

@@ -94,6 +94,10 @@ pub struct Commit<'a> {
     /// The batch's identifiers and links; `None`: every change's key is a
     /// `user_id` and nothing links.
     pub identity: Option<Identity<'a>>,
+    /// The generation of the suppressions the batch's events were filtered
+    /// with ([`crate::privacy::Suppressions`]): the commit is refused as
+    /// [`CommitOutcome::SuppressionsChanged`] under any other.
+    pub suppressions: i64,
 }
 
 /// A batch's identities, for [`Commit::identity`].
@@ -144,6 +148,10 @@ pub enum CommitOutcome {
     /// Nothing written: the stored offsets are not the `expected` ones.
     /// The caller reloads them and drops the records already applied.
     Stale,
+    /// Nothing written: a privacy request changed the suppressions since
+    /// the batch was filtered. The caller reloads them and runs the batch
+    /// again.
+    SuppressionsChanged,
 }
 
 #[async_trait]
@@ -181,6 +189,10 @@ pub trait ProfileCache: Send + Sync + 'static {
     }
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>>;
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Removes the copies at `keys` for good (a deleted person's): no
+    /// write in flight may bring one back. Returns how many keys held one.
+    async fn forget(&self, keys: &[String]) -> StoreResult<u64>;
 }
 
 /// A decoded event for the archive, with its origin.
@@ -199,8 +211,11 @@ pub struct ArchivedEvent {
 
 #[async_trait]
 pub trait EventArchive: Send + Sync + 'static {
-    /// Inserts the events; an event id already archived is skipped.
-    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()>;
+    /// Inserts the events; an event id already archived is skipped. Only
+    /// while the suppressions are at generation `suppressions`, the one
+    /// the events were filtered with: `Ok(false)`, nothing written,
+    /// otherwise.
+    async fn archive(&self, events: &[ArchivedEvent], suppressions: i64) -> StoreResult<bool>;
 }
 
 /// Reads a profile for the API: the hot copy when there is one, else the

@@ -73,6 +73,29 @@ end
 return written
 ";
 
+/// For each key `KEYS[i]`: replaces whatever is there by a tombstone (an
+/// empty body) at revision `ARGV[2]`, higher than any real one, that
+/// expires after `ARGV[1]` seconds: a write-through or a refill in flight
+/// that lands after it cannot bring the profile back, and nothing of it is
+/// left once it expires. Returns how many keys held a profile.
+const FORGET_SCRIPT: &str = r"
+local held = 0
+for _, key in ipairs(KEYS) do
+  local body = redis.pcall('HGET', key, 'body')
+  if type(body) == 'string' and body ~= '' then
+    held = held + 1
+  end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'rev', ARGV[2], 'body', '')
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return held
+";
+
+/// How long a forgotten key's tombstone stays: far longer than a write in
+/// flight takes (each waits at most [`TIMEOUT`]).
+const FORGET_TOMBSTONE_SECS: u64 = 30;
+
 /// The Redis implementation of [`ProfileCache`].
 pub struct RedisCache {
     inner: Arc<Inner>,
@@ -271,6 +294,25 @@ impl ProfileCache for RedisCache {
                 Ok(None)
             }
         }
+    }
+
+    async fn forget(&self, keys: &[String]) -> StoreResult<u64> {
+        let mut held = 0;
+        let script = redis::Script::new(FORGET_SCRIPT);
+        let mut connection = self.inner.connection.clone();
+        for chunk in keys.chunks(KEYS_PER_SCRIPT) {
+            let mut call = script.prepare_invoke();
+            for key in chunk {
+                call.key(self.inner.key(key));
+            }
+            call.arg(FORGET_TOMBSTONE_SECS).arg(i64::MAX);
+            let count: u64 = call
+                .invoke_async(&mut connection)
+                .await
+                .context("removing cached profiles from Redis")?;
+            held += count;
+        }
+        Ok(held)
     }
 
     async fn ping(&self) -> StoreResult<()> {

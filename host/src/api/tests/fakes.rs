@@ -74,6 +74,10 @@ impl ProfileCache for FakeCache {
         unused()
     }
 
+    async fn forget(&self, _keys: &[String]) -> StoreResult<u64> {
+        unused()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.0.answer().await
     }
@@ -145,5 +149,67 @@ impl EventPublisher for FakePublisher {
 
     async fn ping(&self) -> StoreResult<()> {
         self.ping.unwrap_or(Ping::Up).answer().await
+    }
+}
+
+/// Privacy requests kept in memory; none is ever carried out.
+#[derive(Default)]
+pub struct FakePrivacy(pub Mutex<Vec<crate::privacy::PrivacyRequest>>);
+
+#[async_trait]
+impl crate::privacy::PrivacyStore for FakePrivacy {
+    async fn submit(
+        &self,
+        kind: crate::privacy::RequestKind,
+        identifiers: &[crate::model::identity::Identifier],
+        keys: &[String],
+        actor: &str,
+        now_ms: i64,
+    ) -> StoreResult<crate::privacy::PrivacyRequest> {
+        let mut requests = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let request = crate::privacy::PrivacyRequest {
+            id: requests.len() as i64 + 1,
+            kind,
+            identifiers: identifiers.to_vec(),
+            keys: keys.to_vec(),
+            status: crate::privacy::Status::Pending,
+            actor: actor.to_owned(),
+            submitted_at_ms: now_ms,
+            finished_at_ms: None,
+            result: None,
+        };
+        requests.push(request.clone());
+        Ok(request)
+    }
+
+    async fn request(&self, id: i64) -> StoreResult<Option<crate::privacy::PrivacyRequest>> {
+        let requests = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(requests.iter().find(|r| r.id == id).cloned())
+    }
+
+    async fn apply(&self, _id: i64, _now_ms: i64) -> StoreResult<Option<crate::privacy::Applied>> {
+        Ok(None)
+    }
+
+    async fn finish(&self, _id: i64, _result: &serde_json::Value, _now_ms: i64) -> StoreResult<()> {
+        unused()
+    }
+
+    async fn unfinished(&self) -> StoreResult<Vec<i64>> {
+        Ok(Vec::new())
+    }
+
+    async fn suppressions(&self) -> StoreResult<crate::privacy::Suppressions> {
+        unused()
+    }
+
+    async fn generation(&self) -> StoreResult<i64> {
+        unused()
     }
 }

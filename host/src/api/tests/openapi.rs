@@ -40,6 +40,8 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/plugins/{name}",
         "/api/v1/plugins/{name}/rollback",
         "/api/v1/plugins/{name}/resume",
+        "/api/v1/privacy/requests",
+        "/api/v1/privacy/requests/{id}",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
@@ -66,6 +68,8 @@ async fn the_openapi_document_covers_every_route() {
         "Event",
         "Plugin",
         "Readiness",
+        "PrivacyRequest",
+        "NewPrivacyRequest",
     ] {
         assert!(
             schemas.contains_key(schema),

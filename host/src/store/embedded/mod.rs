@@ -17,6 +17,10 @@
 //! - `profile_merges`: the merge log, (event id, what joined) → (survivor,
 //!   kind, milliseconds); a profile row may be a pointer
 //!   ([`Profile::merged_into`], see [`crate::model::identity`]).
+//! - `privacy_requests`: request id → JSON of a
+//!   [`PrivacyRequest`](crate::privacy::PrivacyRequest); `suppressions`:
+//!   suppressed key → request id; the generation of the suppressions is
+//!   `meta`'s `privacy.generation` (see `privacy.rs`).
 //!
 //! # Durability
 //! Publishing, committing, dead letters and archiving commit durably (fsync)
@@ -32,6 +36,7 @@
 //! 0 until they commit). A group that never committed and has no source open
 //! holds nothing back: started later, it begins at the oldest entry kept.
 
+mod privacy;
 mod rows;
 mod source;
 
@@ -164,6 +169,9 @@ impl EmbeddedStore {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(ARCHIVE)?;
             txn.open_table(TIMELINE)?;
+            txn.open_table(MERGES)?;
+            txn.open_table(privacy::REQUESTS)?;
+            txn.open_table(privacy::SUPPRESSIONS)?;
             txn.commit()?;
             Ok(())
         };
@@ -273,6 +281,10 @@ impl Inner {
 
     fn commit(&self, commit: &Commit<'_>) -> anyhow::Result<CommitOutcome> {
         let txn = self.db.begin_write()?;
+        if privacy::generation(&txn)? != commit.suppressions {
+            txn.abort()?;
+            return Ok(CommitOutcome::SuppressionsChanged);
+        }
         let stale = {
             let offsets = txn.open_table(OFFSETS)?;
             let mut stale = false;
@@ -494,8 +506,12 @@ impl Inner {
         Ok(())
     }
 
-    fn archive(&self, events: &[ArchivedEvent]) -> anyhow::Result<()> {
+    fn archive(&self, events: &[ArchivedEvent], suppressions: i64) -> anyhow::Result<bool> {
         let txn = self.db.begin_write()?;
+        if privacy::generation(&txn)? != suppressions {
+            txn.abort()?;
+            return Ok(false);
+        }
         {
             let mut table = txn.open_table(ARCHIVE)?;
             for event in events {
@@ -507,7 +523,7 @@ impl Inner {
             }
         }
         txn.commit()?;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -653,12 +669,12 @@ impl DeadLetterSink for EmbeddedStore {
 
 #[async_trait]
 impl EventArchive for EmbeddedStore {
-    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()> {
+    async fn archive(&self, events: &[ArchivedEvent], suppressions: i64) -> StoreResult<bool> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         self.run("archiving events in the embedded store", |inner| {
-            inner.archive(events)
+            inner.archive(events, suppressions)
         })
     }
 }

@@ -10,6 +10,7 @@
 //! and written once more), commit. The schema is in `migrations/`, embedded in the binary.
 
 mod audit;
+pub mod privacy;
 pub mod redrive;
 pub mod replay;
 
@@ -152,6 +153,10 @@ impl ProfileStore for PgStore {
             .begin()
             .await
             .context("starting the batch transaction")?;
+        if !privacy::fence(&mut tx, commit.suppressions).await? {
+            tx.rollback().await.context("rolling back a batch")?;
+            return Ok(CommitOutcome::SuppressionsChanged);
+        }
         if !offsets_are_expected(&mut tx, &commit).await? {
             tx.rollback().await.context("rolling back a stale batch")?;
             return Ok(CommitOutcome::Stale);
@@ -807,9 +812,9 @@ async fn write_offsets(
 
 #[async_trait]
 impl EventArchive for PgStore {
-    async fn archive(&self, events: &[ArchivedEvent]) -> StoreResult<()> {
+    async fn archive(&self, events: &[ArchivedEvent], suppressions: i64) -> StoreResult<bool> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let mut ids = Vec::with_capacity(events.len());
         let mut users = Vec::with_capacity(events.len());
@@ -829,6 +834,14 @@ impl EventArchive for PgStore {
             offsets.push(event.offset);
             payloads.push(event.payload.as_str());
         }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("starting to archive events")?;
+        if !privacy::fence(&mut tx, suppressions).await? {
+            return Ok(false);
+        }
         // The payload travels as text and is cast to json, which checks it
         // and keeps it as written.
         sqlx::query(
@@ -846,9 +859,10 @@ impl EventArchive for PgStore {
         .bind(&partitions)
         .bind(&offsets)
         .bind(&payloads)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .with_context(|| format!("archiving {} events", events.len()))?;
-        Ok(())
+        tx.commit().await.context("committing archived events")?;
+        Ok(true)
     }
 }

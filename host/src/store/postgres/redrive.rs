@@ -74,6 +74,11 @@ impl PgStore {
         outcomes: &[RedriveOutcome],
     ) -> StoreResult<BTreeSet<String>> {
         let mut tx = self.pool().begin().await.context("starting a write")?;
+        let suppressed = super::privacy::suppressed_among(&mut tx, profiles).await?;
+        if !suppressed.is_empty() {
+            // Suppressed since the profiles were read: read them again.
+            return Ok(suppressed);
+        }
         let refused = write_profiles(&mut tx, profiles)
             .await?
             .refused_users(profiles);

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use super::{PgStore, write_profiles};
+use super::{PgStore, privacy, write_profiles};
 use crate::model::profile::Profile;
 use crate::replay::{BackfillRecord, Cut, Recorded, Redriven};
 use crate::store::StoreResult;
@@ -125,6 +125,12 @@ impl PgStore {
                 .context("reading the profiles of a page")?;
         let backfills = backfills(&mut *tx, group, topic).await?;
         let redriven = redriven(&mut *tx, group, topic, users).await?;
+        let suppressed: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM suppressions WHERE key = ANY($1)")
+                .bind(users)
+                .fetch_all(&mut *tx)
+                .await
+                .context("reading the page's suppressions")?;
         tx.commit().await.context("ending a snapshot")?;
         let mut profiles = HashMap::with_capacity(rows.len());
         for (user_id, document) in rows {
@@ -137,6 +143,7 @@ impl PgStore {
             profiles,
             backfills,
             redriven,
+            suppressed: suppressed.into_iter().collect(),
         })
     }
 
@@ -194,6 +201,11 @@ impl PgStore {
         step: Option<Step<'_>>,
     ) -> StoreResult<BTreeSet<String>> {
         let mut tx = self.pool().begin().await.context("starting a write")?;
+        let suppressed = privacy::suppressed_among(&mut tx, profiles).await?;
+        if !suppressed.is_empty() {
+            // Suppressed since the profiles were read: read them again.
+            return Ok(suppressed);
+        }
         let refused = write_profiles(&mut tx, profiles)
             .await?
             .refused_users(profiles);

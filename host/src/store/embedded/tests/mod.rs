@@ -117,6 +117,7 @@ pub(super) async fn commit(
             known: Default::default(),
             now_ms: 1_000,
             identity: None,
+            suppressions: 0,
         })
         .await
         .expect("the commit reaches the store")
@@ -321,11 +322,14 @@ async fn archiving_keeps_the_first_copy_of_an_event() {
         payload: payload.into(),
     };
     store
-        .archive(&[archived("e1", 0, "first"), archived("e2", 1, "two")])
+        .archive(&[archived("e1", 0, "first"), archived("e2", 1, "two")], 0)
         .await
         .expect("archives");
     store
-        .archive(&[archived("e1", 7, "replayed"), archived("e3", 2, "three")])
+        .archive(
+            &[archived("e1", 7, "replayed"), archived("e3", 2, "three")],
+            0,
+        )
         .await
         .expect("archives again");
 

@@ -167,6 +167,7 @@ async fn the_pipelines_run_on_the_embedded_store() {
         profile_cache_bytes: 1 << 20,
         runtime: Handle::current(),
         identity: Default::default(),
+        privacy: Arc::new(store.clone()),
     };
     let enrich = Pipeline::enrich(enrich_source, "enrich", &chain, targets, setup(2))
         .expect("enrich starts");

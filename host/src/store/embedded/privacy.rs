@@ -1,0 +1,413 @@
+//! Privacy requests in the embedded store, as PostgreSQL's (migration
+//! 0011): the requests, the suppressed keys by request, and their
+//! generation under `meta`. Every write transaction is exclusive in redb,
+//! so a request applied is between two batch commits, never inside one.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde_json::{Value, json};
+
+use super::{ARCHIVE, EmbeddedStore, Inner, MERGES, META, PROFILES, read_chain};
+use crate::model::event::format_millis;
+use crate::model::identity::{self, Identifier};
+use crate::model::profile::Profile;
+use crate::privacy::{
+    Applied, PrivacyRequest, PrivacyStore, RequestKind, Status, Suppressions, person_keys,
+};
+use crate::store::StoreResult;
+
+/// Request id → JSON of a [`PrivacyRequest`].
+pub(super) const REQUESTS: TableDefinition<u64, &str> = TableDefinition::new("privacy_requests");
+/// Suppressed key → the request that suppressed it.
+pub(super) const SUPPRESSIONS: TableDefinition<&str, u64> = TableDefinition::new("suppressions");
+/// `meta` entry: the generation of the suppressions.
+pub(super) const GENERATION: &str = "privacy.generation";
+/// `meta` entry: the id of the last request.
+const LAST_REQUEST: &str = "privacy.last_request";
+
+/// The generation of the suppressions, as the transaction sees it.
+pub(super) fn generation(txn: &WriteTransaction) -> anyhow::Result<i64> {
+    let meta = txn.open_table(META)?;
+    let stored = meta.get(GENERATION)?.map_or(0, |v| v.value());
+    Ok(i64::try_from(stored).unwrap_or(i64::MAX))
+}
+
+impl Inner {
+    fn submit(&self, mut request: PrivacyRequest) -> anyhow::Result<PrivacyRequest> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let id = meta.get(LAST_REQUEST)?.map_or(0, |v| v.value()) + 1;
+            meta.insert(LAST_REQUEST, id)?;
+            request.id = i64::try_from(id).context("too many privacy requests")?;
+            let mut requests = txn.open_table(REQUESTS)?;
+            requests.insert(id, serde_json::to_string(&request)?.as_str())?;
+        }
+        txn.commit()?;
+        Ok(request)
+    }
+
+    fn request(&self, id: i64) -> anyhow::Result<Option<PrivacyRequest>> {
+        let Ok(id) = u64::try_from(id) else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read()?;
+        txn.open_table(REQUESTS)?
+            .get(id)?
+            .map(|json| {
+                serde_json::from_str(json.value())
+                    .with_context(|| format!("privacy request {id} is unreadable"))
+            })
+            .transpose()
+    }
+
+    fn apply(&self, id: i64, now_ms: i64) -> anyhow::Result<Option<Applied>> {
+        let Ok(row) = u64::try_from(id) else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_write()?;
+        let stored = txn
+            .open_table(REQUESTS)?
+            .get(row)?
+            .map(|json| serde_json::from_str::<PrivacyRequest>(json.value()))
+            .transpose()
+            .with_context(|| format!("privacy request {id} is unreadable"))?;
+        let Some(mut request) = stored.filter(|r| r.status == Status::Pending) else {
+            return Ok(None);
+        };
+        if request.kind.suppresses() {
+            let mut meta = txn.open_table(META)?;
+            let next = meta.get(GENERATION)?.map_or(0, |v| v.value()) + 1;
+            meta.insert(GENERATION, next)?;
+        }
+        let (profiles, keys) = person(&txn, &request.keys)?;
+        let found = profiles.len();
+        let result = match request.kind {
+            RequestKind::Suppress => {
+                let suppressed = suppress(&txn, &keys, id)?;
+                json!({ "profiles": found, "keys": keys.len(), "suppressed": suppressed })
+            }
+            RequestKind::Unsuppress => {
+                let unsuppressed = unsuppress(&txn, &keys)?;
+                json!({ "profiles": found, "keys": keys.len(), "unsuppressed": unsuppressed })
+            }
+            RequestKind::Delete => {
+                let suppressed = suppress(&txn, &keys, id)?;
+                let removed = delete(&txn, &keys)?;
+                json!({
+                    "profiles": found,
+                    "keys": keys.len(),
+                    "suppressed": suppressed,
+                    "removed": { "embedded": removed },
+                })
+            }
+            RequestKind::Export => export(&txn, &profiles, &keys)?,
+        };
+        request.status = Status::Done;
+        request.finished_at_ms = Some(now_ms);
+        request.result = Some(result.clone());
+        txn.open_table(REQUESTS)?
+            .insert(row, serde_json::to_string(&request)?.as_str())?;
+        txn.commit()?;
+        // No cache to clear: the embedded store is the only copy.
+        Ok(Some(Applied {
+            result,
+            cache_keys: Vec::new(),
+        }))
+    }
+
+    fn unfinished(&self) -> anyhow::Result<Vec<i64>> {
+        let txn = self.db.begin_read()?;
+        let mut ids = Vec::new();
+        for entry in txn.open_table(REQUESTS)?.iter()? {
+            let (_, json) = entry?;
+            let request: PrivacyRequest = serde_json::from_str(json.value())?;
+            if request.status != Status::Done {
+                ids.push(request.id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn suppressions(&self) -> anyhow::Result<Suppressions> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let generation = meta.get(GENERATION)?.map_or(0, |v| v.value());
+        let mut keys = std::collections::HashSet::new();
+        for entry in txn.open_table(SUPPRESSIONS)?.iter()? {
+            keys.insert(entry?.0.value().to_owned());
+        }
+        Ok(Suppressions {
+            generation: i64::try_from(generation).unwrap_or(i64::MAX),
+            keys,
+        })
+    }
+}
+
+/// As PostgreSQL's: the profiles `named` resolve to and the person's keys,
+/// pointers that lead to them included.
+fn person(
+    txn: &WriteTransaction,
+    named: &[String],
+) -> anyhow::Result<(Vec<Profile>, BTreeSet<String>)> {
+    let table = txn.open_table(PROFILES)?;
+    let mut profiles: Vec<Profile> = Vec::new();
+    let mut keys: BTreeSet<String> = named.iter().cloned().collect();
+    for key in named {
+        let mut rows = HashMap::new();
+        read_chain(&table, key, &mut rows)?;
+        if let Ok(Some(canonical)) = identity::resolve(&rows, key)
+            && let Some(profile) = rows.get(canonical)
+        {
+            keys.extend(rows.keys().cloned());
+            if !profiles.iter().any(|p| p.user_id == profile.user_id) {
+                keys.extend(person_keys(Some(profile), &[]));
+                profiles.push(profile.clone());
+            }
+        }
+    }
+    // The pointers that lead into the person: one pass over the table.
+    let mut pointers: Vec<(String, String)> = Vec::new();
+    for entry in table.iter()? {
+        let (key, json) = entry?;
+        let row: Profile = serde_json::from_str(json.value())
+            .with_context(|| format!("the stored profile of {} is unreadable", key.value()))?;
+        if let Some(target) = row.merged_into {
+            pointers.push((key.value().to_owned(), target));
+        }
+    }
+    loop {
+        let before = keys.len();
+        for (key, target) in &pointers {
+            if keys.contains(target) {
+                keys.insert(key.clone());
+            }
+        }
+        if keys.len() == before {
+            break;
+        }
+    }
+    Ok((profiles, keys))
+}
+
+fn suppress(txn: &WriteTransaction, keys: &BTreeSet<String>, request: i64) -> anyhow::Result<u64> {
+    let request = u64::try_from(request).context("a negative request id")?;
+    let mut table = txn.open_table(SUPPRESSIONS)?;
+    let mut added = 0;
+    for key in keys {
+        if table.get(key.as_str())?.is_none() {
+            table.insert(key.as_str(), request)?;
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Lifts the suppression of `keys` and of the keys suppressed with them.
+fn unsuppress(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<u64> {
+    let mut table = txn.open_table(SUPPRESSIONS)?;
+    let mut requests = BTreeSet::new();
+    for key in keys {
+        if let Some(request) = table.get(key.as_str())? {
+            requests.insert(request.value());
+        }
+    }
+    let mut gone: Vec<String> = Vec::new();
+    for entry in table.iter()? {
+        let (key, request) = entry?;
+        if keys.contains(key.value()) || requests.contains(&request.value()) {
+            gone.push(key.value().to_owned());
+        }
+    }
+    for key in &gone {
+        table.remove(key.as_str())?;
+    }
+    Ok(gone.len() as u64)
+}
+
+fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Value> {
+    let (mut profiles, mut pointers) = (0, 0);
+    {
+        let mut table = txn.open_table(PROFILES)?;
+        for key in keys {
+            if let Some(json) = table.remove(key.as_str())? {
+                let row: Profile = serde_json::from_str(json.value())?;
+                match row.merged_into {
+                    Some(_) => pointers += 1,
+                    None => profiles += 1,
+                }
+            }
+        }
+    }
+    let merges = {
+        let mut table = txn.open_table(MERGES)?;
+        let mut gone: Vec<(String, String)> = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (event_id, merged) = key.value();
+            let (survivor, _, _) = value.value();
+            if keys.contains(merged) || keys.contains(survivor) {
+                gone.push((event_id.to_owned(), merged.to_owned()));
+            }
+        }
+        for (event_id, merged) in &gone {
+            table.remove((event_id.as_str(), merged.as_str()))?;
+        }
+        gone.len()
+    };
+    let events = {
+        let mut table = txn.open_table(ARCHIVE)?;
+        let mut gone: Vec<String> = Vec::new();
+        for entry in table.iter()? {
+            let (event_id, json) = entry?;
+            if keys.contains(archived_key(json.value())?.as_str()) {
+                gone.push(event_id.value().to_owned());
+            }
+        }
+        for event_id in &gone {
+            table.remove(event_id.as_str())?;
+        }
+        gone.len()
+    };
+    Ok(json!({
+        "profiles": profiles,
+        "pointers": pointers,
+        "merges": merges,
+        "archived_events": events,
+    }))
+}
+
+/// The profile key an archive row is filed under.
+fn archived_key(row: &str) -> anyhow::Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Keyed {
+        user_id: String,
+    }
+    let keyed: Keyed = serde_json::from_str(row).context("an archive row is unreadable")?;
+    Ok(keyed.user_id)
+}
+
+fn export(
+    txn: &WriteTransaction,
+    profiles: &[Profile],
+    keys: &BTreeSet<String>,
+) -> anyhow::Result<Value> {
+    let mut merges = Vec::new();
+    for entry in txn.open_table(MERGES)?.iter()? {
+        let (key, value) = entry?;
+        let (event_id, merged) = key.value();
+        let (survivor, kind, at_ms) = value.value();
+        if keys.contains(merged) || keys.contains(survivor) {
+            merges.push(json!({
+                "event_id": event_id, "merged": merged, "survivor": survivor,
+                "kind": kind, "merged_at": format_millis(at_ms),
+            }));
+        }
+    }
+    let mut events = Vec::new();
+    for entry in txn.open_table(ARCHIVE)?.iter()? {
+        let (_, json) = entry?;
+        let row: Value =
+            serde_json::from_str(json.value()).context("an archive row is unreadable")?;
+        let key = row["user_id"].as_str().unwrap_or_default();
+        if keys.contains(key) {
+            let payload: Value = row["payload"]
+                .as_str()
+                .map(serde_json::from_str)
+                .transpose()
+                .context("an archived payload is unreadable")?
+                .unwrap_or(Value::Null);
+            events.push(json!({
+                "event_id": row["event_id"],
+                "profile_key": key,
+                "event_type": row["event_type"],
+                "event_time": row["event_time_ms"].as_i64().map(format_millis),
+                "payload": payload,
+            }));
+        }
+    }
+    // RFC 3339 text of one width sorts as the times do.
+    events.sort_by_key(|event| {
+        (
+            event["event_time"].as_str().unwrap_or_default().to_owned(),
+            event["event_id"].as_str().unwrap_or_default().to_owned(),
+        )
+    });
+    let suppressions = txn.open_table(SUPPRESSIONS)?;
+    let mut suppressed = false;
+    for key in keys {
+        suppressed |= suppressions.get(key.as_str())?.is_some();
+    }
+    Ok(json!({
+        "profiles": profiles.len(),
+        "keys": keys.len(),
+        "export": {
+            "profiles": profiles,
+            "merges": merges,
+            "archived_events": events,
+            "suppressed": suppressed,
+        },
+    }))
+}
+
+#[async_trait]
+impl PrivacyStore for EmbeddedStore {
+    async fn submit(
+        &self,
+        kind: RequestKind,
+        identifiers: &[Identifier],
+        keys: &[String],
+        actor: &str,
+        now_ms: i64,
+    ) -> StoreResult<PrivacyRequest> {
+        let request = PrivacyRequest {
+            id: 0,
+            kind,
+            identifiers: identifiers.to_vec(),
+            keys: keys.to_vec(),
+            status: Status::Pending,
+            actor: actor.to_owned(),
+            submitted_at_ms: now_ms,
+            finished_at_ms: None,
+            result: None,
+        };
+        self.run("storing a privacy request", |inner| inner.submit(request))
+    }
+
+    async fn request(&self, id: i64) -> StoreResult<Option<PrivacyRequest>> {
+        self.run("reading a privacy request", |inner| inner.request(id))
+    }
+
+    async fn apply(&self, id: i64, now_ms: i64) -> StoreResult<Option<Applied>> {
+        self.run("applying a privacy request", |inner| {
+            inner.apply(id, now_ms)
+        })
+    }
+
+    async fn finish(&self, _id: i64, _result: &Value, _now_ms: i64) -> StoreResult<()> {
+        // `apply` finishes every request: nothing is left to a cache.
+        Ok(())
+    }
+
+    async fn unfinished(&self) -> StoreResult<Vec<i64>> {
+        self.run("reading the unfinished privacy requests", Inner::unfinished)
+    }
+
+    async fn suppressions(&self) -> StoreResult<Suppressions> {
+        self.run("reading the suppressions", Inner::suppressions)
+    }
+
+    async fn generation(&self) -> StoreResult<i64> {
+        self.run("reading the generation of the suppressions", |inner| {
+            let txn = inner.db.begin_read()?;
+            let stored = txn
+                .open_table(META)?
+                .get(GENERATION)?
+                .map_or(0, |v| v.value());
+            Ok(i64::try_from(stored).unwrap_or(i64::MAX))
+        })
+    }
+}
