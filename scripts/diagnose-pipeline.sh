@@ -11,7 +11,8 @@
 #  - WAL written during the run (pg_stat_wal: records, full-page images,
 #    bytes) and checkpoints, with the server settings that drive them;
 #  - a perf profile of the enrich process (when perf is there), top symbols.
-# Sizes: DIAG_EVENTS, DIAG_USERS, DIAG_PARTITIONS. PulseHub's settings
+# Sizes: DIAG_EVENTS, DIAG_USERS, DIAG_PARTITIONS; DIAG_SPREAD=uniform-identify
+# gives every tenth event an anonymous id (kafka_load). PulseHub's settings
 # (batch bounds and the rest) are its defaults unless exported
 # (PULSEHUB_BATCH_MAX_EVENTS=..., PULSEHUB_BATCH_MAX_WAIT_MS=...); the report
 # lists them. DIAG_FILLFACTOR sets `profiles`' fillfactor before the run
@@ -58,13 +59,13 @@ start_perf() {
 }
 
 pb_setup
-pb_topic "${RUN_ID}_events" "$PARTITIONS" "$EVENTS" "$USERS"
+pb_topic "${RUN_ID}_events" "$PARTITIONS" "$EVENTS" "$USERS" "${DIAG_SPREAD:-uniform}"
 pb_enrich_run "$RUN_ID" "${RUN_ID}_events" "$EVENTS" "$OUT/enrich.log" prepare 1 start_perf
 if [[ -n $PERF_PID ]]; then wait "$PERF_PID" || true; fi
 url=$RUN_URL
 
 {
-echo "== $EVENTS events, $USERS users (uniform), $PARTITIONS partitions, fillfactor ${DIAG_FILLFACTOR:-50}; settings:"
+echo "== $EVENTS events, $USERS users (${DIAG_SPREAD:-uniform}), $PARTITIONS partitions, fillfactor ${DIAG_FILLFACTOR:-50}; settings:"
 pb_settings | sed 's/^/   /'
 echo "throughput: $RUN_EVENTS events after the first commit in $RUN_SECS s: $RUN_RATE events/s"
 echo "CPU per event over the whole run (µs): enrich $RUN_HOST_US, postgres $RUN_PG_US, redis $RUN_REDIS_US"

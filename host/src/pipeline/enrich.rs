@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
 use super::lane_cache::LaneCache;
+use super::link_memory::LinkMemory;
 use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Record, Source};
 use super::{count_consumed, next_offsets};
@@ -47,6 +48,8 @@ pub(super) struct EnrichLane {
     pub(super) profiles: LaneCache,
     /// How events resolve to profiles.
     pub(super) identity: Arc<Rules>,
+    /// Where this lane has seen identifiers live.
+    pub(super) links: LinkMemory,
     /// The suppressed persons, whose events are dropped before the
     /// plugins; `None` until read.
     pub(super) suppressions: Option<Arc<Suppressions>>,
@@ -92,6 +95,7 @@ impl EnrichLane {
                     if before.is_some_and(|g| g != suppressions.generation) {
                         // The copies may hold a person deleted meanwhile.
                         self.profiles.clear();
+                        self.links.clear();
                     }
                     self.suppressions = Some(suppressions);
                 }
@@ -126,6 +130,7 @@ impl EnrichLane {
                 Attempt::Suppressions => {
                     self.suppressions = None;
                     self.profiles.clear();
+                    self.links.clear();
                 }
                 Attempt::Stopped => return,
             }
@@ -157,18 +162,26 @@ impl EnrichLane {
             }
         }
         // Each event's profile key, and what it links, before the plugins
-        // run: the updates merge under the key.
+        // run: the updates merge under the key. A key this lane has seen
+        // lead to another profile goes there directly, and a link it has
+        // seen made is left out.
         let mut identities = BatchIdentities::default();
         let mut blocked = 0;
         for event in &mut events {
             let keyed = self.identity.key_event(event);
             blocked += keyed.blocked;
-            if let Some(identifier) = keyed.key_identifier {
-                identities
-                    .keys
-                    .insert(event.profile_key().to_owned(), identifier);
+            let key = event.profile_key();
+            let known = self.links.resolve(key);
+            if known != key {
+                event.profile_key = Some(known.to_owned());
+            } else if let Some(identifier) = keyed.key_identifier {
+                identities.keys.insert(key.to_owned(), identifier);
             }
-            identities.links.extend(keyed.link);
+            if let Some(link) = keyed.link
+                && !self.links.joins(&link)
+            {
+                identities.links.push(link);
+            }
         }
         let outcome = self.worker.run(&events);
         for (index, error) in outcome.errors {
@@ -295,6 +308,7 @@ impl EnrichLane {
             // The cache forgets these keys and refills them from the store.
             tracing::warn!("profile cache write-through failed: {:#}", error.0);
         }
+        self.links.learn(&profiles);
         self.profiles.keep(profiles);
         self.source.committed(&next);
         Attempt::Committed

@@ -32,6 +32,7 @@ pub mod dead_letter;
 pub mod enrich;
 pub mod lag;
 mod lane_cache;
+mod link_memory;
 pub mod publish;
 pub mod retry;
 pub mod source;
@@ -54,7 +55,10 @@ use enrich::EnrichLane;
 pub use enrich::EnrichTargets;
 pub use lag::LAG_EVERY;
 use lane_cache::LaneCache;
+use link_memory::LinkMemory;
 
+/// Keys an enrich lane remembers the profiles of ([`LinkMemory`]).
+const LINK_MEMORY_KEYS: usize = 200_000;
 use source::{Batch, BatchLimits, LaneReceiver, Lanes, Record, Source};
 
 /// What every pipeline is started with, besides its source and targets.
@@ -105,6 +109,7 @@ impl Pipeline {
                 known: None,
                 profiles: LaneCache::new(setup.profile_cache_bytes / setup.lanes.max(1)),
                 identity: setup.identity.clone(),
+                links: LinkMemory::new(LINK_MEMORY_KEYS),
                 suppressions: None,
                 privacy: setup.privacy.clone(),
                 runtime: setup.runtime.clone(),

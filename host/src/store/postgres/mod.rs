@@ -170,39 +170,60 @@ impl ProfileStore for PgStore {
         }
         write_timeline(&mut tx, &commit).await?;
         let mut known = commit.known;
-        // Profile key → the row as this transaction leaves it, JSON beside.
-        let mut out: BTreeMap<String, (Profile, String)> = BTreeMap::new();
         let batch = commit.identity.map(|identity| identity.batch);
-        // The rows a batch with links locked (placeholders among them).
-        let mut locked: Vec<String> = Vec::new();
+        // The rows a batch's links change, at the revision they will be
+        // written with, and the merges to record.
+        let mut linked: Vec<Profile> = Vec::new();
+        let mut merges: Vec<PlannedMerge> = Vec::new();
         if let Some(identity) = commit.identity
             && !identity.batch.links.is_empty()
         {
-            let plan;
-            (plan, locked) = plan_links(&mut tx, identity, commit.changes, commit.now_ms).await?;
-            let written = write_profiles(&mut tx, &plan.writes).await?;
-            if !written.refused.is_empty() {
-                // Only a row created meanwhile at a new identifier's home
-                // (the reads locked every existing one): read it next time.
-                return Err(StoreError(anyhow!(
-                    "{} rows an identity link writes were created by another writer; \
-                     the batch is rolled back and must be retried",
-                    written.refused.len()
-                )));
+            let plan = plan_links(&mut tx, identity, commit.now_ms).await?;
+            linked = plan.writes;
+            identity.report.set(plan.merges.clone(), plan.refused);
+            merges = plan.merges;
+            for row in &linked {
+                known.insert(row.user_id.clone(), row.clone());
             }
-            write_merge_log(&mut tx, &plan.merges, commit.now_ms).await?;
-            for (profile, document) in plan.writes.into_iter().zip(written.documents) {
-                known.insert(profile.user_id.clone(), profile.clone());
-                out.insert(profile.user_id.clone(), (profile, document));
-            }
-            identity.report.set(plan.merges, plan.refused);
         }
-        let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) =
-            apply_changes(&mut tx, commit.changes, known, batch, commit.now_ms)
-                .await?
-                .into_iter()
-                .unzip();
+        let raised: HashSet<String> = linked.iter().map(|row| row.user_id.clone()).collect();
+        let mut rows: Vec<(Profile, Vec<&String>)> = apply_changes(
+            &mut tx,
+            commit.changes,
+            known,
+            batch,
+            commit.now_ms,
+            &raised,
+        )
+        .await?;
+        if !linked.is_empty() {
+            // The rows the links changed and no event did are written too,
+            // all in one statement, in key order.
+            let changed: HashSet<String> = rows.iter().map(|(p, _)| p.user_id.clone()).collect();
+            rows.extend(
+                linked
+                    .into_iter()
+                    .filter(|row| !changed.contains(&row.user_id))
+                    .map(|row| (row, Vec::new())),
+            );
+            rows.sort_by(|(a, _), (b, _)| a.user_id.cmp(&b.user_id));
+        }
+        let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
         let written = write_profiles(&mut tx, &profiles).await?;
+        if written
+            .refused
+            .iter()
+            .any(|&i| raised.contains(&profiles[i].user_id))
+        {
+            // The links were planned on rows read without locks: one of
+            // them changed meanwhile, which may change the plan. Plan again.
+            return Err(StoreError(anyhow!(
+                "{} of the rows a batch with identity links writes changed meanwhile; \
+                 the batch is rolled back and retried",
+                written.refused.len()
+            )));
+        }
+        write_merge_log(&mut tx, &merges, commit.now_ms).await?;
         let mut again = Vec::new();
         let mut again_documents = Vec::new();
         if !written.refused.is_empty() {
@@ -224,6 +245,7 @@ impl ProfileStore for PgStore {
                 HashMap::new(),
                 batch,
                 commit.now_ms,
+                &HashSet::new(),
             )
             .await?
             .into_iter()
@@ -239,13 +261,6 @@ impl ProfileStore for PgStore {
             }
             again_documents = second.documents;
         }
-        if !locked.is_empty() {
-            sqlx::query("DELETE FROM profiles WHERE user_id = ANY($1) AND revision = 0")
-                .bind(&locked)
-                .execute(&mut *tx)
-                .await
-                .context("deleting the rows the batch's links left unwritten")?;
-        }
         tx.commit().await.context("committing the batch")?;
         let refused: HashSet<usize> = written.refused.into_iter().collect();
         let first = profiles
@@ -254,19 +269,9 @@ impl ProfileStore for PgStore {
             .enumerate()
             .filter(|(i, _)| !refused.contains(i))
             .map(|(_, row)| row);
-        let rows = first.chain(again.into_iter().zip(again_documents));
-        let (profiles, documents) = if out.is_empty() {
-            // No links: the rows as written. (A key written again after a
-            // refusal comes last, and the cache keeps its higher revision.)
-            rows.unzip()
-        } else {
-            // Links wrote rows the changes may have written again: the
-            // later write of a key is the row as it is now.
-            out.extend(
-                rows.map(|(profile, document)| (profile.user_id.clone(), (profile, document))),
-            );
-            out.into_values().unzip()
-        };
+        // A key written again after a refusal comes last, and the cache
+        // keeps its higher revision.
+        let (profiles, documents) = first.chain(again.into_iter().zip(again_documents)).unzip();
         Ok(CommitOutcome::AppliedEncoded {
             profiles,
             documents,
@@ -378,6 +383,7 @@ async fn apply_changes<'c>(
     mut known: HashMap<String, Profile>,
     batch: Option<&BatchIdentities>,
     now_ms: i64,
+    raised: &HashSet<String>,
 ) -> StoreResult<Vec<(Profile, Vec<&'c String>)>> {
     if changes.is_empty() {
         return Ok(Vec::new());
@@ -392,14 +398,11 @@ async fn apply_changes<'c>(
         if missing.is_empty() {
             break;
         }
-        // Revision 0: a placeholder of a batch with links (plan_links).
-        let rows = sqlx::query(
-            "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) AND revision > 0",
-        )
-        .bind(&missing)
-        .fetch_all(&mut **tx)
-        .await
-        .context("reading the batch's profiles")?;
+        let rows = sqlx::query("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
+            .bind(&missing)
+            .fetch_all(&mut **tx)
+            .await
+            .context("reading the batch's profiles")?;
         asked.extend(missing.drain(..));
         known.reserve(rows.len());
         for row in rows {
@@ -439,7 +442,12 @@ async fn apply_changes<'c>(
                 Some(batch) => batch.new_profile(&canonical, now_ms),
                 None => Profile::new(canonical.as_str(), now_ms),
             });
-            let revision = profile.revision + 1;
+            // A row the batch's links changed is at its new revision already.
+            let revision = if raised.contains(&canonical) {
+                profile.revision
+            } else {
+                profile.revision + 1
+            };
             for key in &keys {
                 profile.apply(&changes[*key], now_ms);
             }
@@ -450,86 +458,41 @@ async fn apply_changes<'c>(
     Ok(profiles)
 }
 
-/// Locks every row the batch writes, in key order, and reads the rows
-/// `identity`'s links resolve through (their identifiers' home rows, then
-/// the rows their pointers lead to), and plans the links over them;
-/// returns the plan and the keys it locked.
+/// Reads the rows `identity`'s links resolve through (their identifiers'
+/// home rows, then the rows their pointers lead to), without locks, and
+/// plans the links over them.
 ///
-/// One statement takes the locks of the changed profiles, the homes and
-/// the profiles their pointers lead to, together, in key order
-/// (placeholders where rows do not exist yet): a batch that links then
-/// holds every row it will write before it writes any, as a batch without
-/// links does in its one upsert, so two batches that share rows wait for
-/// each other instead of deadlocking. (Pointers are followed before the
-/// locks; one that changes in between can still lead a batch to lock a row
-/// late, and two such batches to deadlock, which PostgreSQL breaks by
-/// failing one of them: it is retried.)
+/// The plan's rows are written with the batch's other rows in one upsert,
+/// in key order, each only over the revision it was planned from (a new
+/// one only where no row exists): a batch that links locks its rows as a
+/// batch without links does, so two batches that share rows wait for each
+/// other instead of deadlocking, and a row another writer changed after
+/// the read fails the commit, which plans again.
 async fn plan_links(
     tx: &mut Transaction<'_, Postgres>,
     identity: Identity<'_>,
-    changes: &ProfileChanges,
     now_ms: i64,
-) -> StoreResult<(Plan, Vec<String>)> {
+) -> StoreResult<Plan> {
     let links = &identity.batch.links;
-    let homes: Vec<String> = identity::homes(links).into_iter().collect();
-    let mut keys: BTreeSet<String> = changes.keys().cloned().collect();
-    keys.extend(homes.iter().cloned());
-    // The profiles pointers among them lead to are written too: they are
-    // found first, without locks, so that one statement can lock them all.
-    let mut frontier: Vec<String> = keys.iter().cloned().collect();
-    for _ in 0..identity::MAX_POINTER_STEPS {
-        if frontier.is_empty() {
+    let mut wanted: Vec<String> = identity::homes(links).into_iter().collect();
+    let mut rows: HashMap<String, Profile> = HashMap::new();
+    let mut asked: HashSet<String> = HashSet::new();
+    for _ in 0..=identity::MAX_POINTER_STEPS {
+        if wanted.is_empty() {
             break;
         }
-        let targets: Vec<String> = sqlx::query_scalar(
-            "SELECT merged_into FROM profiles \
-             WHERE user_id = ANY($1) AND merged_into IS NOT NULL",
-        )
-        .bind(&frontier)
-        .fetch_all(&mut **tx)
-        .await
-        .context("finding where the batch's pointers lead")?;
-        frontier = targets
-            .into_iter()
-            .filter(|target| keys.insert(target.clone()))
-            .collect();
-    }
-    let keys: Vec<String> = keys.into_iter().collect();
-    // Locks every row the batch writes, in key order, in one statement, as
-    // the upsert of a batch without links does: rows that exist are locked
-    // (the WHERE false updates nothing), and a placeholder (revision 0) is
-    // put where none exists, so that a row another batch is creating is
-    // waited for here, in order, and not later while this batch holds rows
-    // that batch wants. Revision-0 rows count as absent; the placeholders
-    // nothing wrote over are deleted before the commit.
-    sqlx::query(
-        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at) \
-         SELECT key, json_build_object('user_id', key, 'attributes', '{}'::json, \
-                                       'created_at_ms', $2::bigint, 'updated_at_ms', $2::bigint, \
-                                       'revision', 0), \
-                0, to_timestamp($2 / 1000.0), to_timestamp($2 / 1000.0) \
-         FROM UNNEST($1::text[]) AS batch(key) \
-         ON CONFLICT (user_id) DO UPDATE SET revision = profiles.revision WHERE false",
-    )
-    .bind(&keys)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await
-    .context("locking the batch's rows")?;
-    let read: Vec<(String, Json<Profile>)> = sqlx::query_as(
-        "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) AND revision > 0",
-    )
-    .bind(&homes)
-    .fetch_all(&mut **tx)
-    .await
-    .context("reading the rows of the batch's linked identifiers")?;
-    let mut rows: HashMap<String, Profile> = HashMap::new();
-    for (key, Json(profile)) in read {
-        rows.insert(key, profile);
-    }
-    let mut asked: HashSet<String> = homes.into_iter().collect();
-    for _ in 0..identity::MAX_POINTER_STEPS {
-        let wanted: Vec<String> = rows
+        let read: Vec<(String, Json<Profile>)> =
+            sqlx::query_as("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
+                .bind(&wanted)
+                .fetch_all(&mut **tx)
+                .await
+                .context("reading the rows of the batch's linked identifiers")?;
+        asked.extend(wanted);
+        for (key, Json(profile)) in read {
+            rows.insert(key, profile);
+        }
+        // Pointers whose targets are not read yet.
+        wanted = rows
             .values()
             .filter_map(|row| row.merged_into.as_ref())
             .filter(|target| !asked.contains(*target) && !rows.contains_key(*target))
@@ -537,23 +500,8 @@ async fn plan_links(
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        if wanted.is_empty() {
-            break;
-        }
-        let read: Vec<(String, Json<Profile>)> = sqlx::query_as(
-            "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) AND revision > 0 \
-             ORDER BY user_id FOR UPDATE",
-        )
-        .bind(&wanted)
-        .fetch_all(&mut **tx)
-        .await
-        .context("locking the rows the batch's links point to")?;
-        asked.extend(wanted);
-        for (key, Json(profile)) in read {
-            rows.insert(key, profile);
-        }
     }
-    Ok((identity::plan(links, &rows, identity.rules, now_ms), keys))
+    Ok(identity::plan(links, &rows, identity.rules, now_ms))
 }
 
 /// Records `merges` in the merge log; a merge already recorded (the same
@@ -646,7 +594,7 @@ pub(crate) async fn write_profiles(
         created.push(profile.created_at_ms);
         updated.push(profile.updated_at_ms);
     }
-    let written = sqlx::query(
+    let written: Vec<String> = sqlx::query_scalar(
         "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at, merged_into) \
          SELECT user_id, profile, revision, \
                 to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0), merged_into \
@@ -658,7 +606,8 @@ pub(crate) async fn write_profiles(
               revision = EXCLUDED.revision, \
               updated_at = EXCLUDED.updated_at, \
               merged_into = EXCLUDED.merged_into \
-         WHERE profiles.revision = EXCLUDED.revision - 1",
+         WHERE profiles.revision = EXCLUDED.revision - 1 \
+         RETURNING user_id",
     )
     .bind(&user_ids)
     .bind(&documents)
@@ -666,24 +615,15 @@ pub(crate) async fn write_profiles(
     .bind(&created)
     .bind(&updated)
     .bind(&pointers)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
-    .context("writing the batch's profiles")?
-    .rows_affected();
+    .context("writing the batch's profiles")?;
     let mut refused = Vec::new();
-    if written != profiles.len() as u64 {
-        // A row written now holds the document written, as written (`json`
-        // keeps the text); a refused one holds another writer's.
-        let stored: HashMap<String, String> =
-            sqlx::query_as("SELECT user_id, profile::text FROM profiles WHERE user_id = ANY($1)")
-                .bind(&user_ids)
-                .fetch_all(&mut **tx)
-                .await
-                .context("finding the profiles another writer changed")?
-                .into_iter()
-                .collect();
+    if written.len() != profiles.len() {
+        // The rows not written hold another writer's revision.
+        let written: HashSet<&str> = written.iter().map(String::as_str).collect();
         refused = (0..profiles.len())
-            .filter(|&i| stored.get(user_ids[i]) != Some(&documents[i]))
+            .filter(|&i| !written.contains(user_ids[i]))
             .collect();
     }
     Ok(Written { documents, refused })

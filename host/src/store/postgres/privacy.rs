@@ -323,7 +323,7 @@ async fn person(
         let mut at = key.clone();
         for _ in 0..identity::MAX_POINTER_STEPS {
             let row: Option<(Json<Profile>,)> =
-                sqlx::query_as("SELECT profile FROM profiles WHERE user_id = $1 AND revision > 0")
+                sqlx::query_as("SELECT profile FROM profiles WHERE user_id = $1")
                     .bind(&at)
                     .fetch_optional(&mut **tx)
                     .await
