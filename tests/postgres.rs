@@ -14,7 +14,7 @@ use pulsehub::model::identity::Identifier;
 use pulsehub::model::merge::{AttributeChange, ProfileChanges, Provenance};
 use pulsehub::model::profile::Profile;
 use pulsehub::model::update::{Op, Value};
-use pulsehub::privacy::{PrivacyStore, RequestKind, Status};
+use pulsehub::privacy::{Privacy, PrivacyStore, RequestKind, Status};
 use pulsehub::store::embedded::EmbeddedStore;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::{
@@ -376,6 +376,63 @@ fn applied_to(outcome: CommitOutcome) {
         ),
         "{outcome:?}"
     );
+}
+
+/// Requests a stop left stored but not carried out are carried out by
+/// `Privacy::resume`, the delete's with its cache part (none here).
+async fn unfinished_requests_are_carried_out_at_the_next_start<S: PrivacyStore + Clone>(store: &S) {
+    let named = |user: &str| [Identifier::new("user_id", user)];
+    let export = store
+        .submit(
+            RequestKind::Export,
+            &named("u-7"),
+            &["u-7".to_owned()],
+            "test",
+            1,
+        )
+        .await
+        .expect("stored");
+    let delete = store
+        .submit(
+            RequestKind::Delete,
+            &named("u-8"),
+            &["u-8".to_owned()],
+            "test",
+            2,
+        )
+        .await
+        .expect("stored");
+    assert_eq!(
+        store.unfinished().await.expect("reads"),
+        vec![export.id, delete.id]
+    );
+    let privacy = Privacy {
+        store: Arc::new(store.clone()),
+        cache: None,
+    };
+    privacy.resume().await;
+    assert!(store.unfinished().await.expect("reads").is_empty());
+    for id in [export.id, delete.id] {
+        let done = store.request(id).await.expect("reads").expect("kept");
+        assert_eq!(done.status, Status::Done, "{done:?}");
+        assert!(done.result.is_some(), "{done:?}");
+    }
+    let suppressions = store.suppressions().await.expect("reads");
+    assert!(suppressions.keys.contains("u-8"), "a delete suppresses");
+    assert!(!suppressions.keys.contains("u-7"), "an export does not");
+}
+
+#[tokio::test]
+async fn unfinished_requests_resume_in_postgresql() {
+    let db = StoreDb::new().await;
+    unfinished_requests_are_carried_out_at_the_next_start(&db.store).await;
+}
+
+#[tokio::test]
+async fn unfinished_requests_resume_in_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("the embedded store opens");
+    unfinished_requests_are_carried_out_at_the_next_start(&store).await;
 }
 
 #[tokio::test]
