@@ -109,7 +109,8 @@ fn manager(state: &AppState) -> Result<&Arc<PluginManager>, Problem> {
     })
 }
 
-fn actor(request_actor: Option<axum::Extension<Actor>>) -> Actor {
+/// The caller the admin middleware named (an anonymous admin without it).
+pub(super) fn actor(request_actor: Option<axum::Extension<Actor>>) -> Actor {
     request_actor.map_or(
         Actor::Admin {
             operator: None,

@@ -171,13 +171,7 @@ pub(super) async fn create(
         keys.push(key);
         identifiers.push(Identifier::new(named.kind, named.value));
     }
-    let actor = request_actor.map_or(
-        Actor::Admin {
-            operator: None,
-            client: None,
-        },
-        |axum::Extension(actor)| actor,
-    );
+    let actor = super::admin::actor(request_actor);
     let request = state
         .privacy
         .submit(asked.kind, &identifiers, &keys, &actor.to_string())

@@ -169,6 +169,93 @@ pub fn person_keys(profile: Option<&Profile>, named: &[String]) -> BTreeSet<Stri
     keys
 }
 
+/// What a delete removed from a store: rows of profiles, pointer rows,
+/// merge log rows and archived events.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub profiles: u64,
+    pub pointers: u64,
+    pub merges: u64,
+    pub archived_events: u64,
+}
+
+/// A merge log row, as an export shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportedMerge {
+    pub event_id: String,
+    pub merged: String,
+    pub survivor: String,
+    pub kind: String,
+    /// RFC 3339.
+    pub merged_at: String,
+}
+
+/// An archived event, as an export shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportedEvent {
+    pub event_id: String,
+    /// The key the archive files it under.
+    pub profile_key: String,
+    pub event_type: String,
+    /// RFC 3339.
+    pub event_time: String,
+    /// As sent.
+    pub payload: serde_json::Value,
+}
+
+/// What a request did in a store, for [`outcome`].
+#[derive(Debug)]
+pub enum Done {
+    /// Keys newly suppressed.
+    Suppressed(u64),
+    /// Keys no longer suppressed.
+    Unsuppressed(u64),
+    Deleted {
+        suppressed: u64,
+        /// `postgres` or `embedded`.
+        store: &'static str,
+        removed: Removed,
+    },
+    Exported {
+        profiles: Vec<Profile>,
+        merges: Vec<ExportedMerge>,
+        archived_events: Vec<ExportedEvent>,
+        suppressed: bool,
+    },
+}
+
+/// A request's result (contract §5): the profiles found, the keys covered,
+/// and what was done.
+pub fn outcome(profiles: usize, keys: usize, done: Done) -> serde_json::Value {
+    let mut result = serde_json::json!({ "profiles": profiles, "keys": keys });
+    match done {
+        Done::Suppressed(count) => result["suppressed"] = count.into(),
+        Done::Unsuppressed(count) => result["unsuppressed"] = count.into(),
+        Done::Deleted {
+            suppressed,
+            store,
+            removed,
+        } => {
+            result["suppressed"] = suppressed.into();
+            result["removed"] = serde_json::json!({ store: removed });
+        }
+        Done::Exported {
+            profiles,
+            merges,
+            archived_events,
+            suppressed,
+        } => {
+            result["export"] = serde_json::json!({
+                "profiles": profiles,
+                "merges": merges,
+                "archived_events": archived_events,
+                "suppressed": suppressed,
+            });
+        }
+    }
+    result
+}
+
 /// The store side of privacy requests: PostgreSQL, or the embedded store.
 #[async_trait]
 pub trait PrivacyStore: Send + Sync + 'static {

@@ -8,14 +8,15 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context as _;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{ARCHIVE, EmbeddedStore, Inner, MERGES, META, PROFILES, read_chain};
 use crate::model::event::format_millis;
 use crate::model::identity::{self, Identifier};
 use crate::model::profile::Profile;
 use crate::privacy::{
-    Applied, PrivacyRequest, PrivacyStore, RequestKind, Status, Suppressions, person_keys,
+    Applied, Done, ExportedEvent, ExportedMerge, PrivacyRequest, PrivacyStore, Removed,
+    RequestKind, Status, Suppressions, outcome, person_keys,
 };
 use crate::store::StoreResult;
 
@@ -85,27 +86,17 @@ impl Inner {
         }
         let (profiles, keys) = person(&txn, &request.keys)?;
         let found = profiles.len();
-        let result = match request.kind {
-            RequestKind::Suppress => {
-                let suppressed = suppress(&txn, &keys, id)?;
-                json!({ "profiles": found, "keys": keys.len(), "suppressed": suppressed })
-            }
-            RequestKind::Unsuppress => {
-                let unsuppressed = unsuppress(&txn, &keys)?;
-                json!({ "profiles": found, "keys": keys.len(), "unsuppressed": unsuppressed })
-            }
-            RequestKind::Delete => {
-                let suppressed = suppress(&txn, &keys, id)?;
-                let removed = delete(&txn, &keys)?;
-                json!({
-                    "profiles": found,
-                    "keys": keys.len(),
-                    "suppressed": suppressed,
-                    "removed": { "embedded": removed },
-                })
-            }
-            RequestKind::Export => export(&txn, &profiles, &keys)?,
+        let done = match request.kind {
+            RequestKind::Suppress => Done::Suppressed(suppress(&txn, &keys, id)?),
+            RequestKind::Unsuppress => Done::Unsuppressed(unsuppress(&txn, &keys)?),
+            RequestKind::Delete => Done::Deleted {
+                suppressed: suppress(&txn, &keys, id)?,
+                store: "embedded",
+                removed: delete(&txn, &keys)?,
+            },
+            RequestKind::Export => export(&txn, profiles, &keys)?,
         };
+        let result = outcome(found, keys.len(), done);
         request.status = Status::Done;
         request.finished_at_ms = Some(now_ms);
         request.result = Some(result.clone());
@@ -228,7 +219,7 @@ fn unsuppress(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result
     Ok(gone.len() as u64)
 }
 
-fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Value> {
+fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Removed> {
     let (mut profiles, mut pointers) = (0, 0);
     {
         let mut table = txn.open_table(PROFILES)?;
@@ -263,7 +254,7 @@ fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Val
         let mut gone: Vec<String> = Vec::new();
         for entry in table.iter()? {
             let (event_id, json) = entry?;
-            if keys.contains(archived_key(json.value())?.as_str()) {
+            if keys.contains(&archived_row(json.value())?.user_id) {
                 gone.push(event_id.value().to_owned());
             }
         }
@@ -272,85 +263,76 @@ fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Val
         }
         gone.len()
     };
-    Ok(json!({
-        "profiles": profiles,
-        "pointers": pointers,
-        "merges": merges,
-        "archived_events": events,
-    }))
+    Ok(Removed {
+        profiles,
+        pointers,
+        merges: merges as u64,
+        archived_events: events as u64,
+    })
 }
 
-/// The profile key an archive row is filed under.
-fn archived_key(row: &str) -> anyhow::Result<String> {
-    #[derive(serde::Deserialize)]
-    struct Keyed {
-        user_id: String,
-    }
-    let keyed: Keyed = serde_json::from_str(row).context("an archive row is unreadable")?;
-    Ok(keyed.user_id)
+/// The fields of an archive row an export and a delete read.
+#[derive(serde::Deserialize)]
+struct ArchivedRow {
+    event_id: String,
+    user_id: String,
+    event_type: String,
+    event_time_ms: i64,
+    payload: String,
+}
+
+fn archived_row(row: &str) -> anyhow::Result<ArchivedRow> {
+    serde_json::from_str(row).context("an archive row is unreadable")
 }
 
 fn export(
     txn: &WriteTransaction,
-    profiles: &[Profile],
+    profiles: Vec<Profile>,
     keys: &BTreeSet<String>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Done> {
     let mut merges = Vec::new();
     for entry in txn.open_table(MERGES)?.iter()? {
         let (key, value) = entry?;
         let (event_id, merged) = key.value();
         let (survivor, kind, at_ms) = value.value();
         if keys.contains(merged) || keys.contains(survivor) {
-            merges.push(json!({
-                "event_id": event_id, "merged": merged, "survivor": survivor,
-                "kind": kind, "merged_at": format_millis(at_ms),
-            }));
+            merges.push(ExportedMerge {
+                event_id: event_id.to_owned(),
+                merged: merged.to_owned(),
+                survivor: survivor.to_owned(),
+                kind: kind.to_owned(),
+                merged_at: format_millis(at_ms),
+            });
         }
     }
-    let mut events = Vec::new();
+    let mut archived_events = Vec::new();
     for entry in txn.open_table(ARCHIVE)?.iter()? {
         let (_, json) = entry?;
-        let row: Value =
-            serde_json::from_str(json.value()).context("an archive row is unreadable")?;
-        let key = row["user_id"].as_str().unwrap_or_default();
-        if keys.contains(key) {
-            let payload: Value = row["payload"]
-                .as_str()
-                .map(serde_json::from_str)
-                .transpose()
-                .context("an archived payload is unreadable")?
-                .unwrap_or(Value::Null);
-            events.push(json!({
-                "event_id": row["event_id"],
-                "profile_key": key,
-                "event_type": row["event_type"],
-                "event_time": row["event_time_ms"].as_i64().map(format_millis),
-                "payload": payload,
-            }));
+        let row = archived_row(json.value())?;
+        if keys.contains(&row.user_id) {
+            archived_events.push(ExportedEvent {
+                payload: serde_json::from_str(&row.payload)
+                    .context("an archived payload is unreadable")?,
+                event_id: row.event_id,
+                profile_key: row.user_id,
+                event_type: row.event_type,
+                event_time: format_millis(row.event_time_ms),
+            });
         }
     }
     // RFC 3339 text of one width sorts as the times do.
-    events.sort_by_key(|event| {
-        (
-            event["event_time"].as_str().unwrap_or_default().to_owned(),
-            event["event_id"].as_str().unwrap_or_default().to_owned(),
-        )
-    });
+    archived_events.sort_by(|a, b| (&a.event_time, &a.event_id).cmp(&(&b.event_time, &b.event_id)));
     let suppressions = txn.open_table(SUPPRESSIONS)?;
     let mut suppressed = false;
     for key in keys {
         suppressed |= suppressions.get(key.as_str())?.is_some();
     }
-    Ok(json!({
-        "profiles": profiles.len(),
-        "keys": keys.len(),
-        "export": {
-            "profiles": profiles,
-            "merges": merges,
-            "archived_events": events,
-            "suppressed": suppressed,
-        },
-    }))
+    Ok(Done::Exported {
+        profiles,
+        merges,
+        archived_events,
+        suppressed,
+    })
 }
 
 #[async_trait]

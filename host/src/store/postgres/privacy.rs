@@ -16,7 +16,8 @@ use crate::model::event::format_millis;
 use crate::model::identity::{self, Identifier};
 use crate::model::profile::Profile;
 use crate::privacy::{
-    Applied, PrivacyRequest, PrivacyStore, RequestKind, Status, Suppressions, person_keys,
+    Applied, Done, ExportedEvent, ExportedMerge, PrivacyRequest, PrivacyStore, Removed,
+    RequestKind, Status, Suppressions, outcome, person_keys,
 };
 use crate::store::{StoreError, StoreResult};
 
@@ -177,28 +178,22 @@ impl PrivacyStore for PgStore {
         let (profiles, keys) = person(&mut tx, &request.keys).await?;
         let found = profiles.len();
         let mut cache_keys = Vec::new();
-        let result = match request.kind {
-            RequestKind::Suppress => {
-                let suppressed = suppress(&mut tx, &keys, id, now_ms).await?;
-                json!({ "profiles": found, "keys": keys.len(), "suppressed": suppressed })
-            }
-            RequestKind::Unsuppress => {
-                let unsuppressed = unsuppress(&mut tx, &keys).await?;
-                json!({ "profiles": found, "keys": keys.len(), "unsuppressed": unsuppressed })
-            }
+        let done = match request.kind {
+            RequestKind::Suppress => Done::Suppressed(suppress(&mut tx, &keys, id, now_ms).await?),
+            RequestKind::Unsuppress => Done::Unsuppressed(unsuppress(&mut tx, &keys).await?),
             RequestKind::Delete => {
                 let suppressed = suppress(&mut tx, &keys, id, now_ms).await?;
                 let removed = delete(&mut tx, &keys).await?;
                 cache_keys = keys.iter().cloned().collect();
-                json!({
-                    "profiles": found,
-                    "keys": keys.len(),
-                    "suppressed": suppressed,
-                    "removed": { "postgres": removed },
-                })
+                Done::Deleted {
+                    suppressed,
+                    store: "postgres",
+                    removed,
+                }
             }
-            RequestKind::Export => export(&mut tx, &profiles, &keys).await?,
+            RequestKind::Export => export(&mut tx, profiles, &keys).await?,
         };
+        let result = outcome(found, keys.len(), done);
         let status = if cache_keys.is_empty() {
             Status::Done
         } else {
@@ -403,7 +398,10 @@ async fn unsuppress(
 }
 
 /// Removes the person's rows, merge log entries and archived events.
-async fn delete(tx: &mut Transaction<'_, Postgres>, keys: &BTreeSet<String>) -> StoreResult<Value> {
+async fn delete(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: &BTreeSet<String>,
+) -> StoreResult<Removed> {
     let keys: Vec<&String> = keys.iter().collect();
     let rows: Vec<bool> = sqlx::query_scalar(
         "DELETE FROM profiles WHERE user_id = ANY($1) RETURNING merged_into IS NULL",
@@ -425,21 +423,21 @@ async fn delete(tx: &mut Transaction<'_, Postgres>, keys: &BTreeSet<String>) -> 
         .await
         .context("deleting a person's archived events")?
         .rows_affected();
-    let profiles = rows.iter().filter(|&&profile| profile).count();
-    Ok(json!({
-        "profiles": profiles,
-        "pointers": rows.len() - profiles,
-        "merges": merges,
-        "archived_events": events,
-    }))
+    let profiles = rows.iter().filter(|&&profile| profile).count() as u64;
+    Ok(Removed {
+        profiles,
+        pointers: rows.len() as u64 - profiles,
+        merges,
+        archived_events: events,
+    })
 }
 
 /// Everything stored about the person.
 async fn export(
     tx: &mut Transaction<'_, Postgres>,
-    profiles: &[Profile],
+    profiles: Vec<Profile>,
     keys: &BTreeSet<String>,
-) -> StoreResult<Value> {
+) -> StoreResult<Done> {
     let keys: Vec<&String> = keys.iter().collect();
     let merges: Vec<(String, String, String, String, i64)> = sqlx::query_as(
         "SELECT event_id, merged, survivor, kind, (extract(epoch FROM merged_at) * 1000)::bigint \
@@ -464,35 +462,37 @@ async fn export(
             .fetch_one(&mut **tx)
             .await
             .context("reading a person's suppression")?;
-    let merges: Vec<Value> = merges
+    let merges = merges
         .into_iter()
-        .map(|(event_id, merged, survivor, kind, at_ms)| {
-            json!({ "event_id": event_id, "merged": merged, "survivor": survivor, "kind": kind,
-                    "merged_at": format_millis(at_ms) })
+        .map(|(event_id, merged, survivor, kind, at_ms)| ExportedMerge {
+            event_id,
+            merged,
+            survivor,
+            kind,
+            merged_at: format_millis(at_ms),
         })
         .collect();
-    let events = events
+    let archived_events = events
         .into_iter()
-        .map(|(event_id, key, event_type, event_time_ms, payload)| {
-            let payload: Value = serde_json::from_str(&payload)
-                .map_err(|e| StoreError(anyhow!("archived event {event_id} is unreadable: {e}")))?;
-            Ok(json!({
-                "event_id": event_id,
-                "profile_key": key,
-                "event_type": event_type,
-                "event_time": format_millis(event_time_ms),
-                "payload": payload,
-            }))
-        })
-        .collect::<StoreResult<Vec<Value>>>()?;
-    Ok(json!({
-        "profiles": profiles.len(),
-        "keys": keys.len(),
-        "export": {
-            "profiles": profiles,
-            "merges": merges,
-            "archived_events": events,
-            "suppressed": suppressed > 0,
-        },
-    }))
+        .map(
+            |(event_id, profile_key, event_type, event_time_ms, payload)| {
+                let payload: Value = serde_json::from_str(&payload).map_err(|e| {
+                    StoreError(anyhow!("archived event {event_id} is unreadable: {e}"))
+                })?;
+                Ok(ExportedEvent {
+                    event_id,
+                    profile_key,
+                    event_type,
+                    event_time: format_millis(event_time_ms),
+                    payload,
+                })
+            },
+        )
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Done::Exported {
+        profiles,
+        merges,
+        archived_events,
+        suppressed: suppressed > 0,
+    })
 }
