@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pulsehub::model::identity::Identifier;
+use sqlx::types::Json;
+
+use pulsehub::model::identity::{ANONYMOUS_ID, BatchIdentities, Identifier, Link, Rules, USER_ID};
 use pulsehub::model::merge::{AttributeChange, ProfileChanges, Provenance};
 use pulsehub::model::profile::Profile;
 use pulsehub::model::update::{Op, Value};
@@ -18,8 +20,8 @@ use pulsehub::privacy::{Privacy, PrivacyStore, RequestKind, Status};
 use pulsehub::store::embedded::EmbeddedStore;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::{
-    ArchivedEvent, Commit, CommitOutcome, EventArchive, OffsetRange, PluginVersion, ProfileStore,
-    StoreResult, TimelineEntry,
+    ArchivedEvent, Commit, CommitOutcome, EventArchive, Identity, LinkReport, OffsetRange,
+    PluginVersion, ProfileStore, StoreResult, TimelineEntry,
 };
 
 use support::db::{StoreDb, database_url};
@@ -978,4 +980,157 @@ fn database_url_replaces_only_the_database() {
         "postgres://u@h:5432/t?sslmode=disable"
     );
     assert_eq!(database_url("postgres://h", "t"), "postgres://h/t");
+}
+
+/// Commits `changes` with a batch's identities (no copies).
+async fn commit_linking(
+    store: &PgStore,
+    changes: &ProfileChanges,
+    offsets: &[OffsetRange],
+    batch: &BatchIdentities,
+    report: &LinkReport,
+    now_ms: i64,
+) -> StoreResult<CommitOutcome> {
+    let rules = Rules::default();
+    store
+        .commit(Commit {
+            group: GROUP,
+            topic: TOPIC,
+            changes,
+            offsets,
+            plugins: &[],
+            known: Default::default(),
+            now_ms,
+            identity: Some(Identity {
+                batch,
+                rules: &rules,
+                report,
+            }),
+            suppressions: 0,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_link_planned_on_a_row_another_writer_changes_meanwhile_is_planned_again_under_lock() {
+    let db = StoreDb::new().await;
+    let anonymous = Identifier::new(ANONYMOUS_ID, "a1");
+    let a1 = anonymous.home_key();
+    let views = |n, event: &str| change(Op::Increment(n), event, 1);
+    // u1, then (later, so u1 is the older profile) a1's own profile.
+    applied(
+        commit(
+            &db.store,
+            &changes(vec![("u1", "page_views", views(1, "e1"))]),
+            &[range(0, None, 1)],
+            1_000,
+        )
+        .await
+        .expect("u1 commits"),
+    );
+    let mut keyed = BatchIdentities::default();
+    keyed.keys.insert(a1.clone(), anonymous.clone());
+    applied(
+        commit_linking(
+            &db.store,
+            &changes(vec![(a1.as_str(), "page_views", views(2, "e2"))]),
+            &[range(1, None, 1)],
+            &keyed,
+            &LinkReport::default(),
+            2_000,
+        )
+        .await
+        .expect("a1 commits"),
+    );
+
+    // Another writer holds a1's row...
+    let mut other = db.store.pool().begin().await.expect("begin");
+    let (Json(mut row),): (Json<Profile>,) =
+        sqlx::query_as("SELECT profile FROM profiles WHERE user_id = $1 FOR UPDATE")
+            .bind(&a1)
+            .fetch_one(&mut *other)
+            .await
+            .expect("lock a1's row");
+    // ...while a batch links u1 and a1: it plans on a1's row as read,
+    // without waiting, and its write then waits for the row lock.
+    let mut linking = BatchIdentities::default();
+    linking.links.push(Link {
+        event_id: "e-identify".to_owned(),
+        identifiers: vec![Identifier::new(USER_ID, "u1"), anonymous.clone()],
+        alias: false,
+    });
+    let batch = changes(vec![("u1", "page_views", views(1, "e-identify"))]);
+    let store = db.store.clone();
+    let linker = tokio::spawn(async move {
+        let report = LinkReport::default();
+        let outcome = commit_linking(
+            &store,
+            &batch,
+            &[range(0, Some(1), 2)],
+            &linking,
+            &report,
+            3_000,
+        )
+        .await;
+        (outcome, report.take().0.len())
+    });
+    let waiting = Instant::now();
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db.store.pool())
+        .await
+        .expect("pg_stat_activity");
+        if blocked == 1 {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the linking batch never waited for a1's row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other writer counts 5 more views on a1 and commits: the row the
+    // link was planned on is no longer the one it read.
+    // (apply moves the revision on by one.)
+    row.apply(
+        &changes(vec![("x", "page_views", views(5, "e3"))])["x"],
+        2_500,
+    );
+    sqlx::query("UPDATE profiles SET profile = $2::json, revision = $3 WHERE user_id = $1")
+        .bind(&a1)
+        .bind(serde_json::to_string(&row).expect("encode"))
+        .bind(row.revision)
+        .execute(&mut *other)
+        .await
+        .expect("update a1");
+    other.commit().await.expect("commit the other writer");
+
+    let (outcome, merges) = linker.await.expect("the linking batch ran");
+    applied(outcome.expect("planned again under lock, in the same commit"));
+    assert_eq!(merges, 1, "one merge reported");
+    let u1 = db.store.profile("u1").await.expect("read").expect("u1");
+    assert_eq!(
+        u1.attributes["page_views"].value,
+        Value::Integer(1 + 1 + 2 + 5),
+        "the merge took a1 as the other writer left it"
+    );
+    assert_eq!(
+        u1.identifiers,
+        vec![anonymous, Identifier::new(USER_ID, "u1")]
+    );
+    let pointer = db
+        .store
+        .profile(&a1)
+        .await
+        .expect("read")
+        .expect("a1's row");
+    assert_eq!(pointer.merged_into.as_deref(), Some("u1"));
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM profile_merges")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("count merges");
+    assert_eq!(recorded, 1);
 }

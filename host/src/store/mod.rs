@@ -82,8 +82,8 @@ pub struct Commit<'a> {
     /// the timeline's open stretches of a partition, the commit closes and
     /// opens stretches at the partition's `expected` offset (0 when `None`).
     pub plugins: &'a [PluginVersion],
-    /// The caller's copies of some of the changed profiles, as it last
-    /// committed them. A store may start from these instead of reading them;
+    /// The caller's copies of some of the changed profiles, as they were
+    /// last committed. A store may start from these instead of reading them;
     /// a copy that is not the stored revision is never written over: the
     /// store applies the changes to the stored profile instead (PostgreSQL,
     /// under the row lock), or fails the commit (a [`StoreError`], retried

@@ -7,7 +7,11 @@
 //! changes in Rust with [`Profile::apply`], write every profile in one
 //! multi-row statement that replaces only the revision each was computed
 //! from (the few another writer changed meanwhile are read again, locked,
-//! and written once more), commit. The schema is in `migrations/`, embedded in the binary.
+//! and written once more), commit. A batch with identity links plans them on
+//! rows read without locks and writes the plan's rows in the same statement;
+//! if one of them changed meanwhile, the batch undoes its writes (to a
+//! savepoint), locks every row it reads in key order and plans again, in the
+//! same transaction. The schema is in `migrations/`, embedded in the binary.
 
 mod audit;
 pub mod privacy;
@@ -169,60 +173,53 @@ impl ProfileStore for PgStore {
             return Ok(CommitOutcome::Stale);
         }
         write_timeline(&mut tx, &commit).await?;
-        let mut known = commit.known;
         let batch = commit.identity.map(|identity| identity.batch);
-        // The rows a batch's links change, at the revision they will be
-        // written with, and the merges to record.
-        let mut linked: Vec<Profile> = Vec::new();
-        let mut merges: Vec<PlannedMerge> = Vec::new();
-        if let Some(identity) = commit.identity
-            && !identity.batch.links.is_empty()
-        {
-            let plan = plan_links(&mut tx, identity, commit.now_ms).await?;
-            linked = plan.writes;
-            identity.report.set(plan.merges.clone(), plan.refused);
-            merges = plan.merges;
-            for row in &linked {
-                known.insert(row.user_id.clone(), row.clone());
+        let links = commit
+            .identity
+            .filter(|identity| !identity.batch.links.is_empty());
+        if links.is_some() {
+            sqlx::query("SAVEPOINT links")
+                .execute(&mut *tx)
+                .await
+                .context("marking where a batch's links start")?;
+        }
+        let mut known = commit.known;
+        let mut locked = false;
+        let Rows {
+            profiles,
+            sources,
+            written,
+            merges,
+        } = loop {
+            let rows = write_changes(
+                &mut tx,
+                commit.changes,
+                (links, batch),
+                known,
+                locked,
+                commit.now_ms,
+            )
+            .await?;
+            if let Some(rows) = rows {
+                break rows;
             }
-        }
-        let raised: HashSet<String> = linked.iter().map(|row| row.user_id.clone()).collect();
-        let mut rows: Vec<(Profile, Vec<&String>)> = apply_changes(
-            &mut tx,
-            commit.changes,
-            known,
-            batch,
-            commit.now_ms,
-            &raised,
-        )
-        .await?;
-        if !linked.is_empty() {
-            // The rows the links changed and no event did are written too,
-            // all in one statement, in key order.
-            let changed: HashSet<String> = rows.iter().map(|(p, _)| p.user_id.clone()).collect();
-            rows.extend(
-                linked
-                    .into_iter()
-                    .filter(|row| !changed.contains(&row.user_id))
-                    .map(|row| (row, Vec::new())),
-            );
-            rows.sort_by(|(a, _), (b, _)| a.user_id.cmp(&b.user_id));
-        }
-        let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
-        let written = write_profiles(&mut tx, &profiles).await?;
-        if written
-            .refused
-            .iter()
-            .any(|&i| raised.contains(&profiles[i].user_id))
-        {
-            // The links were planned on rows read without locks: one of
-            // them changed meanwhile, which may change the plan. Plan again.
-            return Err(StoreError(anyhow!(
-                "{} of the rows a batch with identity links writes changed meanwhile; \
-                 the batch is rolled back and retried",
-                written.refused.len()
-            )));
-        }
+            if locked {
+                return Err(StoreError(anyhow!(
+                    "a row a batch's links lead to changed under the batch's row locks; \
+                     the batch is rolled back and retried"
+                )));
+            }
+            // The links were planned on rows read without locks, and one
+            // of them changed meanwhile, which may change the plan. Undo
+            // the writes, lock every row the batch reads, in key order as
+            // every writer does, and plan again on them.
+            sqlx::query("ROLLBACK TO SAVEPOINT links")
+                .execute(&mut *tx)
+                .await
+                .context("undoing a batch's writes to plan its links again")?;
+            known = lock_rows(&mut tx, commit.changes, links).await?;
+            locked = true;
+        };
         write_merge_log(&mut tx, &merges, commit.now_ms).await?;
         let mut again = Vec::new();
         let mut again_documents = Vec::new();
@@ -335,6 +332,99 @@ impl ProfileStore for PgStore {
             .context("pinging PostgreSQL")?;
         Ok(())
     }
+}
+
+/// A batch's rows as first written ([`write_changes`]).
+struct Rows<'c> {
+    profiles: Vec<Profile>,
+    /// The keys of the changes applied to each profile.
+    sources: Vec<Vec<&'c String>>,
+    written: Written,
+    merges: Vec<PlannedMerge>,
+}
+
+/// Plans `links` (when the batch has any), applies `changes` over `known`
+/// and the rows read, and writes every row they change in one upsert, in
+/// key order. `locked`: `known` holds the batch's rows as they are, under
+/// lock ([`lock_rows`]), and the links are planned on them. `None`: a row
+/// the links were planned on changed after it was read; the caller undoes
+/// the writes and plans again.
+async fn write_changes<'c>(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &'c ProfileChanges,
+    (links, batch): (Option<Identity<'_>>, Option<&BatchIdentities>),
+    mut known: HashMap<String, Profile>,
+    locked: bool,
+    now_ms: i64,
+) -> StoreResult<Option<Rows<'c>>> {
+    // The rows the links change, at the revision they will be written
+    // with, and the merges to record.
+    let mut linked: Vec<Profile> = Vec::new();
+    let mut merges: Vec<PlannedMerge> = Vec::new();
+    if let Some(identity) = links {
+        let plan = plan_links(tx, identity, locked.then_some(&known), now_ms).await?;
+        linked = plan.writes;
+        identity.report.set(plan.merges.clone(), plan.refused);
+        merges = plan.merges;
+        for row in &linked {
+            known.insert(row.user_id.clone(), row.clone());
+        }
+    }
+    let raised: HashSet<String> = linked.iter().map(|row| row.user_id.clone()).collect();
+    let mut rows = apply_changes(tx, changes, known, batch, now_ms, &raised).await?;
+    if !linked.is_empty() {
+        // The rows the links changed and no event did are written too,
+        // all in one statement, in key order.
+        let changed: HashSet<String> = rows.iter().map(|(p, _)| p.user_id.clone()).collect();
+        rows.extend(
+            linked
+                .into_iter()
+                .filter(|row| !changed.contains(&row.user_id))
+                .map(|row| (row, Vec::new())),
+        );
+        rows.sort_by(|(a, _), (b, _)| a.user_id.cmp(&b.user_id));
+    }
+    let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
+    let written = write_profiles(tx, &profiles).await?;
+    if written
+        .refused
+        .iter()
+        .any(|&i| raised.contains(&profiles[i].user_id))
+    {
+        return Ok(None);
+    }
+    Ok(Some(Rows {
+        profiles,
+        sources,
+        written,
+        merges,
+    }))
+}
+
+/// Locks the rows of `changes`' keys and of `links`' identifiers, in key
+/// order, and returns them as they are now.
+async fn lock_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    changes: &ProfileChanges,
+    links: Option<Identity<'_>>,
+) -> StoreResult<HashMap<String, Profile>> {
+    let mut keys: BTreeSet<String> = changes.keys().cloned().collect();
+    if let Some(identity) = links {
+        keys.extend(identity::homes(&identity.batch.links));
+    }
+    let keys: Vec<String> = keys.into_iter().collect();
+    let rows: Vec<(String, Json<Profile>)> = sqlx::query_as(
+        "SELECT user_id, profile FROM profiles WHERE user_id = ANY($1) \
+         ORDER BY user_id FOR UPDATE",
+    )
+    .bind(&keys)
+    .fetch_all(&mut **tx)
+    .await
+    .context("locking the rows of a batch with identity links")?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, Json(profile))| (key, profile))
+        .collect())
 }
 
 /// Locks the batch's offset rows and tells whether each holds the offset the
@@ -459,46 +549,57 @@ async fn apply_changes<'c>(
 }
 
 /// Reads the rows `identity`'s links resolve through (their identifiers'
-/// home rows, then the rows their pointers lead to), without locks, and
-/// plans the links over them.
+/// home rows, then the rows their pointers lead to), taking those `held`
+/// has from it and reading the others without locks, and plans the links
+/// over them.
 ///
 /// The plan's rows are written with the batch's other rows in one upsert,
 /// in key order, each only over the revision it was planned from (a new
 /// one only where no row exists): a batch that links locks its rows as a
 /// batch without links does, so two batches that share rows wait for each
-/// other instead of deadlocking, and a row another writer changed after
-/// the read fails the commit, which plans again.
+/// other instead of deadlocking. A row another writer changed after the
+/// read makes the commit lock its rows and plan again ([`lock_rows`]).
 async fn plan_links(
     tx: &mut Transaction<'_, Postgres>,
     identity: Identity<'_>,
+    held: Option<&HashMap<String, Profile>>,
     now_ms: i64,
 ) -> StoreResult<Plan> {
     let links = &identity.batch.links;
-    let mut wanted: Vec<String> = identity::homes(links).into_iter().collect();
+    let mut wanted = identity::homes(links);
     let mut rows: HashMap<String, Profile> = HashMap::new();
     let mut asked: HashSet<String> = HashSet::new();
     for _ in 0..=identity::MAX_POINTER_STEPS {
         if wanted.is_empty() {
             break;
         }
-        let read: Vec<(String, Json<Profile>)> =
-            sqlx::query_as("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
-                .bind(&wanted)
-                .fetch_all(&mut **tx)
-                .await
-                .context("reading the rows of the batch's linked identifiers")?;
-        asked.extend(wanted);
-        for (key, Json(profile)) in read {
-            rows.insert(key, profile);
+        let mut unread: Vec<&str> = Vec::new();
+        for key in &wanted {
+            match held.and_then(|held| held.get(key)) {
+                Some(row) => {
+                    rows.insert(key.clone(), row.clone());
+                }
+                None => unread.push(key.as_str()),
+            }
         }
+        if !unread.is_empty() {
+            let read: Vec<(String, Json<Profile>)> =
+                sqlx::query_as("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
+                    .bind(&unread)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .context("reading the rows of the batch's linked identifiers")?;
+            for (key, Json(profile)) in read {
+                rows.insert(key, profile);
+            }
+        }
+        asked.extend(wanted);
         // Pointers whose targets are not read yet.
         wanted = rows
             .values()
             .filter_map(|row| row.merged_into.as_ref())
             .filter(|target| !asked.contains(*target) && !rows.contains_key(*target))
             .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect();
     }
     Ok(identity::plan(links, &rows, identity.rules, now_ms))
