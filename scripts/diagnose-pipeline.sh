@@ -79,6 +79,9 @@ else
 fi
 echo "== profiles table"
 psql -qP pager=off "$url" -c "SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_dead_tup, n_live_tup, pg_size_pretty(pg_total_relation_size('profiles')) AS size FROM pg_stat_user_tables WHERE relname = 'profiles'"
+# Rows by kind (profiles, pointers of merged-away keys) and their stored
+# document sizes, and the commit attempts a batch took.
+psql -qP pager=off "$url" -c "SELECT CASE WHEN merged_into IS NULL THEN 'profile' ELSE 'pointer' END AS row_kind, count(*) AS rows, round(avg(pg_column_size(profile))) AS avg_doc_bytes, max(pg_column_size(profile)) AS max_doc_bytes, max(revision) AS max_revision FROM profiles GROUP BY 1 ORDER BY 1"
 psql -qP pager=off "$url" -c "SELECT a.attname, coalesce(c.collname, '(database default: ' || (SELECT datcollate FROM pg_database WHERE datname = current_database()) || ')') AS collation FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation AND a.attcollation <> 100 WHERE a.attrelid = 'profiles'::regclass AND a.attname = 'user_id'"
 echo "== WAL during the run (cluster-wide), per event"
 psql -qP pager=off "$url" -c "SELECT wal_records, wal_fpi, pg_size_pretty(wal_bytes) AS wal, round(wal_bytes / $EVENTS) AS bytes_per_event, round(wal_fpi::numeric / $EVENTS, 2) AS fpi_per_event, (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter) - $CHECKPOINTS_BEFORE AS checkpoints FROM pg_stat_wal"

@@ -116,9 +116,19 @@ where
 
 /// Waits until the enrich role has consumed `count` records.
 async fn wait_consumed(hub: &PulseHub, count: usize) {
+    wait_consumed_by(&[hub], count).await;
+}
+
+/// Waits until the enrich roles of `processes` have consumed `count`
+/// records between them.
+async fn wait_consumed_by(processes: &[&PulseHub], count: usize) {
     wait_for(&format!("{count} records consumed"), || async {
-        let samples = hub.metrics().await;
-        samples.sum("pulsehub_events_consumed_total", &[("role", "enrich")]) >= count as f64
+        let mut total = 0.0;
+        for process in processes {
+            let samples = process.metrics().await;
+            total += samples.sum("pulsehub_events_consumed_total", &[("role", "enrich")]);
+        }
+        total >= count as f64
     })
     .await;
 }
@@ -378,19 +388,36 @@ async fn blocked_values_and_unique_user_ids_refuse_links_and_every_event_counts_
     assert!(hub.log_text().contains("refused to link an identifier"));
 }
 
+/// Two lanes linking the same pair at once. The lanes of one process take
+/// turns at committing links (`pipeline/enrich.rs`, `CommitTurns`), so the
+/// lanes here are in two processes, one lane and one partition each, where
+/// only the store's locks and revision checks keep the links apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_lanes_linking_the_same_pair_at_once_merge_it_once() {
     let _serial = SERIAL.lock().await;
     let topic = topics(2).await;
+    let group = format!("{topic}-enrich");
     let database = TestDb::create().await;
-    let mut hub = PulseHub::services_with(
-        &topic,
-        database.url(),
-        Some(&redis_url()),
-        &[("PULSEHUB_PIPELINE_LANES", "2")],
-        &[],
-    );
+    let start = || {
+        PulseHub::services_with(
+            &topic,
+            database.url(),
+            Some(&redis_url()),
+            &[
+                ("PULSEHUB_PIPELINE_LANES", "1"),
+                ("PULSEHUB_LOG_FORMAT", "json"),
+            ],
+            &[],
+        )
+    };
+    let (mut hub, mut other) = (start(), start());
     hub.wait_ready().await;
+    other.wait_ready().await;
+    wait_for("the two processes to hold a partition each", || async {
+        let (a, b) = (hub.assignment(&group), other.assignment(&group));
+        a.len() == 1 && b.len() == 1 && a != b
+    })
+    .await;
     let producer = producer();
     let pairs = 300;
     let mut views_first = Vec::new();
@@ -421,9 +448,9 @@ async fn two_lanes_linking_the_same_pair_at_once_merge_it_once() {
         }
     }
     produce(&producer, &topic, &views_first).await;
-    wait_consumed(&hub, views_first.len()).await;
+    wait_consumed_by(&[&hub, &other], views_first.len()).await;
     produce(&producer, &topic, &links).await;
-    wait_consumed(&hub, views_first.len() + links.len()).await;
+    wait_consumed_by(&[&hub, &other], views_first.len() + links.len()).await;
     for n in 0..pairs {
         let person = Person {
             user: format!("pair{n}-u"),
@@ -436,7 +463,13 @@ async fn two_lanes_linking_the_same_pair_at_once_merge_it_once() {
         assert_eq!(made, 1, "pair {n}");
     }
     assert_eq!(count_merges(&database, "merge").await, pairs as i64);
-    assert!(!hub.log_text().contains("deadlock"), "{}", hub.log_text());
+    for process in [&hub, &other] {
+        assert!(
+            !process.log_text().contains("deadlock"),
+            "{}",
+            process.log_text()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,15 +3,15 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::{DeadLetter, DeadLetterSink, DeadReason};
-use super::lane_cache::LaneCache;
 use super::link_memory::LinkMemory;
+use super::profile_copies::ProfileCopies;
 use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Record, Source};
 use super::{count_consumed, next_offsets};
@@ -43,13 +43,15 @@ pub(super) struct EnrichLane {
     /// Partition → next offset the store holds, as last read or written;
     /// `None` until read. A partition missing from the map has no row.
     pub(super) known: Option<HashMap<i32, i64>>,
-    /// The profiles this lane committed last, so its next commit need not
-    /// read them back.
-    pub(super) profiles: LaneCache,
+    /// The profiles the lanes committed last, so the next commit touching
+    /// them need not read them back (shared by the lanes).
+    pub(super) profiles: Arc<ProfileCopies>,
     /// How events resolve to profiles.
     pub(super) identity: Arc<Rules>,
     /// Where this lane has seen identifiers live.
     pub(super) links: LinkMemory,
+    /// Turns at committing, shared by the lanes ([`CommitTurns`]).
+    pub(super) turns: Arc<CommitTurns>,
     /// The suppressed persons, whose events are dropped before the
     /// plugins; `None` until read.
     pub(super) suppressions: Option<Arc<Suppressions>>,
@@ -250,8 +252,11 @@ impl EnrichLane {
             rules: &self.identity,
             report: &report,
         });
-        // The first attempt starts from the lane's copies; a failed attempt
-        // loses them, and the retry reads the store.
+        // The first attempt starts from the lanes' copies, taken in turn so
+        // that a sibling lane's commit cannot overtake them (a copy this
+        // commit holds is missing for the others, which read the store); a
+        // failed attempt loses them, and the retry reads the store.
+        let turn = self.turns.take(!identities.links.is_empty());
         let mut copies = Some(self.profiles.take(changes));
         let failed = &Cell::new(false);
         let committed = runtime.block_on(retry("committing a batch", Backoff::LANE, until, || {
@@ -275,6 +280,7 @@ impl EnrichLane {
                 result
             }
         }));
+        drop(turn);
         if failed.get() {
             // Whatever made a commit fail may have made other copies stale.
             self.profiles.clear();
@@ -339,6 +345,46 @@ impl EnrichLane {
                 profile = %refusal.profile,
                 "refused to link an identifier to a profile"
             );
+        }
+    }
+}
+
+/// Turns at committing, shared by the enrich lanes of a process.
+///
+/// A batch with identity links plans them on rows read early in its
+/// transaction, and a sibling lane committing one of those rows before the
+/// plan is written makes the store undo the writes and plan again under
+/// lock, the batch's whole write paid twice. The sibling lanes' batches
+/// overlap in time and in persons (a person's anonymous and known events sit
+/// on partitions of different lanes), so while persons' first links come
+/// in, this would happen to most batches. So a commit with links waits
+/// until no other lane commits and keeps the others out while it runs;
+/// commits without links run side by side. The store stays the guard
+/// against writers of other processes.
+#[derive(Default)]
+pub(super) struct CommitTurns(RwLock<()>);
+
+/// A lane's turn at committing, held until dropped.
+pub(super) struct Turn<'t> {
+    _alone: Option<RwLockWriteGuard<'t, ()>>,
+    _shared: Option<RwLockReadGuard<'t, ()>>,
+}
+
+impl CommitTurns {
+    /// Waits for a turn: alone for a batch that links identities.
+    pub(super) fn take(&self, links: bool) -> Turn<'_> {
+        // The lock guards nothing but the turn: a panicked holder left
+        // nothing half-done to see.
+        if links {
+            Turn {
+                _alone: Some(self.0.write().unwrap_or_else(PoisonError::into_inner)),
+                _shared: None,
+            }
+        } else {
+            Turn {
+                _alone: None,
+                _shared: Some(self.0.read().unwrap_or_else(PoisonError::into_inner)),
+            }
         }
     }
 }

@@ -21,8 +21,8 @@
 //!
 //! - [`source`]: the [`Source`] trait, batches and lanes.
 //! - [`publish`]: the write side of the log ([`publish::EventPublisher`]).
-//! - [`enrich`] and [`archive`]: the two kinds of lane; `lane_cache` keeps
-//!   the profiles an enrich lane committed last.
+//! - [`enrich`] and [`archive`]: the two kinds of lane; `profile_copies`
+//!   keeps the profiles the enrich lanes committed last.
 //! - [`dead_letter`]: dead letters and their sink.
 //! - [`retry`]: the one backoff loop that waits out a backend.
 //! - [`lag`]: the consumer-lag gauge.
@@ -31,8 +31,8 @@ pub mod archive;
 pub mod dead_letter;
 pub mod enrich;
 pub mod lag;
-mod lane_cache;
 mod link_memory;
+mod profile_copies;
 pub mod publish;
 pub mod retry;
 pub mod source;
@@ -54,8 +54,8 @@ use archive::ArchiveLane;
 use enrich::EnrichLane;
 pub use enrich::EnrichTargets;
 pub use lag::LAG_EVERY;
-use lane_cache::LaneCache;
 use link_memory::LinkMemory;
+use profile_copies::ProfileCopies;
 
 /// Keys an enrich lane remembers the profiles of ([`LinkMemory`]).
 const LINK_MEMORY_KEYS: usize = 200_000;
@@ -68,8 +68,8 @@ pub struct Setup {
     /// Lane threads (each with its own plugin instances).
     pub lanes: usize,
     pub limits: BatchLimits,
-    /// Bytes of profiles the enrich lanes keep between commits, shared out
-    /// evenly (`pipeline.profile_cache_mib`).
+    /// Bytes of profiles the enrich lanes keep between commits, together
+    /// (`pipeline.profile_cache_mib`).
     pub profile_cache_bytes: usize,
     /// The async runtime the lanes and the lag reporter use.
     pub runtime: Handle,
@@ -100,6 +100,8 @@ impl Pipeline {
     ) -> anyhow::Result<Pipeline> {
         let stop = CancellationToken::new();
         let mut handlers: Vec<Handler> = Vec::new();
+        let copies = Arc::new(ProfileCopies::new(setup.profile_cache_bytes));
+        let turns = Arc::new(enrich::CommitTurns::default());
         for _ in 0..setup.lanes.max(1) {
             let mut lane = EnrichLane {
                 worker: chain.worker(),
@@ -107,9 +109,10 @@ impl Pipeline {
                 source: source.clone(),
                 group: group.to_owned(),
                 known: None,
-                profiles: LaneCache::new(setup.profile_cache_bytes / setup.lanes.max(1)),
+                profiles: copies.clone(),
                 identity: setup.identity.clone(),
                 links: LinkMemory::new(LINK_MEMORY_KEYS),
+                turns: turns.clone(),
                 suppressions: None,
                 privacy: setup.privacy.clone(),
                 runtime: setup.runtime.clone(),

@@ -1,19 +1,23 @@
-//! The profiles an enrich lane committed last, kept so that its next commit
-//! need not read them back.
+//! The profiles the enrich lanes of a process committed last, kept so that
+//! the next commit touching them need not read them back.
 //!
-//! Users are tied to partitions and partitions to lanes, so a lane is nearly
-//! always the only writer of the profiles it caches. Nearly: a rebalance can
-//! move a partition away and back, and one user's events can arrive through
-//! two partitions. A cached copy is therefore only a guess at the stored
-//! revision, and the store's revision-checked write is the guard: a commit
-//! started from a copy that is not the stored revision fails and is retried
-//! from the store. The lane empties its cache whenever a commit fails or is
-//! stale (its partitions moved), so one wrong guess costs one retry.
+//! Users are tied to partitions and partitions to lanes, so a lane is
+//! usually the only writer of a profile. Not always: a person's anonymous
+//! events and known events may sit on partitions of two lanes, a rebalance
+//! can move a partition away and back, and one user's events can arrive
+//! through two partitions. So the lanes share one set of copies: a profile
+//! one lane wrote is the copy the other starts from. A copy is still only
+//! a guess at the stored revision (another process may have written since),
+//! and the store's revision-checked write is the guard: a profile computed
+//! from a copy that is not the stored revision is read again under its row
+//! lock and computed once more. The copies are emptied whenever a commit
+//! fails or is stale (partitions moved), so one wrong guess costs one retry.
 //!
-//! The cache is bounded by an estimate of the bytes its profiles take and
-//! evicts the least recently committed first.
+//! The copies are bounded by an estimate of the bytes their profiles take
+//! and the least recently committed are evicted first.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use lru::LruCache;
 
@@ -21,35 +25,50 @@ use crate::model::merge::ProfileChanges;
 use crate::model::profile::{Attribute, Profile};
 use crate::model::update::Value;
 
-/// A lane's profiles, least recently committed evicted first, at most
-/// `capacity` estimated bytes.
-pub(super) struct LaneCache {
-    profiles: LruCache<String, Profile>,
-    bytes: usize,
+/// The lanes' profiles, least recently committed evicted first, at most
+/// `capacity` estimated bytes; shared by the lanes (one lock, taken once
+/// per batch to take copies out and once to give them back).
+pub(super) struct ProfileCopies {
+    held: Mutex<Held>,
     capacity: usize,
 }
 
-impl LaneCache {
-    /// A cache of at most `capacity` estimated bytes; 0 keeps nothing.
+struct Held {
+    profiles: LruCache<String, Profile>,
+    bytes: usize,
+}
+
+impl ProfileCopies {
+    /// Copies of at most `capacity` estimated bytes; 0 keeps nothing.
     pub(super) fn new(capacity: usize) -> Self {
         Self {
-            profiles: LruCache::unbounded(),
-            bytes: 0,
+            held: Mutex::new(Held {
+                profiles: LruCache::unbounded(),
+                bytes: 0,
+            }),
             capacity,
         }
     }
 
-    /// Takes out the cached profiles of the users `changes` touches: the
-    /// commit starts from them and gives them back through [`Self::keep`]
-    /// once they are written.
-    pub(super) fn take(&mut self, changes: &ProfileChanges) -> HashMap<String, Profile> {
+    /// The copies, whatever a panicking holder left (every change below
+    /// keeps them consistent before it can panic).
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes out the copies of the users `changes` touches: the commit
+    /// starts from them and gives them back through [`Self::keep`] once
+    /// they are written. Another lane touching one of them meanwhile reads
+    /// it from the store.
+    pub(super) fn take(&self, changes: &ProfileChanges) -> HashMap<String, Profile> {
         let mut taken = HashMap::new();
-        if self.profiles.is_empty() {
+        let mut held = self.held();
+        if held.profiles.is_empty() {
             return taken;
         }
         for user_id in changes.keys() {
-            if let Some((user_id, profile)) = self.profiles.pop_entry(user_id) {
-                self.bytes -= weight(&profile);
+            if let Some((user_id, profile)) = held.profiles.pop_entry(user_id) {
+                held.bytes -= weight(&profile);
                 taken.insert(user_id, profile);
             }
         }
@@ -57,20 +76,29 @@ impl LaneCache {
     }
 
     /// Keeps the profiles a commit wrote, evicting the least recently
-    /// committed ones beyond the capacity.
-    pub(super) fn keep(&mut self, profiles: Vec<Profile>) {
+    /// committed ones beyond the capacity. A copy of a later revision
+    /// (another lane's commit that came after this one) stays.
+    pub(super) fn keep(&self, profiles: Vec<Profile>) {
         if self.capacity == 0 {
             return;
         }
+        let mut held = self.held();
         for profile in profiles {
-            self.bytes += weight(&profile);
-            if let Some((_, replaced)) = self.profiles.push(profile.user_id.clone(), profile) {
-                self.bytes -= weight(&replaced);
+            if held
+                .profiles
+                .peek(&profile.user_id)
+                .is_some_and(|kept| kept.revision > profile.revision)
+            {
+                continue;
+            }
+            held.bytes += weight(&profile);
+            if let Some((_, replaced)) = held.profiles.push(profile.user_id.clone(), profile) {
+                held.bytes -= weight(&replaced);
             }
         }
-        while self.bytes > self.capacity {
-            match self.profiles.pop_lru() {
-                Some((_, evicted)) => self.bytes -= weight(&evicted),
+        while held.bytes > self.capacity {
+            match held.profiles.pop_lru() {
+                Some((_, evicted)) => held.bytes -= weight(&evicted),
                 None => break,
             }
         }
@@ -78,14 +106,20 @@ impl LaneCache {
 
     /// Forgets everything: after a failed or stale commit, nothing here can
     /// be trusted to be the stored revision.
-    pub(super) fn clear(&mut self) {
-        self.profiles.clear();
-        self.bytes = 0;
+    pub(super) fn clear(&self) {
+        let mut held = self.held();
+        held.profiles.clear();
+        held.bytes = 0;
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.profiles.len()
+        self.held().profiles.len()
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.held().bytes
     }
 }
 
@@ -138,7 +172,7 @@ mod tests {
 
     #[test]
     fn take_hands_out_only_the_users_a_batch_changes_and_keep_returns_them() {
-        let mut cache = LaneCache::new(1 << 20);
+        let cache = ProfileCopies::new(1 << 20);
         cache.keep(vec![profile("a", 3), profile("b", 5), profile("c", 1)]);
         let taken = cache.take(&changes(&["b", "x"]));
         assert_eq!(taken.len(), 1);
@@ -149,27 +183,38 @@ mod tests {
     }
 
     #[test]
+    fn a_later_revision_another_lane_kept_is_not_replaced_by_an_earlier_one() {
+        let cache = ProfileCopies::new(1 << 20);
+        cache.keep(vec![profile("a", 7)]);
+        // A commit that wrote a at revision 6 gives its copy back late.
+        cache.keep(vec![profile("a", 6), profile("b", 2)]);
+        let taken = cache.take(&changes(&["a", "b"]));
+        assert_eq!((taken["a"].revision, taken["b"].revision), (7, 2));
+        assert_eq!(cache.bytes(), 0, "the skipped copy was never counted");
+    }
+
+    #[test]
     fn the_capacity_evicts_the_least_recently_committed_first() {
         let one = weight(&profile("u0", 1));
-        let mut cache = LaneCache::new(3 * one);
+        let cache = ProfileCopies::new(3 * one);
         cache.keep(vec![profile("u0", 1), profile("u1", 1), profile("u2", 1)]);
         // u0 committed again: u1 is now the least recent.
         cache.keep(vec![profile("u0", 2), profile("u3", 1)]);
         assert_eq!(cache.len(), 3);
         assert!(cache.take(&changes(&["u1"])).is_empty());
         assert_eq!(cache.take(&changes(&["u0", "u2", "u3"])).len(), 3);
-        assert_eq!(cache.bytes, 0, "the byte count follows what is held");
+        assert_eq!(cache.bytes(), 0, "the byte count follows what is held");
     }
 
     #[test]
     fn a_zero_capacity_keeps_nothing_and_clear_forgets_everything() {
-        let mut off = LaneCache::new(0);
+        let off = ProfileCopies::new(0);
         off.keep(vec![profile("a", 1)]);
         assert_eq!(off.len(), 0);
-        let mut cache = LaneCache::new(1 << 20);
+        let cache = ProfileCopies::new(1 << 20);
         cache.keep(vec![profile("a", 1), profile("b", 1)]);
         cache.clear();
         assert!(cache.take(&changes(&["a", "b"])).is_empty());
-        assert_eq!(cache.bytes, 0);
+        assert_eq!(cache.bytes(), 0);
     }
 }
