@@ -79,6 +79,18 @@ async fn commit_from(
     copies: Vec<Profile>,
     now_ms: i64,
 ) -> StoreResult<CommitOutcome> {
+    commit_with(store, changes, offsets, copies, None, now_ms).await
+}
+
+/// A commit with the caller's copies and, when given, a batch's identities.
+async fn commit_with(
+    store: &PgStore,
+    changes: &ProfileChanges,
+    offsets: &[OffsetRange],
+    copies: Vec<Profile>,
+    identity: Option<Identity<'_>>,
+    now_ms: i64,
+) -> StoreResult<CommitOutcome> {
     store
         .commit(Commit {
             group: GROUP,
@@ -91,7 +103,7 @@ async fn commit_from(
                 .map(|profile| (profile.user_id.clone(), profile))
                 .collect(),
             now_ms,
-            identity: None,
+            identity,
             suppressions: 0,
         })
         .await
@@ -992,23 +1004,12 @@ async fn commit_linking(
     now_ms: i64,
 ) -> StoreResult<CommitOutcome> {
     let rules = Rules::default();
-    store
-        .commit(Commit {
-            group: GROUP,
-            topic: TOPIC,
-            changes,
-            offsets,
-            plugins: &[],
-            known: Default::default(),
-            now_ms,
-            identity: Some(Identity {
-                batch,
-                rules: &rules,
-                report,
-            }),
-            suppressions: 0,
-        })
-        .await
+    let identity = Identity {
+        batch,
+        rules: &rules,
+        report,
+    };
+    commit_with(store, changes, offsets, Vec::new(), Some(identity), now_ms).await
 }
 
 #[tokio::test]
