@@ -136,6 +136,70 @@ impl<'a> Merger<'a> {
     }
 }
 
+/// Folds `later` (changes committed after `earlier`, of other events) into
+/// `earlier`, so that applying the result to a profile gives what applying
+/// `earlier` and then `later` gives ([`crate::model::profile::Profile::apply`]).
+/// Gives `later` back, with `earlier` unchanged, when an attribute takes a
+/// different operation in each, or `max`/`min` values that do not compare:
+/// no single change says what those two do in turn.
+pub fn fold_later(
+    earlier: &mut ProfileChanges,
+    later: ProfileChanges,
+) -> Result<(), ProfileChanges> {
+    let foldable = later.iter().all(|(user, attributes)| {
+        let Some(held) = earlier.get(user) else {
+            return true;
+        };
+        attributes
+            .iter()
+            .all(|(name, change)| match held.get(name) {
+                None => true,
+                Some(first) => match (&first.op, &change.op) {
+                    (Op::Set(_), Op::Set(_)) | (Op::Increment(_), Op::Increment(_)) => true,
+                    (Op::Max(a), Op::Max(b)) | (Op::Min(a), Op::Min(b)) => a.compare(b).is_some(),
+                    _ => false,
+                },
+            })
+    });
+    if !foldable {
+        return Err(later);
+    }
+    for (user, attributes) in later {
+        let held = earlier.entry(user).or_default();
+        for (name, change) in attributes {
+            match held.entry(name) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(change);
+                }
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    let first = slot.get_mut();
+                    let replace = match (&mut first.op, &change.op) {
+                        // `apply` takes a `set` of the same or a later time.
+                        (Op::Set(_), Op::Set(_)) => {
+                            change.provenance.event_time_ms >= first.provenance.event_time_ms
+                        }
+                        (Op::Increment(sum), Op::Increment(delta)) => {
+                            *sum = sum.saturating_add(*delta);
+                            // An increment carries the last applied event.
+                            first.provenance = change.provenance.clone();
+                            false
+                        }
+                        (Op::Max(a), Op::Max(b)) => {
+                            b.compare(a) == Some(std::cmp::Ordering::Greater)
+                        }
+                        (Op::Min(a), Op::Min(b)) => b.compare(a) == Some(std::cmp::Ordering::Less),
+                        _ => false,
+                    };
+                    if replace {
+                        *first = change;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether `update` can be merged into a pending `op` of the same attribute.
 fn check(op: &Op, update: &Update) -> Result<(), (ErrorKind, String)> {
     let mismatch = |why: String| Err((ErrorKind::InvalidOutput, why));
@@ -340,5 +404,103 @@ mod tests {
         assert!(!changes["u"].contains_key("ok"));
         assert_eq!(changes["u"]["n"].op, Op::Increment(1));
         assert_eq!(changes["u"]["m"].op, Op::Max(Value::Integer(1)));
+    }
+
+    #[test]
+    fn changes_folded_together_apply_as_the_two_in_turn() {
+        use crate::model::profile::Profile;
+        // Two batches of other events over the same users: every operation,
+        // later and earlier times, a user and an attribute only one has.
+        let events = [
+            event("a1", "u", 20),
+            event("a2", "v", 5),
+            event("b1", "u", 10),
+            event("b2", "w", 7),
+        ];
+        let first = merge(
+            &events,
+            &[0, 1],
+            &[
+                vec![
+                    up("n", Op::Increment(2)),
+                    up("hi", Op::Max(Value::Integer(5))),
+                    up("lo", Op::Min(Value::Integer(5))),
+                    up("s", Op::Set(text("newer"))),
+                ],
+                vec![up("n", Op::Increment(1))],
+                vec![],
+                vec![],
+            ],
+        );
+        let second = merge(
+            &events,
+            &[2, 3],
+            &[
+                vec![],
+                vec![],
+                vec![
+                    up("n", Op::Increment(3)),
+                    up("hi", Op::Max(Value::Integer(9))),
+                    up("lo", Op::Min(Value::Integer(8))),
+                    up("s", Op::Set(text("older"))),
+                    up("only", Op::Set(text("b"))),
+                ],
+                vec![up("n", Op::Increment(4))],
+            ],
+        );
+        let mut stored = Profile::new("u", 1);
+        stored.apply(
+            &BTreeMap::from([(
+                "lo".to_owned(),
+                merge(
+                    &events,
+                    &[0],
+                    &[
+                        vec![up("lo", Op::Min(Value::Integer(6)))],
+                        vec![],
+                        vec![],
+                        vec![],
+                    ],
+                )["u"]["lo"]
+                    .clone(),
+            )]),
+            1,
+        );
+        let in_turn = |user: &str| {
+            let mut p = stored.clone();
+            for changes in [&first, &second] {
+                if let Some(c) = changes.get(user) {
+                    p.apply(c, 9);
+                }
+            }
+            p.attributes
+        };
+        let mut folded = first.clone();
+        fold_later(&mut folded, second.clone()).expect("the same operations");
+        for user in ["u", "v", "w"] {
+            let mut p = stored.clone();
+            if let Some(c) = folded.get(user) {
+                p.apply(c, 9);
+            }
+            assert_eq!(p.attributes, in_turn(user), "user {user}");
+        }
+        assert_eq!(folded["u"]["n"].op, Op::Increment(5));
+        assert_eq!(folded["u"]["n"].provenance.event_id, "b1");
+        assert_eq!(folded["u"]["s"].op, Op::Set(text("newer")));
+
+        // An attribute with another operation in each cannot fold.
+        let other = merge(
+            &events,
+            &[2],
+            &[
+                vec![],
+                vec![],
+                vec![up("n", Op::Set(Value::Integer(0)))],
+                vec![],
+            ],
+        );
+        let mut kept = first.clone();
+        let back = fold_later(&mut kept, other.clone()).expect_err("set after increment");
+        assert_eq!((kept, back), (first, other));
     }
 }
