@@ -23,11 +23,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::replaying::progress_bar;
 use super::run::{init_logging, load_config};
-use pulsehub::model::profile::Profile;
 use pulsehub::replay::{PAGE_USERS, Repair, Replay};
-use pulsehub::store::ProfileCache as _;
 use pulsehub::store::postgres::PgStore;
 use pulsehub::store::redis::RedisCache;
+use pulsehub::store::{EncodedProfile, ProfileCache as _};
 
 /// Profiles read and written per round.
 const PAGE: i64 = 1_000;
@@ -201,8 +200,11 @@ async fn rebuild_cache(
         };
         let last = last.user_id.clone();
         let count = page.len() as u64;
-        let (profiles, documents): (Vec<Profile>, Vec<String>) = page.into_iter().unzip();
-        cache.put_encoded(&profiles, &documents).await?;
+        let profiles: Vec<EncodedProfile> = page
+            .into_iter()
+            .map(|(profile, document)| EncodedProfile::new(&profile, document))
+            .collect();
+        cache.put_encoded(&profiles).await?;
         progress.after = Some(last);
         progress.written += count;
         cache

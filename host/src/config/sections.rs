@@ -265,9 +265,9 @@ pub struct PipelineConfig {
     pub batch_max_mib: usize,
     /// ...or its first event has waited this long.
     pub batch_max_wait_ms: u64,
-    /// MiB of profiles the enrich lanes keep after committing them, so that
-    /// the next commit of the same users reads nothing back (one set,
-    /// shared by the lanes; 0 = none). A bound on an estimate, not on RSS.
+    /// MiB of profiles the enrich role keeps after committing them, so that
+    /// the next commit of the same users reads nothing back (one set per
+    /// process; 0 = none). A bound on an estimate, not on RSS.
     pub profile_cache_mib: usize,
 }
 

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Source};
-use super::{count_consumed, next_offsets};
+use super::{LaneWork, count_consumed, next_offsets};
 use crate::model::event::Event;
 use crate::model::identity::Rules;
 use crate::privacy::{PrivacyStore, Suppressions};
@@ -27,8 +27,8 @@ pub(super) struct ArchiveLane {
     pub(super) metrics: Arc<Metrics>,
 }
 
-impl ArchiveLane {
-    pub(super) fn process(&mut self, batch: Batch) {
+impl LaneWork for ArchiveLane {
+    fn process(&mut self, batch: Batch) {
         self.metrics
             .batch_received(PipelineRole::Archive, batch.records.len());
         loop {
@@ -47,7 +47,9 @@ impl ArchiveLane {
         count_consumed(&self.metrics, PipelineRole::Archive, &batch.records);
         self.source.committed(&next_offsets(&batch.records));
     }
+}
 
+impl ArchiveLane {
     /// Archives the batch's events but the suppressed ones; `Some(false)`
     /// when the suppressions changed first, `None` when the pipeline
     /// stopped.

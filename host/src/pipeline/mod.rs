@@ -21,8 +21,9 @@
 //!
 //! - [`source`]: the [`Source`] trait, batches and lanes.
 //! - [`publish`]: the write side of the log ([`publish::EventPublisher`]).
-//! - [`enrich`] and [`archive`]: the two kinds of lane; `profile_copies`
-//!   keeps the profiles the enrich lanes committed last.
+//! - [`enrich`] and [`archive`]: the two kinds of lane, and the enrich
+//!   lanes' committer; `profile_copies` keeps the profiles committed last
+//!   and `link_memory` where identifiers were seen to live.
 //! - [`dead_letter`]: dead letters and their sink.
 //! - [`retry`]: the one backoff loop that waits out a backend.
 //! - [`lag`]: the consumer-lag gauge.
@@ -37,7 +38,8 @@ pub mod publish;
 pub mod retry;
 pub mod source;
 
-use std::sync::Arc;
+use std::sync::mpsc::{self, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -85,8 +87,15 @@ pub struct Pipeline {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// A lane's work on one batch.
-type Handler = Box<dyn FnMut(Batch) + Send>;
+/// A lane's work: its batches, one at a time.
+trait LaneWork: Send {
+    fn process(&mut self, batch: Batch);
+
+    /// No batch is waiting for the lane (or none will come again).
+    fn idle(&mut self) {}
+}
+
+type Handler = Box<dyn LaneWork>;
 
 impl Pipeline {
     /// Starts the enrich role: `source` read by `group` into
@@ -99,29 +108,44 @@ impl Pipeline {
         setup: Setup,
     ) -> anyhow::Result<Pipeline> {
         let stop = CancellationToken::new();
+        let shared = enrich::Shared {
+            targets,
+            group: group.to_owned(),
+            profiles: Arc::new(ProfileCopies::new(setup.profile_cache_bytes)),
+            links: Arc::new(Mutex::new(LinkMemory::new(LINK_MEMORY_KEYS))),
+            identity: setup.identity.clone(),
+            runtime: setup.runtime.clone(),
+            stop: stop.clone(),
+            metrics: setup.metrics.clone(),
+        };
+        let (committer, inbox) = mpsc::channel();
         let mut handlers: Vec<Handler> = Vec::new();
-        let copies = Arc::new(ProfileCopies::new(setup.profile_cache_bytes));
-        let turns = Arc::new(enrich::CommitTurns::default());
-        for _ in 0..setup.lanes.max(1) {
-            let mut lane = EnrichLane {
+        for lane in 0..setup.lanes.max(1) {
+            handlers.push(Box::new(EnrichLane {
+                lane,
+                shared: shared.clone(),
                 worker: chain.worker(),
-                targets: targets.clone(),
-                source: source.clone(),
-                group: group.to_owned(),
                 known: None,
-                profiles: copies.clone(),
-                identity: setup.identity.clone(),
-                links: LinkMemory::new(LINK_MEMORY_KEYS),
-                turns: turns.clone(),
                 suppressions: None,
                 privacy: setup.privacy.clone(),
-                runtime: setup.runtime.clone(),
-                stop: stop.clone(),
-                metrics: setup.metrics.clone(),
-            };
-            handlers.push(Box::new(move |batch| lane.process(batch)));
+                committer: committer.clone(),
+                in_flight: None,
+            }));
         }
-        Self::start(PipelineRole::Enrich, stop, setup, source, handlers)
+        // The committer ends once every lane (and so every sender) has.
+        drop(committer);
+        let committer = enrich::Committer {
+            shared,
+            source: source.clone(),
+            inbox,
+        };
+        let thread = std::thread::Builder::new()
+            .name("enrich-committer".to_owned())
+            .spawn(move || committer.run())
+            .context("starting the committer thread")?;
+        let mut pipeline = Self::start(PipelineRole::Enrich, stop, setup, source, handlers)?;
+        pipeline.threads.push(thread);
+        Ok(pipeline)
     }
 
     /// Starts the archive role: `source` (read by the archive group) into
@@ -134,7 +158,7 @@ impl Pipeline {
         let stop = CancellationToken::new();
         let mut handlers: Vec<Handler> = Vec::new();
         for _ in 0..setup.lanes.max(1) {
-            let mut lane = ArchiveLane {
+            handlers.push(Box::new(ArchiveLane {
                 archive: archive.clone(),
                 identity: setup.identity.clone(),
                 suppressions: None,
@@ -143,8 +167,7 @@ impl Pipeline {
                 runtime: setup.runtime.clone(),
                 stop: stop.clone(),
                 metrics: setup.metrics.clone(),
-            };
-            handlers.push(Box::new(move |batch| lane.process(batch)));
+            }));
         }
         Self::start(PipelineRole::Archive, stop, setup, source, handlers)
     }
@@ -168,7 +191,7 @@ impl Pipeline {
         for (index, (mut handler, receiver)) in handlers.into_iter().zip(receivers).enumerate() {
             let thread = std::thread::Builder::new()
                 .name(format!("{role_name}-lane-{index}"))
-                .spawn(move || run_lane(receiver, &mut handler))
+                .spawn(move || run_lane(receiver, &mut *handler))
                 .context("starting a lane thread")?;
             threads.push(thread);
         }
@@ -270,10 +293,22 @@ fn current_suppressions(
         .ok()
 }
 
-fn run_lane(receiver: LaneReceiver, handler: &mut (dyn FnMut(Batch) + Send)) {
-    while let Ok(batch) = receiver.recv() {
-        handler(batch);
+fn run_lane(receiver: LaneReceiver, work: &mut dyn LaneWork) {
+    loop {
+        let batch = match receiver.try_recv() {
+            Ok(batch) => batch,
+            Err(TryRecvError::Empty) => {
+                work.idle();
+                match receiver.recv() {
+                    Ok(batch) => batch,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        work.process(batch);
     }
+    work.idle();
 }
 
 /// The next offset to read per partition after `records`.

@@ -1,17 +1,14 @@
-//! The profiles the enrich lanes of a process committed last, kept so that
+//! The profiles the enrich role of a process committed last, kept so that
 //! the next commit touching them need not read them back.
 //!
-//! Users are tied to partitions and partitions to lanes, so a lane is
-//! usually the only writer of a profile. Not always: a person's anonymous
-//! events and known events may sit on partitions of two lanes, a rebalance
-//! can move a partition away and back, and one user's events can arrive
-//! through two partitions. So the lanes share one set of copies: a profile
-//! one lane wrote is the copy the other starts from. A copy is still only
-//! a guess at the stored revision (another process may have written since),
-//! and the store's revision-checked write is the guard: a profile computed
-//! from a copy that is not the stored revision is read again under its row
-//! lock and computed once more. The copies are emptied whenever a commit
-//! fails or is stale (partitions moved), so one wrong guess costs one retry.
+//! The process's lanes commit through one committer, so within a process a
+//! copy is the stored revision. Another process may have written since (a
+//! rebalance can move a partition away and back, a backfill or a repair
+//! writes too), so a copy is still only a guess, and the store's
+//! revision-checked write is the guard: a profile computed from a copy that
+//! is not the stored revision is read again under its row lock and computed
+//! once more. The copies are emptied whenever a commit fails or is stale
+//! (partitions moved), so one wrong guess costs one retry.
 //!
 //! The copies are bounded by an estimate of the bytes their profiles take
 //! and the least recently committed are evicted first.

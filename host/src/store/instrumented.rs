@@ -13,8 +13,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileCache, ProfileStore, StoreResult,
-    TimelineEntry,
+    ArchivedEvent, Commit, CommitOutcome, EncodedProfile, EventArchive, ProfileCache, ProfileStore,
+    StoreResult, TimelineEntry,
 };
 use crate::model::profile::Profile;
 use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
@@ -127,9 +127,8 @@ impl ProfileCache for Instrumented<dyn ProfileCache> {
         self.timed("put", self.inner.put(profiles)).await
     }
 
-    async fn put_encoded(&self, profiles: &[Profile], documents: &[String]) -> StoreResult<()> {
-        self.timed("put", self.inner.put_encoded(profiles, documents))
-            .await
+    async fn put_encoded(&self, profiles: &[EncodedProfile]) -> StoreResult<()> {
+        self.timed("put", self.inner.put_encoded(profiles)).await
     }
 
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>> {

@@ -24,6 +24,7 @@ pub mod redis;
 
 use std::collections::HashMap;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 
 use crate::model::identity::{BatchIdentities, PlannedMerge, Refusal, Rules};
@@ -180,12 +181,18 @@ pub trait ProfileCache: Send + Sync + 'static {
     /// [`Profile::revision`] is kept instead.
     async fn put(&self, profiles: &[Profile]) -> StoreResult<()>;
 
-    /// [`ProfileCache::put`] for profiles the caller already holds as JSON:
-    /// `documents[i]` is `profiles[i]` as `serde_json::to_string` writes it.
-    /// A cache that stores JSON stores these as they are.
-    async fn put_encoded(&self, profiles: &[Profile], documents: &[String]) -> StoreResult<()> {
-        let _ = documents;
-        self.put(profiles).await
+    /// [`ProfileCache::put`] for profiles the caller holds as JSON. A cache
+    /// that stores JSON stores the documents as they are; the others
+    /// decode them.
+    async fn put_encoded(&self, profiles: &[EncodedProfile]) -> StoreResult<()> {
+        let decoded = profiles
+            .iter()
+            .map(|p| {
+                serde_json::from_str(&p.document)
+                    .with_context(|| format!("decoding the profile of user {}", p.user_id))
+            })
+            .collect::<anyhow::Result<Vec<Profile>>>()?;
+        self.put(&decoded).await
     }
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>>;
     async fn ping(&self) -> StoreResult<()>;
@@ -193,6 +200,33 @@ pub trait ProfileCache: Send + Sync + 'static {
     /// Removes the copies at `keys` for good (a deleted person's): no
     /// write in flight may bring one back. Returns how many keys held one.
     async fn forget(&self, keys: &[String]) -> StoreResult<u64>;
+}
+
+/// A profile as JSON, for a cache: its key, its revision and the document
+/// (`serde_json::to_string` of the profile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedProfile {
+    pub user_id: String,
+    pub revision: i64,
+    pub document: String,
+}
+
+impl EncodedProfile {
+    /// `profile` with `document`, its JSON.
+    pub fn new(profile: &Profile, document: String) -> Self {
+        Self {
+            user_id: profile.user_id.clone(),
+            revision: profile.revision,
+            document,
+        }
+    }
+
+    /// `profile`, encoded here.
+    pub fn encode(profile: &Profile) -> anyhow::Result<Self> {
+        let document = serde_json::to_string(profile)
+            .with_context(|| format!("encoding the profile of user {}", profile.user_id))?;
+        Ok(Self::new(profile, document))
+    }
 }
 
 /// A decoded event for the archive, with its origin.

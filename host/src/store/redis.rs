@@ -15,7 +15,6 @@
 //! the key: a refill that read the store before the failed commit then still
 //! cannot bring the stale copy back.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisResult, ServerErrorKind};
 
-use super::{ProfileCache, StoreError, StoreResult};
+use super::{EncodedProfile, ProfileCache, StoreError, StoreResult};
 use crate::model::profile::Profile;
 
 /// How long one connection attempt and one reply may take.
@@ -211,32 +210,31 @@ impl RedisCache {
         Ok(())
     }
 
-    /// Writes `profiles`, each as its JSON document in `documents` when
-    /// given, else as it encodes, and records the outcome for the reads.
-    async fn put_bodies(
+    /// Writes `(user id, revision, JSON document)` entries and records the
+    /// outcome for the reads.
+    async fn put_bodies<B: AsRef<str> + Sync>(
         &self,
-        profiles: &[Profile],
-        documents: Option<&[String]>,
+        entries: &[(&str, i64, B)],
     ) -> StoreResult<()> {
-        if profiles.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
-        let result = self.inner.write(profiles, documents).await;
+        let result = self.inner.write(entries).await;
         let mut pending = self.inner.pending();
         match result {
             Ok(()) => {
-                for profile in profiles {
-                    pending.written(&profile.user_id, profile.revision);
+                for &(user_id, revision, _) in entries {
+                    pending.written(user_id, revision);
                 }
                 Ok(())
             }
             Err(error) => {
-                for profile in profiles {
-                    pending.failed(&profile.user_id, profile.revision);
+                for &(user_id, revision, _) in entries {
+                    pending.failed(user_id, revision);
                 }
                 Err(StoreError(error.context(format!(
                     "writing {} profile(s) to Redis; their keys are repaired later",
-                    profiles.len()
+                    entries.len()
                 ))))
             }
         }
@@ -246,18 +244,23 @@ impl RedisCache {
 #[async_trait]
 impl ProfileCache for RedisCache {
     async fn put(&self, profiles: &[Profile]) -> StoreResult<()> {
-        self.put_bodies(profiles, None).await
+        let entries = profiles
+            .iter()
+            .map(|profile| {
+                let body = serde_json::to_string(profile)
+                    .with_context(|| format!("serialising profile {:?}", profile.user_id))?;
+                Ok((profile.user_id.as_str(), profile.revision, body))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.put_bodies(&entries).await
     }
 
-    async fn put_encoded(&self, profiles: &[Profile], documents: &[String]) -> StoreResult<()> {
-        if documents.len() != profiles.len() {
-            return Err(StoreError(anyhow::anyhow!(
-                "{} JSON documents for {} profiles",
-                documents.len(),
-                profiles.len()
-            )));
-        }
-        self.put_bodies(profiles, Some(documents)).await
+    async fn put_encoded(&self, profiles: &[EncodedProfile]) -> StoreResult<()> {
+        let entries: Vec<(&str, i64, &str)> = profiles
+            .iter()
+            .map(|p| (p.user_id.as_str(), p.revision, p.document.as_str()))
+            .collect();
+        self.put_bodies(&entries).await
     }
 
     async fn get(&self, user_id: &str) -> StoreResult<Option<Profile>> {
@@ -341,27 +344,13 @@ impl Inner {
     }
 
     /// `documents`, when given, holds each profile's JSON document.
-    async fn write(
-        &self,
-        profiles: &[Profile],
-        documents: Option<&[String]>,
-    ) -> anyhow::Result<()> {
-        for (number, chunk) in profiles.chunks(KEYS_PER_ROUND_TRIP).enumerate() {
-            // The same length as `profiles`: `put_encoded` checks it.
-            let documents =
-                documents.map(|all| &all[number * KEYS_PER_ROUND_TRIP..][..chunk.len()]);
-            let mut entries = Vec::with_capacity(chunk.len());
-            for (index, profile) in chunk.iter().enumerate() {
-                let body =
-                    match documents {
-                        Some(documents) => Cow::Borrowed(documents[index].as_str()),
-                        None => Cow::Owned(serde_json::to_string(profile).with_context(|| {
-                            format!("serialising profile {:?}", profile.user_id)
-                        })?),
-                    };
-                entries.push((self.key(&profile.user_id), profile.revision, body));
-            }
-            self.run_script(&entries).await?;
+    async fn write<B: AsRef<str> + Sync>(&self, entries: &[(&str, i64, B)]) -> anyhow::Result<()> {
+        for chunk in entries.chunks(KEYS_PER_ROUND_TRIP) {
+            let keyed: Vec<(String, i64, &str)> = chunk
+                .iter()
+                .map(|(user_id, revision, body)| (self.key(user_id), *revision, body.as_ref()))
+                .collect();
+            self.run_script(&keyed).await?;
         }
         Ok(())
     }
