@@ -388,10 +388,10 @@ async fn blocked_values_and_unique_user_ids_refuse_links_and_every_event_counts_
     assert!(hub.log_text().contains("refused to link an identifier"));
 }
 
-/// Two lanes linking the same pair at once. The lanes of one process take
-/// turns at committing links (`pipeline/enrich.rs`, `CommitTurns`), so the
-/// lanes here are in two processes, one lane and one partition each, where
-/// only the store's locks and revision checks keep the links apart.
+/// Two lanes linking the same pair at once. The lanes of one process commit
+/// through one committer (`pipeline/enrich.rs`), so the lanes here are in
+/// two processes, one lane and one partition each, where only the store's
+/// locks and revision checks keep the links apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_lanes_linking_the_same_pair_at_once_merge_it_once() {
     let _serial = SERIAL.lock().await;
