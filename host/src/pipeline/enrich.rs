@@ -30,7 +30,7 @@ use super::link_memory::LinkMemory;
 use super::profile_copies::ProfileCopies;
 use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Record, Source};
-use super::{LaneWork, next_offsets};
+use super::{LaneWork, next_offsets, per_partition};
 use crate::model::event::Event;
 use crate::model::identity::{BatchIdentities, LinkKind, Rules};
 use crate::model::merge::{ProfileChanges, fold_later};
@@ -369,13 +369,7 @@ impl EnrichLane {
                 version: plugin.version.clone(),
             })
             .collect();
-        let mut consumed: Vec<(i32, u64)> = Vec::new();
-        for record in records {
-            match consumed.iter_mut().find(|(p, _)| *p == record.partition) {
-                Some((_, n)) => *n += 1,
-                None => consumed.push((record.partition, 1)),
-            }
-        }
+        let consumed = per_partition(records.iter().copied());
         Prepared::Ready(Box::new(Ready {
             topic: topic.clone(),
             changes: outcome.changes,

@@ -242,6 +242,13 @@ fn count_consumed<'r>(
     role: PipelineRole,
     records: impl IntoIterator<Item = &'r Record>,
 ) {
+    for (partition, count) in per_partition(records) {
+        metrics.events_consumed(role, partition, count);
+    }
+}
+
+/// How many of `records` each partition holds.
+fn per_partition<'r>(records: impl IntoIterator<Item = &'r Record>) -> Vec<(i32, u64)> {
     let mut counts: Vec<(i32, u64)> = Vec::new();
     for record in records {
         match counts.iter_mut().find(|(p, _)| *p == record.partition) {
@@ -249,9 +256,7 @@ fn count_consumed<'r>(
             None => counts.push((record.partition, 1)),
         }
     }
-    for (partition, count) in counts {
-        metrics.events_consumed(role, partition, count);
-    }
+    counts
 }
 
 /// The suppressions as of now: `held` while their generation is still the
