@@ -33,7 +33,8 @@
 #   BENCH_EMBEDDED_EVENTS=1000000 BENCH_EMBEDDED_USERS=20000
 #   BENCH_RUNS=3 BENCH_GET_RATE=5000 BENCH_GET_SECS=10
 #   BENCH_WORKLOADS="w1 get w2 embedded" (a subset runs only those; get
-#   needs w1; w1id runs only when named)
+#   needs w1; w1id runs only when named, and with w1 the two run in
+#   alternating pairs, their ratio per pair reported)
 # A smoke run, under a minute once built (about 2 minutes with 3 runs):
 #   BENCH_RUNS=1 BENCH_W1_EVENTS=20000 BENCH_W1_USERS=2000 \
 #   BENCH_W2_EVENTS=20000 BENCH_W2_USERS=10000 BENCH_EMBEDDED_EVENTS=20000 \
@@ -141,25 +142,82 @@ raw_consume() {
     throughput_row "raw consume, $1 topic (librdkafka, no work)"
 }
 
-# enrich_runs LABEL KEY TOPIC EVENTS [PREPARE AT HOOK [AFTER]]: RUNS
-# measured runs of the enrich role (pb_enrich_run; PREPARE, AT and HOOK
-# passed on), then a row. AFTER, a function, runs after each run with the
-# run's number, before its database and Redis keys are dropped.
+# enrich_one LABEL KEY TOPIC EVENTS RUN [PREPARE AT HOOK [AFTER]]: one
+# measured run of the enrich role (pb_enrich_run; PREPARE, AT and HOOK
+# passed on), printed and added to RATES, HOST_US, PG_US, REDIS_US and
+# RSS_MIB. AFTER, a function, runs after the run with the run's number,
+# before its database and Redis keys are dropped.
+enrich_one() {
+    local label=$1 key=$2 topic=$3 events=$4 run=$5 prepare=${6:-} at=${7:-0} hook=${8:-} after=${9:-}
+    local name="${RUN_ID}_${key}_$run"
+    pb_enrich_run "$name" "$topic" "$events" "$OUT/$key-$run.log" "$prepare" "$at" "$hook"
+    echo "$label, run $run: $(commas <<<"$RUN_EVENTS") events after the first commit in $RUN_SECS s:" \
+        "$(commas <<<"$RUN_RATE") events/s; CPU µs/event: PulseHub $RUN_HOST_US," \
+        "PostgreSQL $RUN_PG_US, Redis $RUN_REDIS_US; enrich peak RSS $RUN_RSS_MIB MiB"
+    RATES+=("$RUN_RATE") HOST_US+=("$RUN_HOST_US") PG_US+=("$RUN_PG_US")
+    REDIS_US+=("$RUN_REDIS_US") RSS_MIB+=("$RUN_RSS_MIB")
+    if [[ -n $after ]]; then "$after" "$run"; fi
+    pb_drop_run "$name"
+}
+
+# enrich_runs LABEL KEY TOPIC EVENTS [PREPARE AT HOOK [AFTER]]: RUNS runs
+# of enrich_one, then a row.
 enrich_runs() {
-    local label=$1 key=$2 topic=$3 events=$4 prepare=${5:-} at=${6:-0} hook=${7:-} after=${8:-} run name
+    local run
     RATES=() HOST_US=() PG_US=() REDIS_US=() RSS_MIB=()
     for run in $(seq 1 "$RUNS"); do
-        name="${RUN_ID}_${key}_$run"
-        pb_enrich_run "$name" "$topic" "$events" "$OUT/$key-$run.log" "$prepare" "$at" "$hook"
-        echo "$label, run $run: $(commas <<<"$RUN_EVENTS") events after the first commit in $RUN_SECS s:" \
-            "$(commas <<<"$RUN_RATE") events/s; CPU µs/event: PulseHub $RUN_HOST_US," \
-            "PostgreSQL $RUN_PG_US, Redis $RUN_REDIS_US; enrich peak RSS $RUN_RSS_MIB MiB"
-        RATES+=("$RUN_RATE") HOST_US+=("$RUN_HOST_US") PG_US+=("$RUN_PG_US")
-        REDIS_US+=("$RUN_REDIS_US") RSS_MIB+=("$RUN_RSS_MIB")
-        if [[ -n $after ]]; then "$after" "$run"; fi
-        pb_drop_run "$name"
+        enrich_one "$1" "$2" "$3" "$4" "$run" "${@:5}"
+    done
+    throughput_row "$1"
+}
+
+# paired_runs W1_LABEL W1ID_LABEL: W1 and W1id runs in pairs, W1id first in
+# odd pairs and W1 first in even ones, so that a drift of the machine's
+# speed lands on both sides of their ratio; a row each, and the ratio of
+# W1id to W1 in each pair (events/s, and CPU µs per event of PulseHub,
+# PostgreSQL and Redis together) with its median.
+PAIR_ROWS=()
+
+# saved_row LABEL RUN...: a row of runs saved as "rate host pg redis rss".
+saved_row() {
+    local label=$1 line fields
+    shift
+    RATES=() HOST_US=() PG_US=() REDIS_US=() RSS_MIB=()
+    for line in "$@"; do
+        read -ra fields <<<"$line"
+        RATES+=("${fields[0]}") HOST_US+=("${fields[1]}") PG_US+=("${fields[2]}")
+        REDIS_US+=("${fields[3]}") RSS_MIB+=("${fields[4]}")
     done
     throughput_row "$label"
+}
+
+paired_runs() {
+    local run key order w1_rates=() w1_cpu=() id_rates=() id_cpu=() rate_ratios=() cpu_ratios=()
+    local saved_w1=() saved_id=()
+    for run in $(seq 1 "$RUNS"); do
+        if ((run % 2)); then order="w1id w1"; else order="w1 w1id"; fi
+        for key in $order; do
+            RATES=() HOST_US=() PG_US=() REDIS_US=() RSS_MIB=()
+            if [[ $key == w1 ]]; then
+                enrich_one "$1" w1 "${RUN_ID}_w1" "$W1_EVENTS" "$run" "" 0 "" idle_get
+                w1_rates+=("$RUN_RATE")
+                w1_cpu+=("$(awk -v a="$RUN_HOST_US" -v b="$RUN_PG_US" -v c="$RUN_REDIS_US" 'BEGIN { print a + b + c }')")
+                saved_w1+=("$RUN_RATE $RUN_HOST_US $RUN_PG_US $RUN_REDIS_US $RUN_RSS_MIB")
+            else
+                enrich_one "$2" w1id "${RUN_ID}_w1id" "$W1_EVENTS" "$run"
+                id_rates+=("$RUN_RATE")
+                id_cpu+=("$(awk -v a="$RUN_HOST_US" -v b="$RUN_PG_US" -v c="$RUN_REDIS_US" 'BEGIN { print a + b + c }')")
+                saved_id+=("$RUN_RATE $RUN_HOST_US $RUN_PG_US $RUN_REDIS_US $RUN_RSS_MIB")
+            fi
+        done
+        rate_ratios+=("$(awk -v a="${id_rates[-1]}" -v b="${w1_rates[-1]}" 'BEGIN { printf "%.2f", a / b }')")
+        cpu_ratios+=("$(awk -v a="${id_cpu[-1]}" -v b="${w1_cpu[-1]}" 'BEGIN { printf "%.2f", a / b }')")
+        echo "pair $run: W1id/W1 events/s ${rate_ratios[-1]}, CPU µs/event ${cpu_ratios[-1]}"
+    done
+    saved_row "$1" "${saved_w1[@]}"
+    saved_row "$2" "${saved_id[@]}"
+    PAIR_ROWS+=("| W1id / W1, events/s | **$(median_of "${rate_ratios[@]}")** | $(joined " / " "${rate_ratios[@]}") |")
+    PAIR_ROWS+=("| W1id / W1, CPU µs per event (PulseHub + PostgreSQL + Redis) | **$(median_of "${cpu_ratios[@]}")** | $(joined " / " "${cpu_ratios[@]}") |")
 }
 
 # GET idle: after the last W1 run drained, over its profiles (Redis warm).
@@ -284,20 +342,27 @@ PB_DIRS+=("$WORK")
 header
 echo
 
+W1_LABEL="W1: topic → PostgreSQL + Redis"
+W1ID_LABEL="W1id: W1 with 10 % anonymous ids and links"
 if want w1id; then
     pb_topic "${RUN_ID}_w1id" "$PARTITIONS" "$W1_EVENTS" "$W1_USERS" uniform-identify
-    enrich_runs "W1id: W1 with 10 % anonymous ids and links" w1id "${RUN_ID}_w1id" "$W1_EVENTS"
 fi
 if want w1; then
     pb_topic "${RUN_ID}_w1" "$PARTITIONS" "$W1_EVENTS" "$W1_USERS"
     raw_consume W1 "${RUN_ID}_w1" "$W1_EVENTS"
-    enrich_runs "W1: topic → PostgreSQL + Redis" w1 "${RUN_ID}_w1" "$W1_EVENTS" "" 0 "" idle_get
+    if want w1id; then
+        paired_runs "$W1_LABEL" "$W1ID_LABEL"
+    else
+        enrich_runs "$W1_LABEL" w1 "${RUN_ID}_w1" "$W1_EVENTS" "" 0 "" idle_get
+    fi
     if want get; then
         BUSY_PARTLY_IDLE=""
         enrich_runs "W1 while serving GET at $(commas <<<"$GET_RATE")/s" w1get "${RUN_ID}_w1" "$W1_EVENTS" \
             busy_prepare $((W1_EVENTS / 10 > 0 ? W1_EVENTS / 10 : 1)) busy_hook busy_after
         get_row "while W1 runs flat out${BUSY_PARTLY_IDLE:+ (partly idle: the pipeline drained first)}" "${BUSY_FILES[@]}"
     fi
+elif want w1id; then
+    enrich_runs "$W1ID_LABEL" w1id "${RUN_ID}_w1id" "$W1_EVENTS"
 fi
 if want w2; then
     pb_topic "${RUN_ID}_w2" "$PARTITIONS" "$W2_EVENTS" "$W2_USERS"
@@ -314,6 +379,12 @@ fi
     echo "| workload | median events/s | runs | CPU µs/event PulseHub | PostgreSQL | Redis | peak RSS |"
     echo "|---|---:|---|---:|---:|---:|---:|"
     printf '%s\n' "${THROUGHPUT_ROWS[@]}"
+    if [[ ${#PAIR_ROWS[@]} -gt 0 ]]; then
+        echo
+        echo "| W1 and W1id run in pairs, alternating which goes first | median ratio | pairs |"
+        echo "|---|---:|---|"
+        printf '%s\n' "${PAIR_ROWS[@]}"
+    fi
     if [[ ${#GET_ROWS[@]} -gt 0 ]]; then
         echo
         echo "| GET \`/api/v1/profiles/{id}\` at $(commas <<<"$GET_RATE")/s (wrk, paced) | median p99 | p99 runs | median p50 | rate reached | errors (status ≥ 400, socket) |"
