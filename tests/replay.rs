@@ -20,7 +20,7 @@ use support::kafka::{produce_in_flight, producer, topics};
 use support::plugins::{builtin_plugin_dir, chaos_package};
 use support::prometheus::metric_sum;
 use support::services::{kafka_brokers, redis_url};
-use support::workload::{KindCounts, counted_events};
+use support::workload::{KindCounts, USER_AGENTS, counted_events};
 
 /// A `pulsehub run` with Redis, admin uploads and a plugin registry the
 /// commands share with it.
@@ -621,4 +621,163 @@ async fn dead_letters_of_a_fixed_plugin_are_redriven_exactly_once() {
         ],
         "{audit:?}"
     );
+}
+
+/// The events of `persons` people, each keyed as its producer keys it:
+/// page views and counts sent anonymously, then with the user id, then the
+/// `identify` that links the two ids, then anonymously again. Each person
+/// ends with 8 page views and 5 counts on one profile.
+fn linked_events(tag: &str, persons: usize) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    for p in 0..persons {
+        let (user, anonymous) = (format!("{tag}-u{p}"), format!("{tag}-a{p}"));
+        let mut at = 1_795_000_000_000_i64 + p as i64 * 100;
+        let mut send = |id: &str, kind: &str, ids: &[(&str, &str)]| {
+            at += 1;
+            let mut body = serde_json::json!({
+                "event_id": format!("{user}-{id}"), "event_type": kind, "timestamp": at,
+                "user_agent": USER_AGENTS[0].0,
+            });
+            for (field, value) in ids {
+                body[*field] = (*value).into();
+            }
+            events.push((ids[0].1.to_owned(), body.to_string()));
+        };
+        let (known, unknown) = (
+            [("user_id", user.as_str())],
+            [("anonymous_id", anonymous.as_str())],
+        );
+        for (phase, who, views, counted) in [("a", &unknown, 3, 2), ("k", &known, 3, 2)] {
+            for i in 0..views {
+                send(&format!("{phase}v{i}"), "page_view", who);
+            }
+            for i in 0..counted {
+                send(&format!("{phase}c{i}"), "count", who);
+            }
+        }
+        send("identify", "identify", &[known[0], unknown[0]]);
+        for i in 0..2 {
+            send(&format!("lv{i}"), "page_view", &unknown);
+        }
+        send("lc0", "count", &unknown);
+    }
+    events
+}
+
+/// One `count` event of each person's user id.
+fn one_count_each(tag: &str, persons: usize, phase: &str) -> Vec<(String, String)> {
+    (0..persons)
+        .map(|p| {
+            let user = format!("{tag}-u{p}");
+            let body = serde_json::json!({
+                "event_id": format!("{user}-{phase}"), "user_id": user, "event_type": "count",
+                "timestamp": 1_795_000_100_000_i64,
+            });
+            (user, body.to_string())
+        })
+        .collect()
+}
+
+/// Sets `attribute` of the profile the API answers for `user` to `value`
+/// in PostgreSQL, behind PulseHub's back; returns the profile's key.
+async fn corrupt(setup: &Setup, user: &str, attribute: &str, value: i64) -> String {
+    let profile = setup.hub.profile(user).await.expect("a profile");
+    let key = profile["profile_key"].as_str().expect("a key").to_owned();
+    let edited: Vec<(i64,)> = setup
+        .sql(&format!(
+            "WITH edited AS (UPDATE profiles SET profile = jsonb_set(profile::jsonb, \
+             '{{attributes,{attribute},value}}', '{value}')::json WHERE user_id = '{key}' \
+             RETURNING 1) SELECT count(*) FROM edited"
+        ))
+        .await;
+    assert_eq!(edited, vec![(1,)]);
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_resolve_merged_persons_through_their_links() {
+    let _serial = SERIAL.lock().await;
+    let setup = Setup::start_with(&[("PULSEHUB_QUARANTINE_FAILURE_PERCENT", "95")]).await;
+    let producer = producer();
+    let persons = 20;
+    // 0.1.0 dead-letters every count: anonymous ones, known ones, and
+    // those after the merge.
+    setup
+        .upload_chaos("0.1.0", "[config]\ntrap-on = \"count\"")
+        .await;
+    produce_in_flight(&producer, &setup.topic, &linked_events("mp", persons)).await;
+    let mut want: KindCounts = (0..persons).map(|p| (format!("mp-u{p}"), (8, 0))).collect();
+    setup.wait_counts(&want).await;
+    let merged: Vec<(i64,)> = setup
+        .sql("SELECT count(*) FROM profiles WHERE merged_into IS NULL")
+        .await;
+    assert_eq!(merged, vec![(persons as i64,)], "one profile per person");
+
+    // Each merged profile is the replay of the events filed under every key
+    // that leads to it.
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["checked"], persons, "{report}");
+    assert_eq!(report["discrepancies"], 0, "{report}");
+
+    // The fix, live from its upload on; then its re-drive lands every
+    // letter on the merged profile, whichever key the event came with.
+    setup.upload_chaos("0.2.0", "").await;
+    produce_in_flight(
+        &producer,
+        &setup.topic,
+        &one_count_each("mp", persons, "c2"),
+    )
+    .await;
+    want.values_mut().for_each(|w| w.1 = 1);
+    setup.wait_counts(&want).await;
+    let redriven = summary(&setup.run(&["dlq", "redrive", "--plugin", "chaos"]));
+    assert_eq!(redriven["applied"], 5 * persons, "{redriven}");
+    assert_eq!(redriven["changed"], persons, "{redriven}");
+    assert_eq!(redriven["not_yet_committed"], 0, "{redriven}");
+    want.values_mut().for_each(|w| w.1 = 6);
+    setup.wait_counts(&want).await;
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["discrepancies"], 0, "{report}");
+
+    // A version counting by 1,000, backfilled: the whole history of each
+    // person, anonymous and known, goes through it.
+    setup
+        .upload_chaos("0.3.0", "[config]\ncount-step = \"1000\"")
+        .await;
+    produce_in_flight(
+        &producer,
+        &setup.topic,
+        &one_count_each("mp", persons, "c3"),
+    )
+    .await;
+    want.values_mut().for_each(|w| w.1 = 1_006);
+    setup.wait_counts(&want).await;
+    let done = summary(&setup.run(&["backfill", "--plugin", "chaos", "--version", "0.3.0"]));
+    // The archive's keys: each person's user id and anonymous id.
+    assert_eq!(done["users"], 2 * persons, "{done}");
+    want.values_mut().for_each(|w| w.1 = 7_000);
+    setup.wait_counts(&want).await;
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["discrepancies"], 0, "{report}");
+
+    // Found and repaired on a merged profile.
+    let key = corrupt(&setup, "mp-u0", "chaos_count", 7).await;
+    let output = setup.run(&["reconcile", "--all"]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a report");
+    assert_eq!(report["discrepancies"], 1, "{report}");
+    assert_eq!(report["found"][0]["user"], key.as_str(), "{report}");
+    assert_eq!(report["found"][0]["recomputed"], 7_000, "{report}");
+    let repaired = summary(&setup.run(&["reconcile", "--all", "--repair"]));
+    assert_eq!(repaired["repaired"], 1, "{repaired}");
+    setup.wait_counts(&want).await;
+
+    // And rebuilt from the archive, from every key of the person.
+    corrupt(&setup, "mp-u1", "page_views", 1).await;
+    let rebuilt = summary(&setup.run(&["rebuild", "--profiles"]));
+    assert_eq!(rebuilt["rewritten"], 1, "{rebuilt}");
+    assert_eq!(rebuilt["users"], 2 * persons, "{rebuilt}");
+    setup.wait_counts(&want).await;
+    let report = summary(&setup.run(&["reconcile", "--all"]));
+    assert_eq!(report["discrepancies"], 0, "{report}");
 }

@@ -272,7 +272,7 @@ async fn replay_profiles(
     let total = replay.store.count_archive_users(&replay.topic).await?;
     let bar = progress_bar("users", u64::try_from(total).unwrap_or(0), 0);
     let mut after = resumed_after.clone();
-    let (mut rewritten, mut users, mut identities, mut suppressed) = (0, 0, 0, 0);
+    let (mut rewritten, mut users, mut suppressed) = (0, 0, 0);
     loop {
         let page = replay
             .store
@@ -283,7 +283,6 @@ async fn replay_profiles(
         };
         let report = replay.check_page(&page, Repair::Found, true).await?;
         rewritten += report.repaired;
-        identities += report.identities;
         suppressed += report.suppressed;
         users += report.checked;
         bar.inc(page.len() as u64);
@@ -295,7 +294,6 @@ async fn replay_profiles(
         "users": users,
         "events": replay.counts.events,
         "rewritten": rewritten,
-        "left_for_identity": identities,
         "left_suppressed": suppressed,
         "retried": replay.counts.retried,
         "plugin_failures": replay.replayer.failures,

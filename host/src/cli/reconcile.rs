@@ -102,7 +102,6 @@ async fn check(
         "by_attribute": by_store,
         "found": report.found,
         "repaired": report.repaired,
-        "left_for_identity": report.identities,
         "left_suppressed": report.suppressed,
         "retried": replay.counts.retried,
         "plugin_failures": replay.replayer.failures,

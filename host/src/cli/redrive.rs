@@ -84,7 +84,6 @@ async fn run_redrive(
     let total: u64 = mail.letters.values().map(|l| l.len() as u64).sum();
     let bar = progress_bar("letters", total, 0);
     let (mut applied, mut covered, mut uncommitted, mut changed) = (0, 0, 0, 0);
-    let mut identities = 0;
     let mut suppressed = 0;
     let mut failed = Vec::new();
     let users: Vec<&String> = mail.letters.keys().collect();
@@ -97,7 +96,6 @@ async fn run_redrive(
         applied += report.applied;
         covered += report.covered;
         uncommitted += report.uncommitted;
-        identities += report.identities;
         suppressed += report.suppressed;
         changed += report.changed;
         failed.extend(report.failed);
@@ -129,7 +127,6 @@ async fn run_redrive(
         "already_applied": mail.already,
         "covered_by_backfill": covered,
         "not_yet_committed": uncommitted,
-        "left_for_identity": identities,
         "left_suppressed": suppressed,
         "older_than_since": mail.older,
         "undecodable": mail.undecodable,

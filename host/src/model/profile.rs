@@ -183,14 +183,6 @@ impl Profile {
         }
     }
 
-    /// Whether the row takes part in identities: a pointer, or a profile
-    /// with identifiers beyond the `user_id` its key is. Replays leave such
-    /// rows alone until they resolve identities (docs/identity.md); the SQL
-    /// twin is in `store/postgres/replay.rs`.
-    pub fn holds_identities(&self) -> bool {
-        self.merged_into.is_some() || !self.identifiers.is_empty()
-    }
-
     /// The person's identifiers: as stored, or the `user_id` the key is when
     /// none are.
     pub fn identifiers(&self) -> Cow<'_, [Identifier]> {

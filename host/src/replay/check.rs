@@ -31,9 +31,6 @@ pub struct CheckReport {
     pub by: BTreeMap<(String, String), u64>,
     /// Profiles written (PostgreSQL) or refreshed (Redis) by the repair.
     pub repaired: u64,
-    /// Rows left alone because they hold identities (see
-    /// [`PageReport::identities`](super::run::PageReport)).
-    pub identities: u64,
     /// Suppressed persons, left alone.
     pub suppressed: u64,
 }
@@ -70,7 +67,6 @@ impl Replay {
             let checked = self.check_page(&page, repair, false).await?;
             report.checked += checked.checked;
             report.repaired += checked.repaired;
-            report.identities += checked.identities;
             report.suppressed += checked.suppressed;
             for d in checked.discrepancies {
                 *report

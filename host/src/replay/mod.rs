@@ -8,7 +8,8 @@
 //! events below the committed offsets through the version that ran over it,
 //! merge, apply. [`History`] says which version that is, the timeline
 //! amended by the backfills ([`BackfillRecord`]), and [`Replayer`] does the
-//! running.
+//! running. A profile merged from several identifiers is made of the
+//! events filed under every key that leads to it ([`Cut::owners`]).
 //!
 //! Replays work page by page of users, without stopping the pipeline:
 //!
@@ -56,14 +57,32 @@ pub const ARCHIVE_PATIENCE: Duration = Duration::from_secs(120);
 pub struct Cut {
     /// Partition to the next offset the enrich group will read.
     pub offsets: HashMap<i32, i64>,
-    /// The page's stored profiles (users without one are absent).
+    /// The page's stored profiles, by key (keys without one are absent).
     pub profiles: HashMap<String, Profile>,
+    /// Every key the page's profiles are made of, to the key of its
+    /// profile: the page's keys with their pointers followed, and every key
+    /// whose pointers lead to those profiles. The archive files each event
+    /// under its primary identifier's home key, so a profile is the
+    /// archived events filed under the keys it owns (docs/identity.md).
+    pub owners: HashMap<String, String>,
     pub backfills: Vec<Recorded>,
     /// The page's users' dead letters re-driven with success.
     pub redriven: Vec<Redriven>,
-    /// The page's users that are suppressed (a privacy request): replays
-    /// leave them alone.
+    /// The page's keys that are suppressed (a privacy request), and the
+    /// profiles they own: replays leave them alone.
     pub suppressed: BTreeSet<String>,
+}
+
+impl Cut {
+    /// The key of the profile `key` belongs to.
+    pub fn owner<'a>(&'a self, key: &'a str) -> &'a str {
+        self.owners.get(key).map_or(key, String::as_str)
+    }
+
+    /// The profiles `keys` belong to, in byte order.
+    pub fn owners_of<'a>(&'a self, keys: &'a [String]) -> BTreeSet<&'a str> {
+        keys.iter().map(|key| self.owner(key)).collect()
+    }
 }
 
 /// One backfill of a plugin version, as recorded in `plugin_backfills`.
@@ -340,26 +359,37 @@ pub struct Replayer {
 /// A page of archived events, decoded, in partition and offset order.
 #[derive(Debug, Default)]
 pub struct Page {
+    /// Each with the key of the profile it counts on as its
+    /// [`Event::profile_key`].
     pub events: Vec<Event>,
     pub at: Vec<At>,
+    /// The key each event is filed under in the archive.
+    pub keys: Vec<String>,
     /// Archived events that no longer decode (none, unless the archive was
     /// edited): left out.
     pub undecodable: u64,
 }
 
 impl Page {
-    pub fn decode(topic: &str, records: Vec<(String, ArchivedRecord)>) -> Page {
+    /// Decodes `records` (each with the key it is filed under); each event
+    /// counts on the profile `cut` says its key belongs to.
+    pub fn decode(topic: &str, records: Vec<(String, ArchivedRecord)>, cut: &Cut) -> Page {
         let mut page = Page::default();
-        for (_, record) in records {
+        for (key, record) in records {
             let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
             match Event::from_json(record.payload.as_bytes(), fallback) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    let owner = cut.owner(&key);
+                    if owner != event.user_id {
+                        event.profile_key = Some(owner.to_owned());
+                    }
                     page.at.push(At {
                         partition: record.partition,
                         offset: record.offset,
                         time_ms: event.timestamp_ms,
                     });
                     page.events.push(event);
+                    page.keys.push(key);
                 }
                 Err(error) => {
                     tracing::warn!(

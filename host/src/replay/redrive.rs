@@ -35,13 +35,9 @@ pub struct RedriveReport {
     /// Letters whose events a backfill done for the user recomputed
     /// already (with the backfill's version): not run.
     pub covered: u64,
-    /// Letters of events the enrich role has not committed yet (their batch
-    /// may still run again): left for a later run.
+    /// Letters of events the enrich role had not committed when the page
+    /// began (their batch may still run again): left for a later run.
     pub uncommitted: u64,
-    /// Letters of events that carry identifiers beyond a `user_id`, or of
-    /// users whose row holds identities: left alone, since a re-drive does
-    /// not resolve identities yet (docs/identity.md).
-    pub identities: u64,
     /// Letters of suppressed persons (a privacy request): left alone.
     pub suppressed: u64,
     /// Profiles written.
@@ -54,7 +50,9 @@ pub struct RedriveReport {
 impl Replay {
     /// Runs `version` of `plugin` over `letters` (the dead letters of a page
     /// of users, none applied before), adds the output to the profiles, and
-    /// records every letter's outcome with them.
+    /// records every letter's outcome with them. Each letter's output goes
+    /// to the profile that the key its event is filed under in the archive
+    /// belongs to now (docs/identity.md).
     pub async fn redrive_page(
         &mut self,
         plugin: &str,
@@ -62,11 +60,34 @@ impl Replay {
         letters: &[Letter],
     ) -> anyhow::Result<RedriveReport> {
         let mut report = RedriveReport::default();
-        let mut pending: BTreeSet<&str> =
-            letters.iter().map(|l| l.event.user_id.as_str()).collect();
+        // Every event the enrich role had committed when this looked is in
+        // the archive once it caught up; the others are left for a later
+        // run.
+        let committed = self.store.cut(&self.group, &self.topic, &[]).await?;
+        self.archive.wait_for(&committed.offsets).await?;
+        let at: Vec<(i32, i64)> = letters
+            .iter()
+            .map(|l| (l.at.partition, l.at.offset))
+            .collect();
+        let filed = self.store.filed_keys(&self.topic, &at).await?;
+        let mut pending: Vec<(&Letter, &str)> = Vec::new();
+        for letter in letters {
+            match filed.get(&(letter.at.partition, letter.at.offset)) {
+                Some(key)
+                    if committed
+                        .offsets
+                        .get(&letter.at.partition)
+                        .is_some_and(|&next| letter.at.offset < next) =>
+                {
+                    pending.push((letter, key.as_str()));
+                }
+                _ => report.uncommitted += 1,
+            }
+        }
         while !pending.is_empty() {
-            let users: Vec<String> = pending.iter().map(|&u| u.to_owned()).collect();
-            let cut = self.store.cut(&self.group, &self.topic, &users).await?;
+            let keys: BTreeSet<&str> = pending.iter().map(|(_, key)| *key).collect();
+            let keys: Vec<String> = keys.into_iter().map(str::to_owned).collect();
+            let cut = self.store.cut(&self.group, &self.topic, &keys).await?;
             let history = self.history(&cut).await?;
             for (partition, (running, _)) in history.running(plugin) {
                 anyhow::ensure!(
@@ -77,38 +98,20 @@ impl Replay {
                 );
             }
             let mut page = Page::default();
-            let mut skipped = Vec::new();
-            let mut held = Vec::new();
+            let mut covered = Vec::new();
             let mut suppressed = Vec::new();
-            for letter in letters {
-                let user = letter.event.user_id.as_str();
-                if !pending.contains(user) {
-                    continue;
-                }
-                let stored = cut.profiles.get(user);
-                if cut.suppressed.contains(user) {
-                    suppressed.push(user);
-                    continue;
-                }
-                if letter.event.anonymous_id.is_some()
-                    || letter.event.previous_id.is_some()
-                    || !letter.event.known_user
-                    || stored.is_some_and(Profile::holds_identities)
-                {
-                    held.push(user);
-                    continue;
-                }
-                let committed = cut
-                    .offsets
-                    .get(&letter.at.partition)
-                    .is_some_and(|&next| letter.at.offset < next);
-                if !committed {
-                    skipped.push((user, false));
-                } else if history.backfill_at(plugin, user, letter.at, None).is_some() {
-                    skipped.push((user, true));
+            for &(letter, key) in &pending {
+                let owner = cut.owner(key);
+                if cut.suppressed.contains(owner) {
+                    suppressed.push(owner);
+                } else if history.backfill_at(plugin, key, letter.at, None).is_some() {
+                    covered.push(owner);
                 } else {
-                    page.events.push(letter.event.clone());
+                    let mut event = letter.event.clone();
+                    event.profile_key = (owner != event.user_id).then(|| owner.to_owned());
+                    page.events.push(event);
                     page.at.push(letter.at);
+                    page.keys.push(key.to_owned());
                 }
             }
             let mut errors = std::collections::HashMap::new();
@@ -123,12 +126,12 @@ impl Replay {
             let now = now_ms();
             let profiles: Vec<Profile> = changes
                 .iter()
-                .map(|(user, changes)| {
+                .map(|(owner, changes)| {
                     let mut profile = cut
                         .profiles
-                        .get(user)
+                        .get(owner)
                         .cloned()
-                        .unwrap_or_else(|| Profile::new(user.as_str(), now));
+                        .unwrap_or_else(|| Profile::new(owner.as_str(), now));
                     profile.apply(changes, now);
                     profile
                 })
@@ -142,7 +145,7 @@ impl Replay {
                     partition: at.partition,
                     offset: at.offset,
                     plugin: plugin.to_owned(),
-                    user_id: event.user_id.clone(),
+                    user_id: event.profile_key().to_owned(),
                     version: version.to_owned(),
                     error: errors.remove(&index),
                 })
@@ -163,19 +166,11 @@ impl Replay {
                     Some(_) => report.failed.push(outcome),
                 }
             }
-            for (user, covered) in skipped {
-                if !refused.contains(user) {
-                    match covered {
-                        true => report.covered += 1,
-                        false => report.uncommitted += 1,
-                    }
-                }
-            }
-            report.identities += held.iter().filter(|u| !refused.contains(**u)).count() as u64;
+            report.covered += covered.iter().filter(|o| !refused.contains(**o)).count() as u64;
             report.suppressed +=
-                suppressed.iter().filter(|u| !refused.contains(**u)).count() as u64;
+                suppressed.iter().filter(|o| !refused.contains(**o)).count() as u64;
             report.retried += refused.len() as u64;
-            pending.retain(|user| refused.contains(*user));
+            pending.retain(|(_, key)| refused.contains(cut.owner(key)));
         }
         self.counts.changed += report.changed;
         self.counts.retried += report.retried;

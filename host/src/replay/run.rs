@@ -63,10 +63,6 @@ pub struct PageReport {
     pub discrepancies: Vec<Discrepancy>,
     /// Profiles written (PostgreSQL) or refreshed (Redis) by the repair.
     pub repaired: u64,
-    /// Rows left alone because they hold identities (pointers, profiles
-    /// with identifiers of their own), which a replay does not resolve yet
-    /// (docs/identity.md).
-    pub identities: u64,
     /// Suppressed persons (a privacy request), left alone.
     pub suppressed: u64,
 }
@@ -109,16 +105,17 @@ impl Replay {
         })
     }
 
-    /// Reads the cut of `users`, waits for the archive to reach it, and
-    /// decodes their archived events below it.
-    async fn load(&mut self, users: &[String]) -> anyhow::Result<(Cut, Page)> {
-        let cut = self.store.cut(&self.group, &self.topic, users).await?;
+    /// Reads the cut of `keys`, waits for the archive to reach it, and
+    /// decodes the archived events below it of the profiles they belong to.
+    async fn load(&mut self, keys: &[String]) -> anyhow::Result<(Cut, Page)> {
+        let cut = self.store.cut(&self.group, &self.topic, keys).await?;
         self.archive.wait_for(&cut.offsets).await?;
+        let owned: Vec<&String> = cut.owners.keys().collect();
         let records = self
             .store
-            .archived_events(&self.topic, users, &cut.offsets)
+            .archived_events(&self.topic, &owned, &cut.offsets)
             .await?;
-        let page = Page::decode(&self.topic, records);
+        let page = Page::decode(&self.topic, records, &cut);
         Ok((cut, page))
     }
 
@@ -132,11 +129,12 @@ impl Replay {
         Ok(History::new(timeline, backfills).with_redriven(cut.redriven.clone()))
     }
 
-    /// Backfills `record` over `users` (a page, in byte order): for each,
-    /// the plugin's attributes (those `writes` names, and any its versions
-    /// set) become what the version computes over the user's archived
-    /// events, written with the page's progress. Users whose profile the
-    /// live pipeline changes meanwhile go round again.
+    /// Backfills `record` over `users` (a page of the archive's keys, in
+    /// byte order): for the profile each belongs to, the plugin's
+    /// attributes (those `writes` names, and any its versions set) become
+    /// what the version computes over the profile's archived events,
+    /// written with the page's progress. Profiles the live pipeline changes
+    /// meanwhile go round again.
     pub async fn backfill_page(
         &mut self,
         record: &BackfillRecord,
@@ -164,35 +162,31 @@ impl Replay {
             let changes = self
                 .replayer
                 .replay(&page, &[&record.plugin], |plugin, i| {
-                    let user = &page.events[i].user_id;
-                    history.version_at(plugin, user, page.at[i], Some(record.id))
+                    history.version_at(plugin, &page.keys[i], page.at[i], Some(record.id))
                 })?;
             let now = now_ms();
             let owned = |name: &str, attribute: &crate::model::profile::Attribute| {
                 writes.contains(name) || attribute.plugin == record.plugin
             };
-            // Rows that hold identities are left alone: a replay does not
-            // resolve identities yet (docs/identity.md). So are suppressed
-            // persons.
-            let profiles: Vec<Profile> = pending
+            // Suppressed persons are left alone.
+            let profiles: Vec<Profile> = cut
+                .owners_of(&pending)
+                .into_iter()
+                .filter(|key| !cut.suppressed.contains(*key))
+                .filter_map(|key| {
+                    recomputed(key, cut.profiles.get(key), owned, changes.get(key), now)
+                })
+                .collect();
+            let round: Vec<(&str, &str)> = pending
                 .iter()
-                .filter(|user| {
-                    !cut.suppressed.contains(*user)
-                        && cut
-                            .profiles
-                            .get(*user)
-                            .is_none_or(|p| !p.holds_identities())
-                })
-                .filter_map(|user| {
-                    recomputed(user, cut.profiles.get(user), owned, changes.get(user), now)
-                })
+                .map(|key| (key.as_str(), cut.owner(key)))
                 .collect();
             let step = Step::Backfill {
                 id: record.id,
                 after_user: last,
                 events,
                 users: users.len() as i64,
-                round: &pending,
+                round: &round,
             };
             self.retire_cached(&profiles).await?;
             let refused = self.store.write_recomputed(&profiles, Some(step)).await?;
@@ -204,12 +198,13 @@ impl Replay {
                 return Ok(());
             }
             self.counts.retried += refused.len() as u64;
-            pending = refused.into_iter().collect();
+            pending.retain(|key| refused.contains(cut.owner(key)));
         }
     }
 
-    /// Replays `users` (a page, in byte order) through the history and
-    /// compares every attribute with PostgreSQL, and PostgreSQL with Redis;
+    /// Replays the profiles of `users` (a page of profile keys, in byte
+    /// order) through the history and compares every attribute with
+    /// PostgreSQL, and PostgreSQL with Redis;
     /// with [`Repair::Found`], writes the recomputed values. `rebuild`
     /// notes the page done (for `rebuild --profiles`) with its writes.
     pub async fn check_page(
@@ -233,23 +228,20 @@ impl Replay {
             let history = self.history(&cut).await?;
             let plugins: Vec<&str> = history.plugins().into_iter().collect();
             let changes = self.replayer.replay(&page, &plugins, |plugin, i| {
-                let user = &page.events[i].user_id;
-                history.version_at(plugin, user, page.at[i], None)
+                history.version_at(plugin, &page.keys[i], page.at[i], None)
             })?;
             self.counts.events += page.events.len() as u64;
             let now = now_ms();
             let mut repaired = Vec::new();
-            for user in &pending {
+            // A key merged into another profile since it was listed is
+            // checked as that profile.
+            for user in cut.owners_of(&pending) {
                 let stored = cut.profiles.get(user);
-                if stored.is_some_and(Profile::holds_identities) {
-                    report.identities += 1;
-                    continue;
-                }
                 if cut.suppressed.contains(user) {
                     report.suppressed += 1;
                     continue;
                 }
-                let mut fresh = Profile::new(user.as_str(), now);
+                let mut fresh = Profile::new(user, now);
                 if let Some(changes) = changes.get(user) {
                     fresh.apply(changes, now);
                 }
@@ -270,9 +262,9 @@ impl Replay {
                         repaired.push(profile);
                     }
                 }
-                found.insert(user.clone(), wrong);
+                found.insert(user.to_owned(), wrong);
                 if let Some(stored) = stored {
-                    current.insert(user.clone(), stored.clone());
+                    current.insert(user.to_owned(), stored.clone());
                 }
             }
             let step = rebuild.then_some(Step::Rebuild { after_user: last });
@@ -295,7 +287,7 @@ impl Replay {
                 break;
             }
             self.counts.retried += refused.len() as u64;
-            pending = refused.into_iter().collect();
+            pending.retain(|key| refused.contains(cut.owner(key)));
         }
         if let Some(cache) = &self.cache {
             let wrong = self.check_cache(cache, &current, repair).await?;
@@ -310,12 +302,6 @@ impl Replay {
                     }
                 }
             }
-        }
-        if report.identities > 0 {
-            tracing::warn!(
-                rows = report.identities,
-                "left rows that hold identities alone: replays do not resolve identities yet"
-            );
         }
         self.counts.users += users.len() as u64;
         report.discrepancies = found.into_values().flatten().collect();

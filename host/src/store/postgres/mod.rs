@@ -907,3 +907,40 @@ impl EventArchive for PgStore {
         Ok(true)
     }
 }
+
+/// Every key of `keys` and every key whose pointers lead to the same
+/// profile, to the key of that profile (itself for a profile or a key
+/// without a row): pointers followed up from `keys`, then down from the
+/// profiles they reach, at most [`identity::MAX_POINTER_STEPS`] each way.
+pub(super) async fn owners(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    keys: &[String],
+) -> anyhow::Result<HashMap<String, String>> {
+    let steps = identity::MAX_POINTER_STEPS as i32;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "WITH RECURSIVE up(key, at, steps) AS ( \
+             SELECT k COLLATE \"C\", k COLLATE \"C\", 0 FROM unnest($1::text[]) AS k \
+           UNION ALL \
+             SELECT up.key, p.merged_into, up.steps + 1 \
+             FROM up JOIN profiles p ON p.user_id = up.at \
+             WHERE p.merged_into IS NOT NULL AND up.steps < $2 \
+         ), \
+         roots AS ( \
+             SELECT DISTINCT ON (key) key, at AS root FROM up ORDER BY key, steps DESC \
+         ), \
+         down(key, root, steps) AS ( \
+             SELECT DISTINCT root, root, 0 FROM roots \
+           UNION ALL \
+             SELECT p.user_id, down.root, down.steps + 1 \
+             FROM down JOIN profiles p ON p.merged_into = down.key \
+             WHERE down.steps < $2 \
+         ) \
+         SELECT key, root FROM roots UNION SELECT key, root FROM down",
+    )
+    .bind(keys)
+    .bind(steps)
+    .fetch_all(&mut **tx)
+    .await
+    .context("following the pointers of a page")?;
+    Ok(rows.into_iter().collect())
+}

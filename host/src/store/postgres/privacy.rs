@@ -13,7 +13,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::PgStore;
 use crate::model::event::format_millis;
-use crate::model::identity::{self, Identifier};
+use crate::model::identity::Identifier;
 use crate::model::profile::Profile;
 use crate::privacy::{
     Applied, Done, ExportedEvent, ExportedMerge, PrivacyRequest, PrivacyStore, Removed,
@@ -312,48 +312,20 @@ async fn person(
     tx: &mut Transaction<'_, Postgres>,
     named: &[String],
 ) -> StoreResult<(Vec<Profile>, BTreeSet<String>)> {
-    let mut profiles: Vec<Profile> = Vec::new();
-    let mut keys: BTreeSet<String> = named.iter().cloned().collect();
-    for key in named {
-        let mut at = key.clone();
-        for _ in 0..identity::MAX_POINTER_STEPS {
-            let row: Option<(Json<Profile>,)> =
-                sqlx::query_as("SELECT profile FROM profiles WHERE user_id = $1")
-                    .bind(&at)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .with_context(|| format!("reading the row at {at}"))?;
-            let Some((Json(row),)) = row else { break };
-            match row.merged_into.clone() {
-                Some(next) => {
-                    keys.insert(at);
-                    at = next;
-                }
-                None => {
-                    if !profiles.iter().any(|p| p.user_id == row.user_id) {
-                        keys.extend(person_keys(Some(&row), &[]));
-                        profiles.push(row);
-                    }
-                    break;
-                }
-            }
-        }
-    }
-    // The pointers that lead into the person, however far.
-    for _ in 0..identity::MAX_POINTER_STEPS {
-        let all: Vec<&String> = keys.iter().collect();
-        let more: Vec<String> = sqlx::query_scalar(
-            "SELECT user_id FROM profiles \
-             WHERE merged_into = ANY($1) AND NOT (user_id = ANY($1))",
-        )
-        .bind(&all)
-        .fetch_all(&mut **tx)
-        .await
-        .context("finding the pointers to a person")?;
-        if more.is_empty() {
-            break;
-        }
-        keys.extend(more);
+    let owners = super::owners(tx, named).await?;
+    let roots: BTreeSet<&String> = owners.values().collect();
+    let rows: Vec<(Json<Profile>,)> = sqlx::query_as(
+        "SELECT profile FROM profiles \
+         WHERE user_id = ANY($1) AND merged_into IS NULL ORDER BY user_id",
+    )
+    .bind(roots.into_iter().collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await
+    .context("reading a person's profiles")?;
+    let profiles: Vec<Profile> = rows.into_iter().map(|(Json(p),)| p).collect();
+    let mut keys: BTreeSet<String> = owners.into_keys().collect();
+    for profile in &profiles {
+        keys.extend(person_keys(Some(profile), &[]));
     }
     Ok((profiles, keys))
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use super::{PgStore, privacy, write_profiles};
+use super::{PgStore, owners, privacy, write_profiles};
 use crate::model::profile::Profile;
 use crate::replay::{BackfillRecord, Cut, Recorded, Redriven};
 use crate::store::StoreResult;
@@ -25,15 +25,16 @@ pub struct ArchivedRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step<'a> {
     /// A round of a page of backfill `id`: the page's last user, the events
-    /// and users it covered, and the users this round computed. Once no
+    /// and users it covered, and the users (archive keys) this round
+    /// computed, each with the key of the profile it belongs to. Once no
     /// profile was refused the page is done; before, the round's users
-    /// that were written are noted (`page_done`) all the same.
+    /// whose profile was written are noted (`page_done`) all the same.
     Backfill {
         id: i64,
         after_user: &'a str,
         events: i64,
         users: i64,
-        round: &'a [String],
+        round: &'a [(&'a str, &'a str)],
     },
     /// A page of `rebuild --profiles`: its last user.
     Rebuild { after_user: &'a str },
@@ -61,10 +62,8 @@ impl PgStore {
         Ok(users)
     }
 
-    /// Up to `limit` user ids of `profiles` after `after`, in byte order:
-    /// the profiles a replay can recompute, which leaves out pointers and
-    /// the profiles that hold identifiers other than their own `user_id`
-    /// (replays do not resolve identities yet: docs/identity.md).
+    /// Up to `limit` keys of profiles after `after`, in byte order
+    /// (pointers are not profiles).
     pub async fn profile_users_after(
         &self,
         after: Option<&str>,
@@ -73,7 +72,6 @@ impl PgStore {
         let users = sqlx::query_scalar(
             "SELECT user_id FROM profiles \
              WHERE ($1::text IS NULL OR user_id > $1) AND merged_into IS NULL \
-               AND profile->'identifiers' IS NULL \
              ORDER BY user_id LIMIT $2",
         )
         .bind(after)
@@ -84,12 +82,11 @@ impl PgStore {
         Ok(users)
     }
 
-    /// `count` users of `profiles` picked at random, in byte order.
+    /// The keys of `count` profiles picked at random, in byte order.
     pub async fn sample_users(&self, count: i64) -> StoreResult<Vec<String>> {
         let mut users: Vec<String> = sqlx::query_scalar(
             "SELECT user_id FROM profiles \
-                 WHERE merged_into IS NULL AND profile->'identifiers' IS NULL \
-                 ORDER BY random() LIMIT $1",
+                 WHERE merged_into IS NULL ORDER BY random() LIMIT $1",
         )
         .bind(count)
         .fetch_all(self.pool())
@@ -99,10 +96,12 @@ impl PgStore {
         Ok(users)
     }
 
-    /// The profiles of `users` and the offsets `group` committed on `topic`,
-    /// read in one snapshot: each profile holds the changes of exactly the
-    /// records below those offsets.
-    pub async fn cut(&self, group: &str, topic: &str, users: &[String]) -> StoreResult<Cut> {
+    /// The profiles `keys` belong to and the offsets `group` committed on
+    /// `topic`, read in one snapshot: each profile holds the changes of
+    /// exactly the records below those offsets. A key is any the archive
+    /// files events under: a profile's, or a pointer's, whose pointers lead
+    /// to the profile read for it ([`Cut::owners`]).
+    pub async fn cut(&self, group: &str, topic: &str, keys: &[String]) -> StoreResult<Cut> {
         let mut tx = self.pool().begin().await.context("starting a snapshot")?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -117,17 +116,20 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .context("reading the enrich offsets")?;
+        let owners = owners(&mut tx, keys).await?;
+        let roots: BTreeSet<&String> = owners.values().collect();
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT user_id, profile::text FROM profiles WHERE user_id = ANY($1)")
-                .bind(users)
+                .bind(roots.into_iter().collect::<Vec<_>>())
                 .fetch_all(&mut *tx)
                 .await
                 .context("reading the profiles of a page")?;
+        let every: Vec<&String> = owners.keys().collect();
         let backfills = backfills(&mut *tx, group, topic).await?;
-        let redriven = redriven(&mut *tx, group, topic, users).await?;
+        let redriven = redriven(&mut *tx, group, topic, &every).await?;
         let suppressed: Vec<String> =
             sqlx::query_scalar("SELECT key FROM suppressions WHERE key = ANY($1)")
-                .bind(users)
+                .bind(&every)
                 .fetch_all(&mut *tx)
                 .await
                 .context("reading the page's suppressions")?;
@@ -138,22 +140,55 @@ impl PgStore {
                 .with_context(|| format!("the stored profile of user {user_id} is unreadable"))?;
             profiles.insert(user_id, profile);
         }
+        // A person is suppressed by any of their keys.
+        let suppressed = suppressed
+            .into_iter()
+            .flat_map(|key| [owners.get(&key).cloned(), Some(key)])
+            .flatten()
+            .collect();
         Ok(Cut {
             offsets: offsets.into_iter().collect(),
             profiles,
+            owners,
             backfills,
             redriven,
-            suppressed: suppressed.into_iter().collect(),
+            suppressed,
         })
     }
 
-    /// The archived events of `users` on `topic` below `below` (partition
-    /// to offset; partitions not in it have none), in partition and offset
-    /// order.
+    /// The key each archived event of `topic` at (partition, offset) is
+    /// filed under; events the archive does not hold are absent.
+    pub async fn filed_keys(
+        &self,
+        topic: &str,
+        at: &[(i32, i64)],
+    ) -> StoreResult<HashMap<(i32, i64), String>> {
+        let (partitions, offsets): (Vec<i32>, Vec<i64>) = at.iter().copied().unzip();
+        let rows: Vec<(i32, i64, String)> = sqlx::query_as(
+            "SELECT e.partition, e.\"offset\", e.user_id FROM events e \
+             JOIN UNNEST($2::integer[], $3::bigint[]) AS at(partition, \"offset\") \
+               ON at.partition = e.partition AND at.\"offset\" = e.\"offset\" \
+             WHERE e.topic = $1",
+        )
+        .bind(topic)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(self.pool())
+        .await
+        .context("reading where the archive filed events")?;
+        Ok(rows
+            .into_iter()
+            .map(|(partition, offset, key)| ((partition, offset), key))
+            .collect())
+    }
+
+    /// The archived events filed under `keys` on `topic` below `below`
+    /// (partition to offset; partitions not in it have none), with the key
+    /// each is filed under, in partition and offset order.
     pub async fn archived_events(
         &self,
         topic: &str,
-        users: &[String],
+        keys: &[&String],
         below: &HashMap<i32, i64>,
     ) -> StoreResult<Vec<(String, ArchivedRecord)>> {
         let (partitions, ends): (Vec<i32>, Vec<i64>) = below.iter().map(|(p, o)| (*p, *o)).unzip();
@@ -166,7 +201,7 @@ impl PgStore {
              ORDER BY e.partition, e.\"offset\"",
         )
         .bind(topic)
-        .bind(users)
+        .bind(keys)
         .bind(&partitions)
         .bind(&ends)
         .fetch_all(self.pool())
@@ -221,8 +256,8 @@ impl PgStore {
             }) => {
                 let written: Vec<&str> = round
                     .iter()
-                    .filter(|user| !refused.contains(*user))
-                    .map(String::as_str)
+                    .filter(|(_, owner)| !refused.contains(*owner))
+                    .map(|(user, _)| *user)
                     .collect();
                 sqlx::query(
                     "UPDATE plugin_backfills SET \
@@ -411,7 +446,7 @@ async fn redriven<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     group: &str,
     topic: &str,
-    users: &[String],
+    users: &[&String],
 ) -> anyhow::Result<Vec<Redriven>> {
     let rows: Vec<(String, i32, i64, String)> = sqlx::query_as(
         "SELECT plugin, partition, \"offset\", version FROM dead_letter_redrives \
