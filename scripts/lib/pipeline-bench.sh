@@ -237,7 +237,8 @@ pb_wait_committed() {
 # stopped. PREPARE (a function, given the database URL) runs after the
 # migrations and before the start; HOOK runs once when AT events are
 # committed ("" for none). The database and prefix stay until pb_cleanup,
-# or pb_drop_run NAME.
+# or pb_drop_run NAME. Its metrics at the end are written beside LOG
+# (LOG with .metrics for .log).
 # Sets RUN_URL, RUN_PREFIX, RUN_EVENTS and RUN_SECS (from the first commit
 # to the last, as the rate is taken: group joining left out), RUN_RATE
 # (events/s), RUN_HOST_US, RUN_PG_US, RUN_REDIS_US (CPU µs per event of the
@@ -251,7 +252,8 @@ pb_enrich_run() {
     RUN_PREFIX="$name:"
     PB_PREFIXES+=("$RUN_PREFIX")
     if [[ -n $prepare ]]; then "$prepare" "$RUN_URL"; fi
-    local pg_before redis_before pg_after redis_after host pid
+    local pg_before redis_before pg_after redis_after host pid port
+    port=$(pb_free_port)
     pg_before=$(cpu_of -x postgres)
     redis_before=$(cpu_of -x redis-server)
     # Every role serves HTTP: a free port, not the default one another
@@ -260,7 +262,7 @@ pb_enrich_run() {
         PULSEHUB_KAFKA_BROKERS="$BROKERS" PULSEHUB_KAFKA_TOPIC="$topic" \
         PULSEHUB_KAFKA_GROUP="${name}_enrich" PULSEHUB_DATABASE_URL="$RUN_URL" \
         PULSEHUB_REDIS_URL="$REDIS" PULSEHUB_REDIS_KEY_PREFIX="$RUN_PREFIX" \
-        PULSEHUB_HTTP_ADDR="127.0.0.1:$(pb_free_port)"
+        PULSEHUB_HTTP_ADDR="127.0.0.1:$port"
     pid=$PB_PID
     pb_wait_committed "$pid" "$RUN_URL" "$events" "$at" "$hook" || {
         echo "bench: last lines of $log:" >&2
@@ -272,6 +274,9 @@ pb_enrich_run() {
     redis_after=$(cpu_of -x redis-server)
     host=$(pb_cpu_secs "$pid")
     RUN_RSS_MIB=$(pb_peak_rss_mib "$pid")
+    # The process's own counts (commits, their durations, batch sizes),
+    # beside its log.
+    curl -fs "http://127.0.0.1:$port/metrics" >"${log%.log}.metrics" || true
     pb_stop "$pid"
     RUN_EVENTS=$((events - FIRST_COUNT))
     RUN_SECS=$(awk -v a="$FIRST_TIME" -v b="$LAST_TIME" 'BEGIN { printf "%.2f", b - a }')
