@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 
 use super::{At, Page, Replay};
 use crate::model::event::Event;
+use crate::model::identity::{ANONYMOUS_ID, home_key};
 use crate::model::profile::{Profile, now_ms};
 use crate::store::postgres::redrive::RedriveOutcome;
 
@@ -65,11 +66,13 @@ impl Replay {
         // run.
         let committed = self.store.cut(&self.group, &self.topic, &[]).await?;
         self.archive.wait_for(&committed.offsets).await?;
-        let at: Vec<(i32, i64)> = letters
-            .iter()
-            .map(|l| (l.at.partition, l.at.offset))
-            .collect();
-        let filed = self.store.filed_keys(&self.topic, &at).await?;
+        let mut candidates = Vec::new();
+        for letter in letters {
+            for key in self.candidate_keys(&letter.event) {
+                candidates.push((key, letter.at.partition, letter.at.offset));
+            }
+        }
+        let filed = self.store.filed_keys(&self.topic, &candidates).await?;
         let mut pending: Vec<(&Letter, &str)> = Vec::new();
         for letter in letters {
             match filed.get(&(letter.at.partition, letter.at.offset)) {
@@ -175,5 +178,19 @@ impl Replay {
         self.counts.changed += report.changed;
         self.counts.retried += report.retried;
         Ok(report)
+    }
+
+    /// The keys the archive may have filed `event` under: the one the
+    /// identity rules give now, and, should they have changed since, its
+    /// `user_id` or `anonymous_id` as it came and the anonymous id's home
+    /// key.
+    fn candidate_keys(&self, event: &Event) -> BTreeSet<String> {
+        let mut keyed = event.clone();
+        self.rules.key_event(&mut keyed);
+        let mut keys = BTreeSet::from([keyed.profile_key().to_owned(), event.user_id.clone()]);
+        if let Some(anonymous) = &event.anonymous_id {
+            keys.insert(home_key(ANONYMOUS_ID, anonymous));
+        }
+        keys
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::Versions;
 use super::{Archive, BackfillRecord, Counts, Cut, History, Page, Replayer, recomputed, values};
 use crate::config::Config;
+use crate::model::identity::Rules;
 use crate::model::profile::{Profile, now_ms};
 use crate::plugin_ops::registry::Registry;
 use crate::store::postgres::PgStore;
@@ -27,6 +28,8 @@ pub struct Replay {
     /// The enrich role's consumer group and topic.
     pub group: String,
     pub topic: String,
+    /// The identity rules the enrich role keys events by.
+    pub rules: Rules,
     pub counts: Counts,
 }
 
@@ -101,6 +104,7 @@ impl Replay {
             replayer: Replayer::new(Versions::open(registry)?),
             group: config.kafka.group.clone(),
             topic: config.kafka.topic.clone(),
+            rules: Rules::new(&config.identity)?,
             counts: Counts::default(),
         })
     }

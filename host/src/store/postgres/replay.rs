@@ -156,21 +156,32 @@ impl PgStore {
         })
     }
 
-    /// The key each archived event of `topic` at (partition, offset) is
-    /// filed under; events the archive does not hold are absent.
+    /// Which of the candidate keys each archived event of `topic` is filed
+    /// under: `candidates` are (key, partition, offset); an event the
+    /// archive does not hold under any of its candidates is absent. (The
+    /// archive is found by key: its index leads with the key.)
     pub async fn filed_keys(
         &self,
         topic: &str,
-        at: &[(i32, i64)],
+        candidates: &[(String, i32, i64)],
     ) -> StoreResult<HashMap<(i32, i64), String>> {
-        let (partitions, offsets): (Vec<i32>, Vec<i64>) = at.iter().copied().unzip();
+        let mut keys = Vec::with_capacity(candidates.len());
+        let mut partitions = Vec::with_capacity(candidates.len());
+        let mut offsets = Vec::with_capacity(candidates.len());
+        for (key, partition, offset) in candidates {
+            keys.push(key);
+            partitions.push(*partition);
+            offsets.push(*offset);
+        }
         let rows: Vec<(i32, i64, String)> = sqlx::query_as(
             "SELECT e.partition, e.\"offset\", e.user_id FROM events e \
-             JOIN UNNEST($2::integer[], $3::bigint[]) AS at(partition, \"offset\") \
-               ON at.partition = e.partition AND at.\"offset\" = e.\"offset\" \
+             JOIN UNNEST($2::text[], $3::integer[], $4::bigint[]) AS c(key, partition, \"offset\") \
+               ON e.user_id = c.key AND e.partition = c.partition \
+                  AND e.\"offset\" = c.\"offset\" \
              WHERE e.topic = $1",
         )
         .bind(topic)
+        .bind(&keys)
         .bind(&partitions)
         .bind(&offsets)
         .fetch_all(self.pool())
