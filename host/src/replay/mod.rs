@@ -34,6 +34,7 @@ use anyhow::{Context as _, bail};
 use sync_wrapper::SyncWrapper;
 
 use crate::model::event::Event;
+use crate::model::identity::Rules;
 use crate::model::merge::{AttributeChange, Merger, ProfileChanges};
 use crate::model::profile::Profile;
 use crate::model::update::Value;
@@ -371,6 +372,29 @@ pub struct Page {
 }
 
 impl Page {
+    /// A new profile at `key`, as the enrich path starts one
+    /// ([`crate::model::identity::BatchIdentities::new_profile`]): with the
+    /// identifier whose home `key` is, when that is not a user id (implied
+    /// by the key), as the rules key an event filed under it.
+    pub fn new_profile(&self, key: &str, rules: &Rules, now_ms: i64) -> Profile {
+        let mut profile = Profile::new(key, now_ms);
+        let identifier = self
+            .keys
+            .iter()
+            .zip(&self.events)
+            .filter(|(filed, _)| *filed == key)
+            .find_map(|(_, event)| {
+                let mut event = event.clone();
+                event.profile_key = None;
+                rules
+                    .key_event(&mut event)
+                    .key_identifier
+                    .filter(|identifier| identifier.home_key() == key)
+            });
+        profile.identifiers.extend(identifier);
+        profile
+    }
+
     /// Decodes `records` (each with the key it is filed under); each event
     /// counts on the profile `cut` says its key belongs to.
     pub fn decode(topic: &str, records: Vec<(String, ArchivedRecord)>, cut: &Cut) -> Page {
@@ -484,17 +508,16 @@ impl Replayer {
 /// `profile`'s attributes other than `replaced`, with `changes` applied as
 /// one commit at `now_ms`; `None` when no attribute's value changes (the
 /// stored profile is right as it is). `stored` is the profile as the cut
-/// read it, `None` for a user without one.
+/// read it, `None` for a key without one, where `fresh` makes one
+/// ([`Page::new_profile`]).
 pub fn recomputed(
-    user: &str,
     stored: Option<&Profile>,
+    fresh: impl FnOnce() -> Profile,
     replaced: impl Fn(&str, &crate::model::profile::Attribute) -> bool,
     changes: Option<&BTreeMap<String, AttributeChange>>,
     now_ms: i64,
 ) -> Option<Profile> {
-    let mut profile = stored
-        .cloned()
-        .unwrap_or_else(|| Profile::new(user, now_ms));
+    let mut profile = stored.cloned().unwrap_or_else(fresh);
     profile
         .attributes
         .retain(|name, attribute| !replaced(name, attribute));

@@ -134,7 +134,7 @@ impl Replay {
                         .profiles
                         .get(owner)
                         .cloned()
-                        .unwrap_or_else(|| Profile::new(owner.as_str(), now));
+                        .unwrap_or_else(|| page.new_profile(owner, &self.rules, now));
                     profile.apply(changes, now);
                     profile
                 })

@@ -178,7 +178,8 @@ impl Replay {
                 .into_iter()
                 .filter(|key| !cut.suppressed.contains(*key))
                 .filter_map(|key| {
-                    recomputed(key, cut.profiles.get(key), owned, changes.get(key), now)
+                    let fresh = || page.new_profile(key, &self.rules, now);
+                    recomputed(cut.profiles.get(key), fresh, owned, changes.get(key), now)
                 })
                 .collect();
             let round: Vec<(&str, &str)> = pending
@@ -262,7 +263,9 @@ impl Replay {
                     });
                     let replaced =
                         |name: &str, _: &crate::model::profile::Attribute| names.contains(name);
-                    if let Some(profile) = recomputed(user, stored, replaced, fixed.as_ref(), now) {
+                    let fresh = || page.new_profile(user, &self.rules, now);
+                    if let Some(profile) = recomputed(stored, fresh, replaced, fixed.as_ref(), now)
+                    {
                         repaired.push(profile);
                     }
                 }

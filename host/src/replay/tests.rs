@@ -212,8 +212,14 @@ fn a_recomputed_profile_replaces_only_the_named_attributes_and_only_when_values_
     let counter_only = |name: &str, _: &crate::model::profile::Attribute| name == "views";
 
     let fresh = BTreeMap::from([("views".to_owned(), change(Op::Increment(7), "counter"))]);
-    let profile =
-        recomputed("u", Some(&stored), counter_only, Some(&fresh), 9).expect("the count changed");
+    let profile = recomputed(
+        Some(&stored),
+        || unreachable!(),
+        counter_only,
+        Some(&fresh),
+        9,
+    )
+    .expect("the count changed");
     assert_eq!(profile.attributes["views"].value, Value::Integer(7));
     assert_eq!(profile.attributes["device"], stored.attributes["device"]);
     assert_eq!(profile.revision, stored.revision + 1);
@@ -221,13 +227,23 @@ fn a_recomputed_profile_replaces_only_the_named_attributes_and_only_when_values_
 
     let same = BTreeMap::from([("views".to_owned(), change(Op::Increment(3), "counter"))]);
     assert_eq!(
-        recomputed("u", Some(&stored), counter_only, Some(&same), 9),
+        recomputed(
+            Some(&stored),
+            || unreachable!(),
+            counter_only,
+            Some(&same),
+            9
+        ),
         None,
         "equal values are left as stored"
     );
-    let gone = recomputed("u", Some(&stored), counter_only, None, 9).expect("views removed");
+    let gone =
+        recomputed(Some(&stored), || unreachable!(), counter_only, None, 9).expect("views removed");
     assert!(!gone.attributes.contains_key("views"));
-    assert_eq!(recomputed("new", None, counter_only, None, 9), None);
+    assert_eq!(
+        recomputed(None, || Profile::new("new", 9), counter_only, None, 9),
+        None
+    );
 }
 
 #[test]
@@ -281,4 +297,27 @@ fn a_version_uploaded_after_the_registry_was_read_is_found() {
         "{error:?}"
     );
     assert_eq!(versions.current("p"), Some("1.0.0"));
+}
+
+#[test]
+fn a_new_profile_at_an_identifiers_home_records_that_identifier() {
+    use crate::model::identity::{ANONYMOUS_ID, Identifier, home_key};
+    let rules = Rules::default();
+    let decode = |json: &str| Event::from_json(json.as_bytes(), || "e".into()).expect("an event");
+    let anonymous = decode(r#"{"anonymous_id": "a1", "event_type": "view", "timestamp": 1}"#);
+    let known = decode(r#"{"user_id": "u1", "event_type": "view", "timestamp": 1}"#);
+    let home = home_key(ANONYMOUS_ID, "a1");
+    let page = Page {
+        events: vec![known, anonymous],
+        at: vec![at(0, 1), at(1, 1)],
+        keys: vec!["u1".into(), home.clone()],
+        undecodable: 0,
+    };
+    let fresh = page.new_profile(&home, &rules, 5);
+    assert_eq!(fresh.user_id, home);
+    assert_eq!(fresh.identifiers, vec![Identifier::new(ANONYMOUS_ID, "a1")]);
+    // A user id's profile needs none: its key is the identifier.
+    assert!(page.new_profile("u1", &rules, 5).identifiers.is_empty());
+    // No event filed there: nothing to take one from.
+    assert!(page.new_profile("~other", &rules, 5).identifiers.is_empty());
 }
