@@ -395,6 +395,15 @@ impl Page {
         profile
     }
 
+    /// Adds `event`, read at `at` and filed under `key`, counting on the
+    /// profile at `owner`.
+    pub fn push(&mut self, mut event: Event, at: At, key: String, owner: &str) {
+        event.profile_key = (owner != event.user_id).then(|| owner.to_owned());
+        self.events.push(event);
+        self.at.push(at);
+        self.keys.push(key);
+    }
+
     /// Decodes `records` (each with the key it is filed under); each event
     /// counts on the profile `cut` says its key belongs to.
     pub fn decode(topic: &str, records: Vec<(String, ArchivedRecord)>, cut: &Cut) -> Page {
@@ -402,18 +411,14 @@ impl Page {
         for (key, record) in records {
             let fallback = || format!("{topic}-{}-{}", record.partition, record.offset);
             match Event::from_json(record.payload.as_bytes(), fallback) {
-                Ok(mut event) => {
-                    let owner = cut.owner(&key);
-                    if owner != event.user_id {
-                        event.profile_key = Some(owner.to_owned());
-                    }
-                    page.at.push(At {
+                Ok(event) => {
+                    let at = At {
                         partition: record.partition,
                         offset: record.offset,
                         time_ms: event.timestamp_ms,
-                    });
-                    page.events.push(event);
-                    page.keys.push(key);
+                    };
+                    let owner = cut.owner(&key).to_owned();
+                    page.push(event, at, key, &owner);
                 }
                 Err(error) => {
                     tracing::warn!(

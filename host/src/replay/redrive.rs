@@ -17,6 +17,7 @@ use super::{At, Page, Replay};
 use crate::model::event::Event;
 use crate::model::identity::{ANONYMOUS_ID, home_key};
 use crate::model::profile::{Profile, now_ms};
+use crate::store::ProfileStore as _;
 use crate::store::postgres::redrive::RedriveOutcome;
 
 /// A dead-lettered event to run again, and where it was read from.
@@ -64,8 +65,8 @@ impl Replay {
         // Every event the enrich role had committed when this looked is in
         // the archive once it caught up; the others are left for a later
         // run.
-        let committed = self.store.cut(&self.group, &self.topic, &[]).await?;
-        self.archive.wait_for(&committed.offsets).await?;
+        let committed = self.store.offsets(&self.group, &self.topic).await?;
+        self.archive.wait_for(&committed).await?;
         let mut candidates = Vec::new();
         for letter in letters {
             for key in self.candidate_keys(&letter.event) {
@@ -78,7 +79,6 @@ impl Replay {
             match filed.get(&(letter.at.partition, letter.at.offset)) {
                 Some(key)
                     if committed
-                        .offsets
                         .get(&letter.at.partition)
                         .is_some_and(|&next| letter.at.offset < next) =>
                 {
@@ -110,11 +110,7 @@ impl Replay {
                 } else if history.backfill_at(plugin, key, letter.at, None).is_some() {
                     covered.push(owner);
                 } else {
-                    let mut event = letter.event.clone();
-                    event.profile_key = (owner != event.user_id).then(|| owner.to_owned());
-                    page.events.push(event);
-                    page.at.push(letter.at);
-                    page.keys.push(key.to_owned());
+                    page.push(letter.event.clone(), letter.at, key.to_owned(), owner);
                 }
             }
             let mut errors = std::collections::HashMap::new();
