@@ -69,7 +69,8 @@ echo "== $EVENTS events, $USERS users (${DIAG_SPREAD:-uniform}), $PARTITIONS par
 pb_settings | sed 's/^/   /'
 echo "throughput: $RUN_EVENTS events after the first commit in $RUN_SECS s: $RUN_RATE events/s"
 echo "CPU per event over the whole run (µs): enrich $RUN_HOST_US, postgres $RUN_PG_US, redis $RUN_REDIS_US"
-echo "enrich peak RSS: $RUN_RSS_MIB MiB"
+echo "enrich CPU per event by thread (µs): $RUN_THREADS"
+echo "enrich peak RSS: $RUN_RSS_MIB MiB; minor page faults: $RUN_FAULTS"
 echo
 echo "== pg_stat_statements by total time"
 if [[ -n $STATEMENTS ]]; then

@@ -175,6 +175,23 @@ cpu_of() {
     pb_cpu_secs $(pgrep "$@" || true)
 }
 
+# CPU µs per event of each thread name of process PID (threads of one name,
+# the lanes' workers for one, summed), for EVENTS events, busiest first:
+# "enrich-lane 6.8, enrich-committe 4.7, ...". Threads that ended are not
+# counted.
+pb_thread_us() {
+    local stat
+    for stat in /proc/"$1"/task/*/stat; do
+        # The name is in parentheses and may hold spaces.
+        sed -E 's/^[0-9]+ \((.*)\) [A-Z] (.*)$/\1\t\2/' "$stat" 2>/dev/null
+    done | awk -F '\t' -v hz="$CLK_TCK" -v n="$2" '
+        { split($2, f, " "); name = $1; sub(/-[0-9]+$/, "", name)
+          ticks[name] += f[11] + f[12] }
+        END { for (t in ticks) { shown = t; gsub(/ /, "_", shown)
+                                 printf "%s %.1f\n", shown, ticks[t] / hz * 1e6 / n } }' |
+        sort -k2 -rn | awk '$2 > 0 { printf "%s%s %s", sep, $1, $2; sep = ", " } END { print "" }'
+}
+
 # Peak resident memory (VmHWM) of PID, in MiB.
 pb_peak_rss_mib() {
     awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"
@@ -242,8 +259,10 @@ pb_wait_committed() {
 # Sets RUN_URL, RUN_PREFIX, RUN_EVENTS and RUN_SECS (from the first commit
 # to the last, as the rate is taken: group joining left out), RUN_RATE
 # (events/s), RUN_HOST_US, RUN_PG_US, RUN_REDIS_US (CPU µs per event of the
-# enrich process, all PostgreSQL processes and Redis over the whole run)
-# and RUN_RSS_MIB (the enrich process's peak RSS).
+# enrich process, all PostgreSQL processes and Redis over the whole run),
+# RUN_THREADS (the enrich process's CPU µs per event by thread, see
+# pb_thread_us), RUN_FAULTS (its minor page faults: first touches of
+# memory, each zeroed by the kernel) and RUN_RSS_MIB (the enrich process's peak RSS).
 # shellcheck disable=SC2034 # the RUN_* variables are for the caller
 pb_enrich_run() {
     local name=$1 topic=$2 events=$3 log=$4 prepare=${5:-} at=${6:-0} hook=${7:-}
@@ -273,6 +292,8 @@ pb_enrich_run() {
     pg_after=$(cpu_of -x postgres)
     redis_after=$(cpu_of -x redis-server)
     host=$(pb_cpu_secs "$pid")
+    RUN_THREADS=$(pb_thread_us "$pid" "$events")
+    RUN_FAULTS=$(awk '{ print $10 }' "/proc/$pid/stat")
     RUN_RSS_MIB=$(pb_peak_rss_mib "$pid")
     # The process's own counts (commits, their durations, batch sizes),
     # beside its log.
