@@ -32,7 +32,7 @@ use super::retry::{Backoff, Until, retry};
 use super::source::{Batch, Record, Source};
 use super::{LaneWork, next_offsets, per_partition};
 use crate::model::event::Event;
-use crate::model::identity::{BatchIdentities, LinkKind, Rules};
+use crate::model::identity::{self, BatchIdentities, LinkKind, Rules};
 use crate::model::merge::{ProfileChanges, fold_later};
 use crate::model::profile::now_ms;
 use crate::plugin::chain::ChainWorker;
@@ -512,9 +512,11 @@ impl Committer {
         });
         let (group, topic, changes) = (shared.group.as_str(), &*ready.topic, &ready.changes);
         let (offsets, plugins, generation) = (&ready.offsets, &ready.plugins, ready.generation);
-        // The first attempt starts from the copies; a failed attempt loses
+        // The first attempt starts from the copies of the rows the batch
+        // changes and of its links' identifiers; a failed attempt loses
         // them, and the retry reads the store.
-        let mut copies = Some(shared.profiles.take(changes));
+        let homes = identity::homes(&ready.identities.links);
+        let mut copies = Some(shared.profiles.take(changes.keys().chain(&homes)));
         let failed = &Cell::new(false);
         let committed = runtime.block_on(retry("committing a batch", Backoff::LANE, until, || {
             let known = copies.take().unwrap_or_default();

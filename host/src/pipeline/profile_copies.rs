@@ -18,7 +18,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use lru::LruCache;
 
-use crate::model::merge::ProfileChanges;
 use crate::model::profile::{Attribute, Profile};
 use crate::model::update::Value;
 
@@ -53,17 +52,21 @@ impl ProfileCopies {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes out the copies of the users `changes` touches: the commit
+    /// Takes out the copies of the rows at `keys` (the keys a batch
+    /// changes, and the home keys of the identifiers it links): the commit
     /// starts from them and gives them back through [`Self::keep`] once
     /// they are written. Another lane touching one of them meanwhile reads
     /// it from the store.
-    pub(super) fn take(&self, changes: &ProfileChanges) -> HashMap<String, Profile> {
+    pub(super) fn take<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k String>,
+    ) -> HashMap<String, Profile> {
         let mut taken = HashMap::new();
         let mut held = self.held();
         if held.profiles.is_empty() {
             return taken;
         }
-        for user_id in changes.keys() {
+        for user_id in keys {
             if let Some((user_id, profile)) = held.profiles.pop_entry(user_id) {
                 held.bytes -= weight(&profile);
                 taken.insert(user_id, profile);
@@ -150,8 +153,6 @@ fn weight(profile: &Profile) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn profile(user_id: &str, revision: i64) -> Profile {
@@ -160,23 +161,20 @@ mod tests {
         profile
     }
 
-    fn changes(users: &[&str]) -> ProfileChanges {
-        users
-            .iter()
-            .map(|user| (user.to_string(), BTreeMap::new()))
-            .collect()
+    fn keys(users: &[&str]) -> Vec<String> {
+        users.iter().map(|user| user.to_string()).collect()
     }
 
     #[test]
     fn take_hands_out_only_the_users_a_batch_changes_and_keep_returns_them() {
         let cache = ProfileCopies::new(1 << 20);
         cache.keep(vec![profile("a", 3), profile("b", 5), profile("c", 1)]);
-        let taken = cache.take(&changes(&["b", "x"]));
+        let taken = cache.take(&keys(&["b", "x"]));
         assert_eq!(taken.len(), 1);
         assert_eq!(taken["b"].revision, 5);
         assert_eq!(cache.len(), 2, "b is out while its commit runs");
         cache.keep(vec![profile("b", 6)]);
-        assert_eq!(cache.take(&changes(&["b"]))["b"].revision, 6);
+        assert_eq!(cache.take(&keys(&["b"]))["b"].revision, 6);
     }
 
     #[test]
@@ -185,7 +183,7 @@ mod tests {
         cache.keep(vec![profile("a", 7)]);
         // A commit that wrote a at revision 6 gives its copy back late.
         cache.keep(vec![profile("a", 6), profile("b", 2)]);
-        let taken = cache.take(&changes(&["a", "b"]));
+        let taken = cache.take(&keys(&["a", "b"]));
         assert_eq!((taken["a"].revision, taken["b"].revision), (7, 2));
         assert_eq!(cache.bytes(), 0, "the skipped copy was never counted");
     }
@@ -198,8 +196,8 @@ mod tests {
         // u0 committed again: u1 is now the least recent.
         cache.keep(vec![profile("u0", 2), profile("u3", 1)]);
         assert_eq!(cache.len(), 3);
-        assert!(cache.take(&changes(&["u1"])).is_empty());
-        assert_eq!(cache.take(&changes(&["u0", "u2", "u3"])).len(), 3);
+        assert!(cache.take(&keys(&["u1"])).is_empty());
+        assert_eq!(cache.take(&keys(&["u0", "u2", "u3"])).len(), 3);
         assert_eq!(cache.bytes(), 0, "the byte count follows what is held");
     }
 
@@ -211,7 +209,7 @@ mod tests {
         let cache = ProfileCopies::new(1 << 20);
         cache.keep(vec![profile("a", 1), profile("b", 1)]);
         cache.clear();
-        assert!(cache.take(&changes(&["a", "b"])).is_empty());
+        assert!(cache.take(&keys(&["a", "b"])).is_empty());
         assert_eq!(cache.bytes(), 0);
     }
 }

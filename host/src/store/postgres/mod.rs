@@ -196,7 +196,6 @@ impl ProfileStore for PgStore {
                 commit.changes,
                 (links, batch),
                 known,
-                locked,
                 commit.now_ms,
             )
             .await?;
@@ -344,17 +343,15 @@ struct Rows<'c> {
 }
 
 /// Plans `links` (when the batch has any), applies `changes` over `known`
+/// (the caller's copies, or the batch's rows as [`lock_rows`] locked them)
 /// and the rows read, and writes every row they change in one upsert, in
-/// key order. `locked`: `known` holds the batch's rows as they are, under
-/// lock ([`lock_rows`]), and the links are planned on them. `None`: a row
-/// the links were planned on changed after it was read; the caller undoes
-/// the writes and plans again.
+/// key order. `None`: a row the links were planned on changed after it was
+/// copied or read; the caller undoes the writes and plans again.
 async fn write_changes<'c>(
     tx: &mut Transaction<'_, Postgres>,
     changes: &'c ProfileChanges,
     (links, batch): (Option<Identity<'_>>, Option<&BatchIdentities>),
     mut known: HashMap<String, Profile>,
-    locked: bool,
     now_ms: i64,
 ) -> StoreResult<Option<Rows<'c>>> {
     // The rows the links change, at the revision they will be written
@@ -362,7 +359,7 @@ async fn write_changes<'c>(
     let mut linked: Vec<Profile> = Vec::new();
     let mut merges: Vec<PlannedMerge> = Vec::new();
     if let Some(identity) = links {
-        let plan = plan_links(tx, identity, locked.then_some(&known), now_ms).await?;
+        let plan = plan_links(tx, identity, &known, now_ms).await?;
         linked = plan.writes;
         identity.report.set(plan.merges.clone(), plan.refused);
         merges = plan.merges;
@@ -550,19 +547,23 @@ async fn apply_changes<'c>(
 
 /// Reads the rows `identity`'s links resolve through (their identifiers'
 /// home rows, then the rows their pointers lead to), taking those `held`
-/// has from it and reading the others without locks, and plans the links
-/// over them.
+/// has from it (the caller's copies, or the rows [`lock_rows`] locked) and
+/// reading the others without locks, and plans the links over them.
 ///
 /// The plan's rows are written with the batch's other rows in one upsert,
 /// in key order, each only over the revision it was planned from (a new
 /// one only where no row exists): a batch that links locks its rows as a
 /// batch without links does, so two batches that share rows wait for each
-/// other instead of deadlocking. A row another writer changed after the
-/// read makes the commit lock its rows and plan again ([`lock_rows`]).
+/// other instead of deadlocking. A copy or a read that another writer has
+/// overtaken makes the commit lock its rows and plan again ([`lock_rows`]):
+/// a plan changes a profile only by writing it, over its revision, and a
+/// row it reads and leaves alone cannot mislead it, as pointers never
+/// change and a profile's identifiers only grow until it is deleted (which
+/// changes the suppressions, and the commit is refused).
 async fn plan_links(
     tx: &mut Transaction<'_, Postgres>,
     identity: Identity<'_>,
-    held: Option<&HashMap<String, Profile>>,
+    held: &HashMap<String, Profile>,
     now_ms: i64,
 ) -> StoreResult<Plan> {
     let links = &identity.batch.links;
@@ -575,7 +576,7 @@ async fn plan_links(
         }
         let mut unread: Vec<&str> = Vec::new();
         for key in &wanted {
-            match held.and_then(|held| held.get(key)) {
+            match held.get(key) {
                 Some(row) => {
                     rows.insert(key.clone(), row.clone());
                 }
