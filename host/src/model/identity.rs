@@ -531,10 +531,10 @@ pub fn resolve<'r>(
 /// Works out what `links` change, given `rows`: every row at the links'
 /// home keys ([`homes`]) and every row their pointers lead to. `identities`
 /// says which identifier a new profile records.
-pub fn plan(links: &[Link], rows: &HashMap<String, Profile>, rules: &Rules, now_ms: i64) -> Plan {
+pub fn plan(links: &[Link], rows: HashMap<String, Profile>, rules: &Rules, now_ms: i64) -> Plan {
     let mut work = Work {
-        rows: rows.clone(),
         stored: rows.iter().map(|(k, p)| (k.clone(), p.revision)).collect(),
+        rows,
         dirty: BTreeSet::new(),
         plan: Plan::default(),
         now_ms,

@@ -193,6 +193,17 @@ impl Profile {
         }
     }
 
+    /// The profile as stored and cached: its serde JSON. Written into a
+    /// buffer sized for a profile of its attribute count, so that encoding
+    /// a batch of profiles does not grow each document several times over.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        let entries = self.identifiers.len() + self.merges.len();
+        let mut json = Vec::with_capacity(256 + 224 * self.attributes.len() + 112 * entries);
+        serde_json::to_writer(&mut json, self)?;
+        // serde_json writes UTF-8 only; the check costs one pass.
+        String::from_utf8(json).map_err(serde::ser::Error::custom)
+    }
+
     /// Applies one batch's merged changes for this user, at wall-clock time
     /// `now_ms`, and bumps the revision.
     ///
@@ -209,35 +220,48 @@ impl Profile {
     ) {
         for (name, change) in changes {
             let provenance = &change.provenance;
-            let attribute = |value: Value| Attribute {
-                value,
-                plugin: provenance.plugin.to_string(),
-                plugin_version: provenance.plugin_version.to_string(),
-                event_id: provenance.event_id.clone(),
-                event_time_ms: provenance.event_time_ms,
-                op: Some(change.op.kind()),
-            };
             let existing = self.attributes.get(name);
-            let replacement = match (&change.op, existing) {
-                (op, None) => Some(attribute(initial(op))),
-                (Op::Set(value), Some(old)) => (provenance.event_time_ms >= old.event_time_ms)
-                    .then(|| attribute(value.clone())),
+            let value = match (&change.op, existing) {
+                (op, None) => Some(initial(op)),
+                (Op::Set(value), Some(old)) => {
+                    (provenance.event_time_ms >= old.event_time_ms).then(|| value.clone())
+                }
                 (Op::Increment(delta), Some(old)) => {
                     let base = match old.value {
                         Value::Integer(n) => n,
                         _ => 0,
                     };
-                    Some(attribute(Value::Integer(base.saturating_add(*delta))))
+                    Some(Value::Integer(base.saturating_add(*delta)))
                 }
                 (Op::Max(value), Some(old)) => {
-                    wins(value, &old.value, Ordering::Greater).then(|| attribute(value.clone()))
+                    wins(value, &old.value, Ordering::Greater).then(|| value.clone())
                 }
                 (Op::Min(value), Some(old)) => {
-                    wins(value, &old.value, Ordering::Less).then(|| attribute(value.clone()))
+                    wins(value, &old.value, Ordering::Less).then(|| value.clone())
                 }
             };
-            if let Some(replacement) = replacement {
-                self.attributes.insert(name.clone(), replacement);
+            let Some(value) = value else { continue };
+            match self.attributes.get_mut(name) {
+                // In place: the strings keep their buffers.
+                Some(old) => {
+                    old.value = value;
+                    assign(&mut old.plugin, &provenance.plugin);
+                    assign(&mut old.plugin_version, &provenance.plugin_version);
+                    assign(&mut old.event_id, &provenance.event_id);
+                    old.event_time_ms = provenance.event_time_ms;
+                    old.op = Some(change.op.kind());
+                }
+                None => {
+                    let attribute = Attribute {
+                        value,
+                        plugin: provenance.plugin.to_string(),
+                        plugin_version: provenance.plugin_version.to_string(),
+                        event_id: provenance.event_id.clone(),
+                        event_time_ms: provenance.event_time_ms,
+                        op: Some(change.op.kind()),
+                    };
+                    self.attributes.insert(name.clone(), attribute);
+                }
             }
         }
         self.updated_at_ms = now_ms;
@@ -319,6 +343,12 @@ fn join_attributes(a: &Attribute, b: &Attribute) -> Attribute {
 
 fn value_text(value: &Value) -> String {
     value.to_json().to_string()
+}
+
+/// Sets `slot` to `value`, in the buffer it has.
+fn assign(slot: &mut String, value: &str) {
+    slot.clear();
+    slot.push_str(value);
 }
 
 fn initial(op: &Op) -> Value {

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::identity::{Link, MAX_POINTER_STEPS};
+use crate::model::identity::{Link, MAX_POINTER_STEPS, USER_ID};
 use crate::model::profile::Profile;
 
 /// Home key → the key of the profile (or pointer) it was last seen under.
@@ -41,9 +41,14 @@ impl LinkMemory {
         for row in rows {
             if let Some(target) = &row.merged_into {
                 self.note(&row.user_id, target);
-            } else if !row.identifiers.is_empty() {
-                for identifier in row.identifiers().iter() {
-                    self.note(&identifier.home_key(), &row.user_id);
+            } else {
+                for identifier in &row.identifiers {
+                    // A user id's home key is the id itself: no digest.
+                    if identifier.kind == USER_ID {
+                        self.note(&identifier.value, &row.user_id);
+                    } else {
+                        self.note(&identifier.home_key(), &row.user_id);
+                    }
                 }
             }
         }

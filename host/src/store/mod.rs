@@ -223,7 +223,8 @@ impl EncodedProfile {
 
     /// `profile`, encoded here.
     pub fn encode(profile: &Profile) -> anyhow::Result<Self> {
-        let document = serde_json::to_string(profile)
+        let document = profile
+            .to_json()
             .with_context(|| format!("encoding the profile of user {}", profile.user_id))?;
         Ok(Self::new(profile, document))
     }

@@ -247,7 +247,8 @@ impl ProfileCache for RedisCache {
         let entries = profiles
             .iter()
             .map(|profile| {
-                let body = serde_json::to_string(profile)
+                let body = profile
+                    .to_json()
                     .with_context(|| format!("serialising profile {:?}", profile.user_id))?;
                 Ok((profile.user_id.as_str(), profile.revision, body))
             })

@@ -172,7 +172,7 @@ fn a_new_identifier_joins_the_profile_it_is_seen_with() {
             "identify-1",
             &[(USER_ID, "u42"), (ANONYMOUS_ID, "a1")],
         )],
-        &known,
+        known.clone(),
         &Rules::default(),
         100,
     );
@@ -209,7 +209,12 @@ fn two_profiles_merge_into_the_older_whichever_way_they_are_linked() {
         [(USER_ID, "u42"), (ANONYMOUS_ID, "a1")],
         [(ANONYMOUS_ID, "a1"), (USER_ID, "u42")],
     ] {
-        let plan = plan(&[link("identify-1", &ids)], &known, &Rules::default(), 100);
+        let plan = plan(
+            &[link("identify-1", &ids)],
+            known.clone(),
+            &Rules::default(),
+            100,
+        );
         assert_eq!(
             plan.merges,
             vec![PlannedMerge {
@@ -249,9 +254,9 @@ fn a_replayed_link_changes_nothing() {
         "identify-1",
         &[(USER_ID, "u42"), (ANONYMOUS_ID, "a1")],
     )];
-    let first = plan(&links, &known, &Rules::default(), 100);
+    let first = plan(&links, known, &Rules::default(), 100);
     let after = rows(first.writes);
-    let again = plan(&links, &after, &Rules::default(), 200);
+    let again = plan(&links, after, &Rules::default(), 200);
     assert!(again.writes.is_empty() && again.merges.is_empty() && again.refused.is_empty());
 }
 
@@ -266,7 +271,7 @@ fn unique_types_limits_and_the_merge_cap_refuse_links() {
     let known = rows(vec![u1.clone(), pointer.clone()]);
     let plan_new = plan(
         &[link("e2", &[(USER_ID, "u2"), (ANONYMOUS_ID, "a1")])],
-        &known,
+        known.clone(),
         &Rules::default(),
         100,
     );
@@ -280,7 +285,7 @@ fn unique_types_limits_and_the_merge_cap_refuse_links() {
     let known = rows(vec![u1, pointer, stored("u2", 20, 1, &[])]);
     let refused = plan(
         &[link("e3", &[(USER_ID, "u2"), (ANONYMOUS_ID, "a1")])],
-        &known,
+        known.clone(),
         &Rules::default(),
         100,
     );
@@ -303,7 +308,7 @@ fn unique_types_limits_and_the_merge_cap_refuse_links() {
         .iter()
         .map(|a| link(&format!("e-{a}"), &[(USER_ID, "u9"), (ANONYMOUS_ID, a)]))
         .collect();
-    let limited = plan(&links, &HashMap::new(), &rules, 100);
+    let limited = plan(&links, HashMap::new(), &rules, 100);
     assert_eq!(limited.refused.len(), 1);
     assert_eq!(limited.refused[0].reason, RefusalReason::Limit);
     assert_eq!(limited.refused[0].identifier, id(ANONYMOUS_ID, "a3"));
@@ -322,7 +327,7 @@ fn unique_types_limits_and_the_merge_cap_refuse_links() {
             link("m1", &[(ANONYMOUS_ID, "x"), (ANONYMOUS_ID, "y")]),
             link("m2", &[(ANONYMOUS_ID, "x"), (ANONYMOUS_ID, "z")]),
         ],
-        &known,
+        known.clone(),
         &rules,
         100,
     );
@@ -360,7 +365,7 @@ fn an_alias_links_two_user_ids_despite_their_uniqueness() {
     assert!(link.alias);
     // u41 has a profile; u42 is new: it joins u41's.
     let known = rows(vec![stored("u41", 10, 3, &[])]);
-    let joined = plan(std::slice::from_ref(&link), &known, &rules, 100);
+    let joined = plan(std::slice::from_ref(&link), known.clone(), &rules, 100);
     assert!(joined.refused.is_empty(), "{:?}", joined.refused);
     let profile = joined
         .writes
@@ -373,7 +378,7 @@ fn an_alias_links_two_user_ids_despite_their_uniqueness() {
     );
     // Both have profiles: they merge.
     let known = rows(vec![stored("u41", 10, 3, &[]), stored("u42", 20, 4, &[])]);
-    let merged = plan(std::slice::from_ref(&link), &known, &rules, 100);
+    let merged = plan(std::slice::from_ref(&link), known.clone(), &rules, 100);
     assert_eq!(merged.merges.len(), 1);
     let survivor = merged
         .writes
@@ -386,6 +391,6 @@ fn an_alias_links_two_user_ids_despite_their_uniqueness() {
         alias: false,
         ..link
     };
-    let refused = plan(&[plain], &known, &rules, 100);
+    let refused = plan(&[plain], known.clone(), &rules, 100);
     assert_eq!(refused.refused[0].reason, RefusalReason::Unique);
 }

@@ -311,9 +311,9 @@ impl Inner {
                     read_chain(&table, &home, &mut rows)?;
                 }
                 let plan =
-                    identity::plan(&identity.batch.links, &rows, identity.rules, commit.now_ms);
+                    identity::plan(&identity.batch.links, rows, identity.rules, commit.now_ms);
                 for profile in plan.writes {
-                    let json = serde_json::to_string(&profile)?;
+                    let json = profile.to_json()?;
                     table.insert(profile.user_id.as_str(), json.as_str())?;
                     out.insert(profile.user_id.clone(), profile);
                 }
@@ -354,7 +354,7 @@ impl Inner {
                     profile.apply(&commit.changes[key], commit.now_ms);
                 }
                 profile.revision = revision;
-                let json = serde_json::to_string(&profile)?;
+                let json = profile.to_json()?;
                 table.insert(canonical.as_str(), json.as_str())?;
                 out.insert(canonical, profile);
             }

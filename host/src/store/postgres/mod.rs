@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Arguments, Postgres, Row, Transaction};
 
 use crate::model::identity::{self, BatchIdentities, Plan, PlannedMerge};
 use crate::model::merge::ProfileChanges;
@@ -258,6 +258,12 @@ impl ProfileStore for PgStore {
             again_documents = second.documents;
         }
         tx.commit().await.context("committing the batch")?;
+        if written.refused.is_empty() {
+            return Ok(CommitOutcome::AppliedEncoded {
+                profiles,
+                documents: written.documents,
+            });
+        }
         let refused: HashSet<usize> = written.refused.into_iter().collect();
         let first = profiles
             .into_iter()
@@ -371,14 +377,16 @@ async fn write_changes<'c>(
     let mut rows = apply_changes(tx, changes, known, batch, now_ms, &raised).await?;
     if !linked.is_empty() {
         // The rows the links changed and no event did are written too,
-        // all in one statement, in key order.
-        let changed: HashSet<String> = rows.iter().map(|(p, _)| p.user_id.clone()).collect();
-        rows.extend(
-            linked
-                .into_iter()
-                .filter(|row| !changed.contains(&row.user_id))
-                .map(|row| (row, Vec::new())),
-        );
+        // all in one statement, in key order (`rows` is in key order).
+        let unchanged: Vec<(Profile, Vec<&String>)> = linked
+            .into_iter()
+            .filter(|row| {
+                rows.binary_search_by(|(p, _)| p.user_id.cmp(&row.user_id))
+                    .is_err()
+            })
+            .map(|row| (row, Vec::new()))
+            .collect();
+        rows.extend(unchanged);
         rows.sort_by(|(a, _), (b, _)| a.user_id.cmp(&b.user_id));
     }
     let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
@@ -603,7 +611,7 @@ async fn plan_links(
             .cloned()
             .collect();
     }
-    Ok(identity::plan(links, &rows, identity.rules, now_ms))
+    Ok(identity::plan(links, rows, identity.rules, now_ms))
 }
 
 /// Records `merges` in the merge log; a merge already recorded (the same
@@ -689,14 +697,32 @@ pub(crate) async fn write_profiles(
         pointers.push(profile.merged_into.as_deref());
         user_ids.push(profile.user_id.as_str());
         documents.push(
-            serde_json::to_string(profile)
+            profile
+                .to_json()
                 .with_context(|| format!("encoding the profile of user {}", profile.user_id))?,
         );
         revisions.push(profile.revision);
         created.push(profile.created_at_ms);
         updated.push(profile.updated_at_ms);
     }
-    let written: Vec<String> = sqlx::query_scalar(
+    // The statement's parameters, in a buffer sized for them at once: the
+    // documents are most of a commit's bytes, and a buffer doubling its
+    // way up to them copied each byte about twice more.
+    let bytes: usize = profiles
+        .iter()
+        .zip(&documents)
+        .map(|(profile, document)| document.len() + 2 * profile.user_id.len() + 64)
+        .sum();
+    let mut parameters = PgArguments::default();
+    parameters.reserve(6, bytes + 256);
+    let encoding = |error| anyhow!("encoding the batch's profiles for PostgreSQL: {error}");
+    parameters.add(&user_ids).map_err(encoding)?;
+    parameters.add(&documents).map_err(encoding)?;
+    parameters.add(&revisions).map_err(encoding)?;
+    parameters.add(&created).map_err(encoding)?;
+    parameters.add(&updated).map_err(encoding)?;
+    parameters.add(&pointers).map_err(encoding)?;
+    let written: Vec<String> = sqlx::query_scalar_with(
         "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at, merged_into) \
          SELECT user_id, profile, revision, \
                 to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0), merged_into \
@@ -710,13 +736,8 @@ pub(crate) async fn write_profiles(
               merged_into = EXCLUDED.merged_into \
          WHERE profiles.revision = EXCLUDED.revision - 1 \
          RETURNING user_id",
+        parameters,
     )
-    .bind(&user_ids)
-    .bind(&documents)
-    .bind(&revisions)
-    .bind(&created)
-    .bind(&updated)
-    .bind(&pointers)
     .fetch_all(&mut **tx)
     .await
     .context("writing the batch's profiles")?;
