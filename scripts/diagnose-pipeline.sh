@@ -3,7 +3,8 @@
 # one run of the enrich role over a pre-produced topic (users drawn uniformly
 # at random), on a fresh database, with
 #  - CPU seconds of the enrich process, PostgreSQL and Redis, from /proc,
-#    per event;
+#    per event, and the enrich process's by thread (its committer is the
+#    critical path) with its minor page faults;
 #  - pg_stat_statements (needs shared_preload_libraries = pg_stat_statements):
 #    the statements by total time;
 #  - pg_stat_user_tables for `profiles`: updates, HOT updates, dead tuples;
