@@ -1135,3 +1135,147 @@ async fn a_link_planned_on_a_row_another_writer_changes_meanwhile_is_planned_aga
         .expect("count merges");
     assert_eq!(recorded, 1);
 }
+
+/// A batch's links are planned over the caller's copies, and a copy
+/// another writer has overtaken is planned again from the stored row,
+/// under lock, in the same commit.
+#[tokio::test]
+async fn links_are_planned_over_the_callers_copies_and_an_overtaken_copy_again_under_lock() {
+    let db = StoreDb::new().await;
+    let views = |n, event: &str| change(Op::Increment(n), event, 1);
+    // A person's user id `user` on partition `p`, then (later, so the
+    // user's is the older profile) the anonymous id's own profile on
+    // partition p + 1: the committer's copies of both.
+    let person = |user: &'static str, anonymous: &'static str, p: i32, at: i64| {
+        let store = db.store.clone();
+        async move {
+            let anonymous = Identifier::new(ANONYMOUS_ID, anonymous);
+            let home = anonymous.home_key();
+            let user_copy = applied(
+                commit(
+                    &store,
+                    &changes(vec![(user, "page_views", views(1, &format!("{user}-1")))]),
+                    &[range(p, None, 1)],
+                    at,
+                )
+                .await
+                .expect("the user's profile commits"),
+            )
+            .remove(0);
+            let mut keyed = BatchIdentities::default();
+            keyed.keys.insert(home.clone(), anonymous.clone());
+            let anonymous_copy = applied(
+                commit_linking(
+                    &store,
+                    &changes(vec![(
+                        home.as_str(),
+                        "page_views",
+                        views(2, &format!("{user}-2")),
+                    )]),
+                    &[range(p + 1, None, 1)],
+                    &keyed,
+                    &LinkReport::default(),
+                    at + 1_000,
+                )
+                .await
+                .expect("the anonymous profile commits"),
+            )
+            .remove(0);
+            (anonymous, user_copy, anonymous_copy)
+        }
+    };
+    // Links `user` and `anonymous` from partition `p`, the copies given;
+    // returns the merges reported and the user's page views after.
+    let link = |user: &'static str, anonymous: Identifier, p: i32, copies: Vec<Profile>| {
+        let store = db.store.clone();
+        async move {
+            let mut linking = BatchIdentities::default();
+            linking.links.push(Link {
+                event_id: format!("{user}-identify"),
+                identifiers: vec![Identifier::new(USER_ID, user), anonymous],
+                alias: false,
+            });
+            let rules = Rules::default();
+            let report = LinkReport::default();
+            let identity = Identity {
+                batch: &linking,
+                rules: &rules,
+                report: &report,
+            };
+            let batch = changes(vec![(user, "page_views", views(1, &format!("{user}-3")))]);
+            let outcome = commit_with(
+                &store,
+                &batch,
+                &[range(p, Some(1), 2)],
+                copies,
+                Some(identity),
+                9_000,
+            )
+            .await
+            .expect("the link commits");
+            applied(outcome);
+            let profile = store.profile(user).await.expect("read").expect("the user");
+            (report.take().0.len(), profile)
+        }
+    };
+
+    // The copies are the stored revisions: the plan takes them as they
+    // are, so a value only the user's copy holds shows through.
+    let (anonymous, mut u1, a1) = person("u1", "a1", 0, 1_000).await;
+    u1.attributes.get_mut("page_views").expect("views").value = Value::Integer(40);
+    let (merges, u1) = link("u1", anonymous.clone(), 0, vec![u1, a1]).await;
+    assert_eq!(merges, 1);
+    assert_eq!(
+        u1.attributes["page_views"].value,
+        Value::Integer(40 + 2 + 1)
+    );
+    assert_eq!(
+        u1.identifiers,
+        vec![anonymous, Identifier::new(USER_ID, "u1")]
+    );
+
+    // Another writer counts 5 more views on a2's profile after the copy
+    // was taken: the plan over the copies is refused, and the batch is
+    // planned again over the rows as stored, under lock.
+    let (anonymous, mut u2, mut a2) = person("u2", "a2", 2, 3_000).await;
+    applied(
+        commit(
+            &db.store,
+            &changes(vec![(
+                a2.user_id.as_str(),
+                "page_views",
+                views(5, "u2-other"),
+            )]),
+            &[range(4, None, 1)],
+            4_500,
+        )
+        .await
+        .expect("the other writer commits"),
+    );
+    u2.attributes.get_mut("page_views").expect("views").value = Value::Integer(40);
+    a2.attributes.get_mut("page_views").expect("views").value = Value::Integer(900);
+    let home = a2.user_id.clone();
+    let (merges, u2) = link("u2", anonymous.clone(), 2, vec![u2, a2]).await;
+    assert_eq!(merges, 1, "one merge reported");
+    assert_eq!(
+        u2.attributes["page_views"].value,
+        Value::Integer(1 + 2 + 5 + 1),
+        "both profiles as stored, and the batch's view"
+    );
+    assert_eq!(
+        u2.identifiers,
+        vec![anonymous, Identifier::new(USER_ID, "u2")]
+    );
+    let pointer = db
+        .store
+        .profile(&home)
+        .await
+        .expect("read")
+        .expect("a2's row");
+    assert_eq!(pointer.merged_into.as_deref(), Some("u2"));
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM profile_merges")
+        .fetch_one(db.store.pool())
+        .await
+        .expect("count merges");
+    assert_eq!(recorded, 2);
+}
