@@ -18,7 +18,8 @@
 # (PULSEHUB_BATCH_MAX_EVENTS=..., PULSEHUB_BATCH_MAX_WAIT_MS=...); the report
 # lists them. DIAG_FILLFACTOR sets `profiles`' fillfactor before the run
 # (an experiment; migration 0003 sets 50);
-# DIAG_PERF=0 skips perf. Output: target/diagnose/.
+# DIAG_PERF=0 skips perf; DIAG_PERF_SECS (8) is how long it samples, from
+# the first commit. Output: target/diagnose/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/pipeline-bench.sh
@@ -50,11 +51,11 @@ prepare() {
     fi
 }
 
-# At the first commit, 8 s of perf samples of the enrich process at its busiest.
+# At the first commit, DIAG_PERF_SECS (8) of perf samples of the enrich process at its busiest.
 PERF_PID=""
 start_perf() {
     if [[ ${DIAG_PERF:-1} != 0 ]] && command -v perf >/dev/null; then
-        perf record -F 199 --call-graph dwarf,16384 -p "$PB_PID" -o "$OUT/perf.data" -- sleep 8 >/dev/null 2>&1 &
+        perf record -F 199 --call-graph dwarf,16384 -p "$PB_PID" -o "$OUT/perf.data" -- sleep "${DIAG_PERF_SECS:-8}" >/dev/null 2>&1 &
         PERF_PID=$!
     fi
 }
