@@ -1,10 +1,13 @@
 //! Per-event cost of plugins: each built-in plugin, an empty plugin, and the
 //! three-plugin chain (with the merge), as WebAssembly components and as the
-//! same Rust code compiled natively (the floor), at batch sizes 1, 64, 256.
+//! same Rust code compiled natively (the floor), at batch sizes 1, 64, 256;
+//! and a prototype of the plugin world 0.2 beside them ([`abi_probe`]).
 //!
 //! Needs the components: `cargo xtask plugins`, then `cargo bench`.
 //! Criterion reports time per batch and, through `Throughput::Elements`,
 //! events per second; the README quotes medians per event.
+
+mod abi_probe;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -120,6 +123,10 @@ fn wasm_plugins(c: &mut Criterion) {
     group.finish();
 }
 
+fn abi_probe(c: &mut Criterion) {
+    abi_probe::bench(c, &BATCHES, events);
+}
+
 fn host_update(update: sdk::Update) -> Update {
     let value = |v: sdk::Value| match v {
         sdk::Value::Text(s) => Value::Text(s),
@@ -219,6 +226,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = wasm_plugins, native_plugins
+    targets = wasm_plugins, abi_probe, native_plugins
 }
 criterion_main!(benches);

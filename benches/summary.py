@@ -35,3 +35,16 @@ for name in names:
         native = per_event_ns("native", name, batch)
         ratio = f"{wasm / native:.1f}×" if wasm and native else "-"
         print(f"| {name} | {batch} | {show(wasm)} | {show(native)} | {ratio} |")
+
+# The prototype of the batch-shaped world 0.2 (benches/abi_probe.rs), beside
+# the same plugins under 0.1, when it was measured.
+if (root / "abi-0.2_empty").exists():
+    print()
+    print("| plugin | batch | 0.1 per event | 0.2 prototype per event | 0.1/0.2 |")
+    print("|---|---:|---:|---:|---:|")
+    for name in ["empty", "page-view-counter"]:
+        for batch in batches:
+            old = per_event_ns("wasm", name, batch)
+            new = per_event_ns("abi-0.2", name, batch)
+            ratio = f"{old / new:.1f}×" if old and new else "-"
+            print(f"| {name} | {batch} | {show(old)} | {show(new)} | {ratio} |")
