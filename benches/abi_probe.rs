@@ -43,15 +43,51 @@ impl WasiView for State {
     }
 }
 
-/// A host's side of the 0.2 call: the arena, spans, kinds and the lifted
-/// updates, reused from batch to batch.
-struct Probe {
-    store: Store<State>,
-    enricher: Enricher,
+/// A batch as the 0.2 world passes it: all its text in one arena, each
+/// event as numbers. A host builds it once per batch, for every plugin of
+/// the chain.
+#[derive(Default)]
+struct Arena {
     text: Vec<u8>,
     kinds: Vec<String>,
     events: Vec<u32>,
     timestamps: Vec<i64>,
+}
+
+impl Arena {
+    fn fill(&mut self, events: &[&Event]) {
+        self.text.clear();
+        self.events.clear();
+        self.timestamps.clear();
+        for e in events {
+            let kind = match self.kinds.iter().position(|k| *k == e.kind) {
+                Some(i) => i,
+                None => {
+                    self.kinds.push(e.kind.clone());
+                    self.kinds.len() - 1
+                }
+            };
+            self.events.push(kind as u32);
+            for s in [
+                e.id.as_str(),
+                &e.user_id,
+                e.user_agent.as_deref().unwrap_or(""),
+                e.url.as_deref().unwrap_or(""),
+                &e.properties,
+            ] {
+                self.events.push(self.text.len() as u32);
+                self.events.push(s.len() as u32);
+                self.text.extend_from_slice(s.as_bytes());
+            }
+            self.timestamps.push(e.timestamp_ms);
+        }
+    }
+}
+
+/// One instance of the probe component.
+struct Probe {
+    store: Store<State>,
+    enricher: Enricher,
 }
 
 impl Probe {
@@ -80,51 +116,19 @@ impl Probe {
             .call_init(&mut store, &[("mode", mode)])
             .expect("init call")
             .expect("init");
-        Self {
-            store,
-            enricher,
-            text: Vec::new(),
-            kinds: Vec::new(),
-            events: Vec::new(),
-            timestamps: Vec::new(),
-        }
+        Self { store, enricher }
     }
 
-    /// Runs `events` through the probe; returns its updates as (event,
-    /// attribute index, operation), as a host merging by index takes them.
-    fn run(&mut self, events: &[&Event]) -> Vec<(u32, u32, Op)> {
-        self.text.clear();
-        self.events.clear();
-        self.timestamps.clear();
-        let (text, fields) = (&mut self.text, &mut self.events);
-        for e in events {
-            let kind = match self.kinds.iter().position(|k| *k == e.kind) {
-                Some(i) => i,
-                None => {
-                    self.kinds.push(e.kind.clone());
-                    self.kinds.len() - 1
-                }
-            };
-            fields.push(kind as u32);
-            for s in [
-                e.id.as_str(),
-                &e.user_id,
-                e.user_agent.as_deref().unwrap_or(""),
-                e.url.as_deref().unwrap_or(""),
-                &e.properties,
-            ] {
-                fields.push(text.len() as u32);
-                fields.push(s.len() as u32);
-                text.extend_from_slice(s.as_bytes());
-            }
-            self.timestamps.push(e.timestamp_ms);
-        }
-        let kinds: Vec<&str> = self.kinds.iter().map(String::as_str).collect();
+    /// Runs the batch in `arena` through the probe; returns its updates as
+    /// (event, attribute index, operation), as a host merging by index
+    /// takes them.
+    fn run(&mut self, arena: &Arena) -> Vec<(u32, u32, Op)> {
+        let kinds: Vec<&str> = arena.kinds.iter().map(String::as_str).collect();
         let batch = wit::Batch {
-            text: &self.text,
+            text: &arena.text,
             kinds: &kinds,
-            events: &self.events,
-            timestamps: &self.timestamps,
+            events: &arena.events,
+            timestamps: &arena.timestamps,
         };
         let (writes, errors) = self
             .enricher
@@ -142,20 +146,47 @@ impl Probe {
 }
 
 pub fn bench(c: &mut Criterion, batches: &[usize], events: fn(usize) -> Vec<Event>) {
+    let mut arena = Arena::default();
     for (name, mode) in [("empty", "empty"), ("page-view-counter", "count")] {
         let mut group = c.benchmark_group(format!("abi-0.2/{name}"));
         let mut probe = Probe::new(mode);
         for &batch in batches {
             let events = events(batch);
             let refs: Vec<&Event> = events.iter().collect();
-            let counted = probe.run(&refs).len();
+            arena.fill(&refs);
+            let counted = probe.run(&arena).len();
             let views = events.iter().filter(|e| e.kind == "page_view").count();
             assert_eq!(counted, if mode == "count" { views } else { 0 });
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::from_parameter(batch), &refs, |b, refs| {
-                b.iter(|| black_box(probe.run(refs)))
+                b.iter(|| {
+                    arena.fill(refs);
+                    black_box(probe.run(&arena))
+                })
             });
         }
         group.finish();
     }
+    // What the boundary costs a chain of three plugins when the host builds
+    // the arena once per batch: three empty instances over one arena.
+    let mut group = c.benchmark_group("abi-0.2/three-empty-one-arena");
+    let mut probes = [
+        Probe::new("empty"),
+        Probe::new("empty"),
+        Probe::new("empty"),
+    ];
+    for &batch in batches {
+        let events = events(batch);
+        let refs: Vec<&Event> = events.iter().collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &refs, |b, refs| {
+            b.iter(|| {
+                arena.fill(refs);
+                for probe in &mut probes {
+                    black_box(probe.run(&arena));
+                }
+            })
+        });
+    }
+    group.finish();
 }

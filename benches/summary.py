@@ -48,3 +48,7 @@ if (root / "abi-0.2_empty").exists():
             new = per_event_ns("abi-0.2", name, batch)
             ratio = f"{old / new:.1f}×" if old and new else "-"
             print(f"| {name} | {batch} | {show(old)} | {show(new)} | {ratio} |")
+    three = per_event_ns("abi-0.2", "three-empty-one-arena", 256)
+    if three is not None:
+        print()
+        print(f"Three empty 0.2 instances over one arena (a chain's boundary), batch 256: {show(three)} per event.")
