@@ -1122,18 +1122,24 @@ async fn a_link_planned_on_a_row_another_writer_changes_meanwhile_is_planned_aga
         u1.identifiers,
         vec![anonymous, Identifier::new(USER_ID, "u1")]
     );
+    assert_merged_away(&db, &a1, "u1", 1).await;
+}
+
+/// The row at `key` is a pointer to `survivor`, and the merge log holds
+/// `recorded` rows.
+async fn assert_merged_away(db: &StoreDb, key: &str, survivor: &str, recorded: i64) {
     let pointer = db
         .store
-        .profile(&a1)
+        .profile(key)
         .await
         .expect("read")
-        .expect("a1's row");
-    assert_eq!(pointer.merged_into.as_deref(), Some("u1"));
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM profile_merges")
+        .expect("the merged-away row");
+    assert_eq!(pointer.merged_into.as_deref(), Some(survivor));
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM profile_merges")
         .fetch_one(db.store.pool())
         .await
         .expect("count merges");
-    assert_eq!(recorded, 1);
+    assert_eq!(logged, recorded);
 }
 
 /// A batch's links are planned over the caller's copies, and a copy
@@ -1266,16 +1272,5 @@ async fn links_are_planned_over_the_callers_copies_and_an_overtaken_copy_again_u
         u2.identifiers,
         vec![anonymous, Identifier::new(USER_ID, "u2")]
     );
-    let pointer = db
-        .store
-        .profile(&home)
-        .await
-        .expect("read")
-        .expect("a2's row");
-    assert_eq!(pointer.merged_into.as_deref(), Some("u2"));
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM profile_merges")
-        .fetch_one(db.store.pool())
-        .await
-        .expect("count merges");
-    assert_eq!(recorded, 2);
+    assert_merged_away(&db, &home, "u2", 2).await;
 }
