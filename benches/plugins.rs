@@ -1,13 +1,11 @@
 //! Per-event cost of plugins: each built-in plugin, an empty plugin, and the
-//! three-plugin chain (with the merge), as WebAssembly components and as the
-//! same Rust code compiled natively (the floor), at batch sizes 1, 64, 256;
-//! and a prototype of the plugin world 0.2 beside them ([`abi_probe`]).
+//! three-plugin chain (with the merge), as WebAssembly components of world
+//! 0.2 and of world 0.1 and as the same Rust code compiled natively (the
+//! floor), at batch sizes 1, 64, 256.
 //!
 //! Needs the components: `cargo xtask plugins`, then `cargo bench`.
 //! Criterion reports time per batch and, through `Throughput::Elements`,
 //! events per second; the README quotes medians per event.
-
-mod abi_probe;
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -77,22 +75,32 @@ fn load(runtime: &Runtime, dir: &str, name: &str) -> Arc<Plugin> {
         .unwrap_or_else(|e| panic!("{name}: {e} (build the plugins first: cargo xtask plugins)"))
 }
 
+/// The plugins as components of world 0.2 (`wasm/...`), as the SDK builds
+/// them, and the same crates built against the frozen 0.1 world
+/// (`wasm-0.1/...`, from `target/plugins-0.1/`), in the same run.
 fn wasm_plugins(c: &mut Criterion) {
+    wasm_world(c, "wasm", "");
+    wasm_world(c, "wasm-0.1", "-0.1");
+}
+
+fn wasm_world(c: &mut Criterion, prefix: &str, suffix: &str) {
     let runtime = Runtime::new(HostLimits::default()).expect("runtime");
+    let plugins_dir = format!("plugins{suffix}");
+    let test_dir = format!("test-plugins{suffix}");
     let plugins = [
-        ("empty", load(&runtime, "test-plugins", "chaos")),
+        ("empty", load(&runtime, &test_dir, "chaos")),
         (
             "device-classifier",
-            load(&runtime, "plugins", "device-classifier"),
+            load(&runtime, &plugins_dir, "device-classifier"),
         ),
         (
             "page-view-counter",
-            load(&runtime, "plugins", "page-view-counter"),
+            load(&runtime, &plugins_dir, "page-view-counter"),
         ),
-        ("last-active", load(&runtime, "plugins", "last-active")),
+        ("last-active", load(&runtime, &plugins_dir, "last-active")),
     ];
     for (name, plugin) in plugins {
-        let mut group = c.benchmark_group(format!("wasm/{name}"));
+        let mut group = c.benchmark_group(format!("{prefix}/{name}"));
         for batch in BATCHES {
             let events = events(batch);
             let refs: Vec<&Event> = events.iter().collect();
@@ -108,10 +116,10 @@ fn wasm_plugins(c: &mut Criterion) {
     let chain = Chain::new(runtime.clone());
     for name in ["device-classifier", "page-view-counter", "last-active"] {
         chain
-            .insert(load(&runtime, "plugins", name))
+            .insert(load(&runtime, &plugins_dir, name))
             .expect("no clash");
     }
-    let mut group = c.benchmark_group("wasm/chain");
+    let mut group = c.benchmark_group(format!("{prefix}/chain"));
     for batch in BATCHES {
         let events = events(batch);
         let mut worker = chain.worker();
@@ -121,10 +129,6 @@ fn wasm_plugins(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-fn abi_probe(c: &mut Criterion) {
-    abi_probe::bench(c, &BATCHES, events);
 }
 
 fn host_update(update: sdk::Update) -> Update {
@@ -226,6 +230,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(std::time::Duration::from_millis(500))
         .measurement_time(std::time::Duration::from_secs(2));
-    targets = wasm_plugins, abi_probe, native_plugins
+    targets = wasm_plugins, native_plugins
 }
 criterion_main!(benches);

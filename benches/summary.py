@@ -27,28 +27,13 @@ def show(ns):
 
 if not root.exists():
     sys.exit(f"no criterion results under {root}; run `cargo bench --bench plugins` first")
-print("| plugin | batch | wasm per event | native per event | wasm/native |")
-print("|---|---:|---:|---:|---:|")
+print("| plugin | batch | wasm 0.2 per event | wasm 0.1 per event | native per event | 0.2/native | 0.1/0.2 |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for name in names:
     for batch in batches:
         wasm = per_event_ns("wasm", name, batch)
+        old = per_event_ns("wasm-0.1", name, batch)
         native = per_event_ns("native", name, batch)
         ratio = f"{wasm / native:.1f}×" if wasm and native else "-"
-        print(f"| {name} | {batch} | {show(wasm)} | {show(native)} | {ratio} |")
-
-# The prototype of the batch-shaped world 0.2 (benches/abi_probe.rs), beside
-# the same plugins under 0.1, when it was measured.
-if (root / "abi-0.2_empty").exists():
-    print()
-    print("| plugin | batch | 0.1 per event | 0.2 prototype per event | 0.1/0.2 |")
-    print("|---|---:|---:|---:|---:|")
-    for name in ["empty", "page-view-counter"]:
-        for batch in batches:
-            old = per_event_ns("wasm", name, batch)
-            new = per_event_ns("abi-0.2", name, batch)
-            ratio = f"{old / new:.1f}×" if old and new else "-"
-            print(f"| {name} | {batch} | {show(old)} | {show(new)} | {ratio} |")
-    three = per_event_ns("abi-0.2", "three-empty-one-arena", 256)
-    if three is not None:
-        print()
-        print(f"Three empty 0.2 instances over one arena (a chain's boundary), batch 256: {show(three)} per event.")
+        gain = f"{old / wasm:.1f}×" if wasm and old else "-"
+        print(f"| {name} | {batch} | {show(wasm)} | {show(old)} | {show(native)} | {ratio} | {gain} |")

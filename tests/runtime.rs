@@ -2,7 +2,9 @@
 //! `chaos` and `wasi-probe` fixtures from `tests/plugins/`, built by
 //! `cargo xtask plugins` into `target/plugins` and `target/test-plugins`.
 //!
-//! Every sandbox limit is tested in a pair: obeyed, then violated.
+//! Every sandbox limit is tested in a pair: obeyed, then violated, under
+//! each plugin world: the fixtures are built against 0.2 (`target/test-plugins`)
+//! and against the frozen 0.1 (`target/test-plugins-0.1`).
 
 mod support;
 
@@ -13,7 +15,7 @@ use pulsehub::model::event::Event;
 use pulsehub::model::update::{Op, Update, Value};
 use pulsehub::plugin::chain::Chain;
 use pulsehub::plugin::{
-    ErrorKind, HostLimits, LoadError, Manifest, Plugin, PluginInstance, Runtime,
+    ErrorKind, HostLimits, LoadError, Manifest, Plugin, PluginInstance, Runtime, World,
 };
 
 use support::services::workspace;
@@ -43,19 +45,56 @@ fn chaos_manifest(name: &str, writes: &str, extra: &str) -> Manifest {
         .expect("chaos manifest")
 }
 
-fn chaos(runtime: &Runtime, extra: &str) -> Result<Arc<Plugin>, LoadError> {
+/// The worlds the SDK-built fixtures come in, and the folders they are in.
+const WORLDS: [(World, &str); 2] = [(World::V0_2, ""), (World::V0_1, "-0.1")];
+
+/// The folder of the test fixtures built against `world`.
+fn test_plugins(world: World) -> String {
+    let suffix = WORLDS
+        .iter()
+        .find(|(w, _)| *w == world)
+        .map_or("", |(_, suffix)| suffix);
+    format!("test-plugins{suffix}")
+}
+
+/// The chaos fixture built against `world`.
+fn chaos_in(world: World, runtime: &Runtime, extra: &str) -> Result<Arc<Plugin>, LoadError> {
     let manifest = chaos_manifest("chaos", r#"["chaos_count", "chaos_text"]"#, extra);
-    runtime.load(manifest, &component("test-plugins", "chaos"))
+    let plugin = runtime.load(manifest, &component(&test_plugins(world), "chaos"))?;
+    assert_eq!(plugin.world(), world, "the fixture's world");
+    Ok(plugin)
 }
 
 fn builtin(runtime: &Runtime, name: &str) -> Arc<Plugin> {
-    let dir = workspace().join("target/plugins");
+    builtin_in(World::V0_2, runtime, name)
+}
+
+/// A built-in plugin, built against `world`.
+fn builtin_in(world: World, runtime: &Runtime, name: &str) -> Arc<Plugin> {
+    let dir = match world {
+        World::V0_2 => workspace().join("target/plugins"),
+        World::V0_1 => workspace().join("target/plugins-0.1"),
+    };
     runtime
         .load_files(
             &dir.join(format!("{name}.wasm")),
             &dir.join(format!("{name}.toml")),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The three built-ins, each built against the world given for it, as one chain.
+fn builtin_chain(runtime: &Runtime, worlds: [World; 3]) -> Arc<Chain> {
+    let chain = Chain::new(runtime.clone());
+    for (name, world) in ["device-classifier", "page-view-counter", "last-active"]
+        .into_iter()
+        .zip(worlds)
+    {
+        let plugin = builtin_in(world, runtime, name);
+        assert_eq!(plugin.world(), world, "{name}");
+        chain.insert(plugin).expect("no clash");
+    }
+    chain
 }
 
 fn event(id: &str, user: &str, kind: &str, at: i64) -> Event {
@@ -102,151 +141,177 @@ fn count_one() -> Vec<Update> {
 
 #[test]
 fn memory_limit_obeyed_and_violated() {
-    let rt = runtime();
-    // A generous time budget: the budget is wall-clock time, and on a busy
-    // machine growing the memory to its limit can take longer than the
-    // default 20 ms; only the memory limit is under test here.
-    let plugin =
-        chaos(&rt, "[limits]\nmemory-mb = 4\ntimeout-ms = 1000").expect("loads within 4 MiB");
-    let results = run_kinds(&rt, &plugin, &["count", "alloc", "count"]);
-    assert_eq!(results[0].as_ref().expect("obeyed"), &count_one());
-    let error = results[1].as_ref().expect_err("violated");
-    assert_eq!(error.kind, ErrorKind::Memory, "{error}");
-    assert!(error.message.contains("4 MiB"), "{error}");
-    assert_eq!(
-        results[2].as_ref().expect("neighbour enriched"),
-        &count_one()
-    );
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        // A generous time budget: the budget is wall-clock time, and on a busy
+        // machine growing the memory to its limit can take longer than the
+        // default 20 ms; only the memory limit is under test here.
+        let plugin = chaos_in(world, &rt, "[limits]\nmemory-mb = 4\ntimeout-ms = 1000")
+            .expect("loads within 4 MiB");
+        let results = run_kinds(&rt, &plugin, &["count", "alloc", "count"]);
+        assert_eq!(results[0].as_ref().expect("obeyed"), &count_one());
+        let error = results[1].as_ref().expect_err("violated");
+        assert_eq!(error.kind, ErrorKind::Memory, "{error}");
+        assert!(error.message.contains("4 MiB"), "{error}");
+        assert_eq!(
+            results[2].as_ref().expect("neighbour enriched"),
+            &count_one()
+        );
+    }
 }
 
 #[test]
 fn memory_limit_applies_to_init() {
-    let rt = runtime();
-    chaos(
-        &rt,
-        "[limits]\nmemory-mb = 8\n[config]\ninit-alloc-mb = \"2\"",
-    )
-    .expect("2 MiB fits in 8");
-    let refused = chaos(
-        &rt,
-        "[limits]\nmemory-mb = 8\n[config]\ninit-alloc-mb = \"16\"",
-    )
-    .expect_err("16 MiB does not fit in 8");
-    assert!(
-        matches!(&refused, LoadError::Init { reason, .. } if reason.contains("memory")),
-        "{refused}"
-    );
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        chaos_in(
+            world,
+            &rt,
+            "[limits]\nmemory-mb = 8\n[config]\ninit-alloc-mb = \"2\"",
+        )
+        .expect("2 MiB fits in 8");
+        let refused = chaos_in(
+            world,
+            &rt,
+            "[limits]\nmemory-mb = 8\n[config]\ninit-alloc-mb = \"16\"",
+        )
+        .expect_err("16 MiB does not fit in 8");
+        assert!(
+            matches!(&refused, LoadError::Init { reason, .. } if reason.contains("memory")),
+            "{refused}"
+        );
+    }
 }
 
 #[test]
 fn time_budget_obeyed_and_violated() {
-    let rt = runtime();
-    let plugin = chaos(&rt, "[limits]\ntimeout-ms = 10").expect("loads");
-    let results = run_kinds(&rt, &plugin, &["count", "spin", "count", "count"]);
-    assert_eq!(results[0].as_ref().expect("obeyed"), &count_one());
-    let error = results[1].as_ref().expect_err("violated");
-    assert_eq!(error.kind, ErrorKind::Timeout);
-    assert!(error.message.contains("10 ms"), "{error}");
-    assert_eq!(error.event_id, "e-1");
-    assert!(
-        results[2].is_ok() && results[3].is_ok(),
-        "neighbours enriched: {results:?}"
-    );
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        let plugin = chaos_in(world, &rt, "[limits]\ntimeout-ms = 10").expect("loads");
+        let results = run_kinds(&rt, &plugin, &["count", "spin", "count", "count"]);
+        assert_eq!(results[0].as_ref().expect("obeyed"), &count_one());
+        let error = results[1].as_ref().expect_err("violated");
+        assert_eq!(error.kind, ErrorKind::Timeout);
+        assert!(error.message.contains("10 ms"), "{error}");
+        assert_eq!(error.event_id, "e-1");
+        assert!(
+            results[2].is_ok() && results[3].is_ok(),
+            "neighbours enriched: {results:?}"
+        );
+    }
 }
 
 #[test]
 fn output_limits_obeyed_and_violated() {
-    let rt = runtime();
-    let plugin = chaos(&rt, "").expect("loads");
-    let results = run_kinds(&rt, &plugin, &["echo", "flood", "big", "count"]);
-    assert!(
-        matches!(&results[0].as_ref().expect("small text is fine")[..],
-        [Update { op: Op::Set(Value::Text(t)), .. }] if t == "{}")
-    );
-    assert_eq!(
-        kind_of(&results[1]),
-        Some(ErrorKind::OutputLimit),
-        "{:?}",
-        results[1]
-    );
-    assert_eq!(
-        kind_of(&results[2]),
-        Some(ErrorKind::OutputLimit),
-        "{:?}",
-        results[2]
-    );
-    assert!(results[3].is_ok());
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        let plugin = chaos_in(world, &rt, "").expect("loads");
+        let results = run_kinds(&rt, &plugin, &["echo", "flood", "big", "count"]);
+        assert!(
+            matches!(&results[0].as_ref().expect("small text is fine")[..],
+            [Update { op: Op::Set(Value::Text(t)), .. }] if t == "{}")
+        );
+        assert_eq!(
+            kind_of(&results[1]),
+            Some(ErrorKind::OutputLimit),
+            "{:?}",
+            results[1]
+        );
+        assert_eq!(
+            kind_of(&results[2]),
+            Some(ErrorKind::OutputLimit),
+            "{:?}",
+            results[2]
+        );
+        assert!(results[3].is_ok());
+    }
 }
 
 #[test]
 fn undeclared_write_obeyed_and_violated() {
-    let rt = runtime();
-    let plugin = chaos(&rt, "").expect("loads");
-    let results = run_kinds(&rt, &plugin, &["count", "undeclared"]);
-    assert!(results[0].is_ok(), "declared attribute: {:?}", results[0]);
-    let error = results[1].as_ref().expect_err("undeclared attribute");
-    assert_eq!(error.kind, ErrorKind::UndeclaredWrite);
-    assert!(error.message.contains("not_declared"), "{error}");
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        let plugin = chaos_in(world, &rt, "").expect("loads");
+        let results = run_kinds(&rt, &plugin, &["count", "undeclared"]);
+        assert!(results[0].is_ok(), "declared attribute: {:?}", results[0]);
+        let error = results[1].as_ref().expect_err("undeclared attribute");
+        assert_eq!(error.kind, ErrorKind::UndeclaredWrite);
+        assert!(error.message.contains("not_declared"), "{error}");
+    }
 }
 
 #[test]
 fn plugin_errors_are_per_event() {
-    let rt = runtime();
-    let plugin = chaos(&rt, "").expect("loads");
-    let results = run_kinds(&rt, &plugin, &["fail", "count", "log"]);
-    let error = results[0].as_ref().expect_err("fail");
-    assert_eq!(
-        (error.kind, error.message.as_str()),
-        (ErrorKind::InvalidEvent, "chaos: fail requested")
-    );
-    assert!(results[1].is_ok() && results[2].is_ok());
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        let plugin = chaos_in(world, &rt, "").expect("loads");
+        let results = run_kinds(&rt, &plugin, &["fail", "count", "log"]);
+        let error = results[0].as_ref().expect_err("fail");
+        assert_eq!(
+            (error.kind, error.message.as_str()),
+            (ErrorKind::InvalidEvent, "chaos: fail requested")
+        );
+        assert!(results[1].is_ok() && results[2].is_ok());
+    }
 }
 
 #[test]
 fn a_trap_fails_its_event_alone_and_the_instance_recovers() {
-    let rt = runtime();
-    let plugin = chaos(&rt, "").expect("loads");
-    let mut instance = PluginInstance::new(rt.clone(), plugin.clone());
-    let events: Vec<Event> = ["count", "count", "trap", "count", "count"]
-        .iter()
-        .enumerate()
-        .map(|(i, kind)| event(&format!("e-{i}"), "u", kind, 0))
-        .collect();
-    let refs: Vec<&Event> = events.iter().collect();
-    let results = instance.enrich(&refs);
-    for (i, result) in results.iter().enumerate() {
-        if i == 2 {
-            let error = result.as_ref().expect_err("the trap");
-            assert_eq!(error.kind, ErrorKind::Trap);
-            assert_eq!(
-                (
-                    error.plugin.as_str(),
-                    error.version.as_str(),
-                    error.event_id.as_str()
-                ),
-                ("chaos", "0.1.0", "e-2")
-            );
-            assert!(error.message.contains("unreachable"), "{error}");
-        } else {
-            assert_eq!(result.as_ref().expect("neighbour"), &count_one());
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        let plugin = chaos_in(world, &rt, "").expect("loads");
+        let mut instance = PluginInstance::new(rt.clone(), plugin.clone());
+        let events: Vec<Event> = ["count", "count", "trap", "count", "count"]
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| event(&format!("e-{i}"), "u", kind, 0))
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let results = instance.enrich(&refs);
+        for (i, result) in results.iter().enumerate() {
+            if i == 2 {
+                let error = result.as_ref().expect_err("the trap");
+                assert_eq!(error.kind, ErrorKind::Trap);
+                assert_eq!(
+                    (
+                        error.plugin.as_str(),
+                        error.version.as_str(),
+                        error.event_id.as_str()
+                    ),
+                    ("chaos", "0.1.0", "e-2")
+                );
+                assert!(error.message.contains("unreachable"), "{error}");
+            } else {
+                assert_eq!(result.as_ref().expect("neighbour"), &count_one());
+            }
         }
+        // The same worker instance keeps working after the trap.
+        let again = instance.enrich(&refs[..2]);
+        assert!(again.iter().all(Result::is_ok), "{again:?}");
     }
-    // The same worker instance keeps working after the trap.
-    let again = instance.enrich(&refs[..2]);
-    assert!(again.iter().all(Result::is_ok), "{again:?}");
 }
 
 #[test]
 fn init_error_refuses_the_plugin() {
-    let rt = runtime();
-    chaos(&rt, "[config]\nfail-init = \"false\"").expect("init succeeds");
-    let error = chaos(&rt, "[config]\nfail-init = \"true\"").expect_err("init fails");
-    let text = error.to_string();
-    assert!(matches!(error, LoadError::Init { .. }), "{text}");
-    assert!(
-        text.contains("chaos: init failed as configured") && text.contains("chaos 0.1.0"),
-        "{text}"
-    );
+    for (world, _) in WORLDS {
+        eprintln!("under {world}");
+        let rt = runtime();
+        chaos_in(world, &rt, "[config]\nfail-init = \"false\"").expect("init succeeds");
+        let error = chaos_in(world, &rt, "[config]\nfail-init = \"true\"").expect_err("init fails");
+        let text = error.to_string();
+        assert!(matches!(error, LoadError::Init { .. }), "{text}");
+        assert!(
+            text.contains("chaos: init failed as configured") && text.contains("chaos 0.1.0"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
@@ -370,6 +435,110 @@ fn the_built_in_chain_builds_profiles() {
     let u2 = &outcome.changes["u-2"];
     assert_eq!(u2["page_views"].op, Op::Increment(1));
     assert!(!u2.contains_key("device_type"), "no User-Agent, no device");
+}
+
+/// 0.1 and 0.2 components run side by side in one chain, and a plugin gives
+/// the same updates whichever world it was built for: every field reaches
+/// it (text, absent and empty ones, non-ASCII), and the merged changes of
+/// every mix of worlds are the same, to the provenance.
+#[test]
+fn plugins_of_both_worlds_run_side_by_side_in_one_chain() {
+    use World::{V0_1, V0_2};
+    let rt = runtime();
+    let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
+    let desktop = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+    let mut events: Vec<Event> = (0..300)
+        .map(|i| {
+            let kind = ["page_view", "click", "purchase"][i % 3];
+            let mut e = event(
+                &format!("é-{i}"),
+                &format!("u-{}", i % 7),
+                kind,
+                1_000 + (i as i64 * 37) % 500,
+            );
+            e.user_agent = match i % 4 {
+                0 => Some(iphone.into()),
+                1 => Some(desktop.into()),
+                2 => Some(String::new()),
+                _ => None,
+            };
+            e.url = (i % 2 == 0).then(|| format!("https://shop.example/ü/{i}"));
+            e.properties = format!(r#"{{"n":{i},"name":"Zoë"}}"#);
+            e
+        })
+        .collect();
+    events[5].user_id = "u-5".into();
+
+    let mut seen = Vec::new();
+    for worlds in [
+        [V0_2, V0_2, V0_2],
+        [V0_1, V0_1, V0_1],
+        [V0_1, V0_2, V0_1],
+        [V0_2, V0_1, V0_2],
+    ] {
+        let chain = builtin_chain(&rt, worlds);
+        let outcome = chain.worker().run(&events);
+        assert!(
+            outcome.errors.is_empty(),
+            "{worlds:?}: {:?}",
+            outcome.errors
+        );
+        seen.push((worlds, outcome.changes));
+    }
+    let (_, first) = &seen[0];
+    for (worlds, changes) in &seen[1..] {
+        assert_eq!(changes, first, "{worlds:?} against all 0.2");
+    }
+
+    // Exact values, from the events as built above.
+    let users: Vec<&String> = first.keys().collect();
+    assert_eq!(users.len(), 7);
+    for (user, changes) in first {
+        let mine: Vec<(usize, &Event)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| &e.user_id == user)
+            .collect();
+        let views = mine.iter().filter(|(_, e)| e.kind == "page_view").count() as i64;
+        let latest = mine
+            .iter()
+            .map(|(_, e)| e.timestamp_ms)
+            .max()
+            .expect("events");
+        let earliest = mine
+            .iter()
+            .map(|(_, e)| e.timestamp_ms)
+            .min()
+            .expect("events");
+        if views > 0 {
+            assert_eq!(changes["page_views"].op, Op::Increment(views), "{user}");
+        } else {
+            assert!(!changes.contains_key("page_views"), "{user}");
+        }
+        assert_eq!(
+            changes["last_active_at"].op,
+            Op::Max(Value::Timestamp(latest)),
+            "{user}"
+        );
+        assert_eq!(
+            changes["first_seen_at"].op,
+            Op::Min(Value::Timestamp(earliest)),
+            "{user}"
+        );
+        // The device comes from the latest event with a User-Agent the
+        // classifier knows; an empty or absent one classifies as nothing.
+        let device = &changes["device_type"];
+        let decided = &events
+            .iter()
+            .find(|e| e.id == device.provenance.event_id)
+            .expect("the deciding event is in the batch");
+        let expected = match decided.user_agent.as_deref() {
+            Some(ua) if ua == iphone => "mobile",
+            Some(ua) if ua == desktop => "desktop",
+            other => panic!("{user}: device decided by an event with User-Agent {other:?}"),
+        };
+        assert_eq!(device.op, Op::Set(Value::Text(expected.into())), "{user}");
+    }
 }
 
 #[test]
@@ -551,4 +720,117 @@ fn plugin_check_describes_a_valid_plugin() {
         stdout.contains("writes:      browser_family, device_type, os_family"),
         "{stdout}"
     );
+}
+
+/// A plugin sees every field of an event the same under either world:
+/// absent and empty text told apart, text outside ASCII, and the fields
+/// its manifest does not list withheld in the same way.
+#[test]
+fn every_field_reaches_a_plugin_of_either_world_as_sent() {
+    let rt = runtime();
+    let mut events = vec![
+        event("e-1", "u-1", "fields", 7),
+        event("é-2", "ü-2", "fields", -5),
+        event("e-3", "", "fields", i64::MAX),
+    ];
+    events[0].user_agent = Some(String::new());
+    events[0].url = None;
+    events[1].user_agent = Some("Zoë's browser".into());
+    events[1].url = Some("https://shop.example/ü".into());
+    events[1].properties = r#"{"name":"Zoë"}"#.into();
+    events[2].user_agent = None;
+    events[2].url = Some(String::new());
+    events[2].properties = String::new();
+    let refs: Vec<&Event> = events.iter().collect();
+    let text = |results: &[Result<Vec<Update>, pulsehub::plugin::PluginError>]| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| match &r.as_ref().expect("fields")[..] {
+                [
+                    Update {
+                        op: Op::Set(Value::Text(t)),
+                        ..
+                    },
+                ] => t.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    for (fields, expected) in [
+        (
+            "",
+            [
+                r#""e-1" "u-1" "fields" 7 Some("") None "{}""#,
+                r#""é-2" "ü-2" "fields" -5 Some("Zoë's browser") Some("https://shop.example/ü") "{\"name\":\"Zoë\"}""#,
+                r#""e-3" "" "fields" 9223372036854775807 None Some("") """#,
+            ],
+        ),
+        (
+            "fields = [\"user_agent\"]",
+            [
+                r#""" "" "fields" 7 Some("") None "{}""#,
+                r#""" "" "fields" -5 Some("Zoë's browser") None "{}""#,
+                r#""" "" "fields" 9223372036854775807 None None "{}""#,
+            ],
+        ),
+    ] {
+        for (world, _) in WORLDS {
+            let manifest = chaos_manifest("chaos", r#"["chaos_text"]"#, fields);
+            let plugin = rt
+                .load(manifest, &component(&test_plugins(world), "chaos"))
+                .expect("loads");
+            assert_eq!(plugin.world(), world);
+            let results = PluginInstance::new(rt.clone(), plugin).enrich(&refs);
+            assert_eq!(text(&results), expected, "{world}, manifest {fields:?}");
+        }
+    }
+}
+
+/// The host's checks of a 0.2 component's output, with a component that
+/// breaks them where the SDK would not: an attribute index outside
+/// `writes`, and a result for an event the batch does not have.
+#[test]
+fn the_output_rules_of_world_0_2_obeyed_and_violated() {
+    let rt = runtime();
+    let probe = |mode: &str| {
+        let manifest: Manifest = format!(
+            "name = \"abi-probe\"\nversion = \"0.2.0\"\nevents = [\"*\"]\nwrites = [\"page_views\"]\n[config]\nmode = \"{mode}\""
+        )
+        .parse()
+        .expect("manifest");
+        let plugin = rt
+            .load(manifest, &component("test-plugins", "abi-probe"))
+            .expect("loads");
+        assert_eq!(plugin.world(), World::V0_2);
+        plugin
+    };
+    let kinds = ["page_view", "click", "page_view"];
+
+    let results = run_kinds(&rt, &probe("count"), &kinds);
+    let views = vec![Update {
+        attribute: "page_views".into(),
+        op: Op::Increment(1),
+    }];
+    assert_eq!(results[0].as_ref().expect("obeyed"), &views);
+    assert_eq!(results[1].as_ref().expect("obeyed"), &Vec::new());
+    assert_eq!(results[2].as_ref().expect("obeyed"), &views);
+
+    for result in run_kinds(&rt, &probe("bad-index"), &kinds) {
+        let error = result.expect_err("an index outside writes");
+        assert_eq!(error.kind, ErrorKind::UndeclaredWrite, "{error}");
+        assert!(
+            error.message.contains("index 7") && error.message.contains("1 attribute"),
+            "{error}"
+        );
+    }
+
+    // The whole call is refused, then each event alone: each call again
+    // returns a result past its batch's end.
+    let results = run_kinds(&rt, &probe("bad-event"), &kinds);
+    for (i, result) in results.into_iter().enumerate() {
+        let error = result.expect_err("an event outside the batch");
+        assert_eq!(error.kind, ErrorKind::InvalidOutput, "{error}");
+        assert_eq!(error.event_id, format!("e-{i}"));
+        assert!(error.message.contains("event 1 of a batch of 1"), "{error}");
+    }
 }

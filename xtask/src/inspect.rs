@@ -31,6 +31,14 @@ pub fn print(path: &Path) -> Result<()> {
         },
         human_size(bytes.len() as u64)
     );
+    if surface.component {
+        match surface.plugin_world() {
+            Some(version) => println!("  plugin world: pulsehub:plugin/enricher@{version}"),
+            None => println!(
+                "  plugin world: not told by its imports (no pulsehub:plugin/host); `pulsehub plugin check` tells"
+            ),
+        }
+    }
     for (title, items) in [("imports", &surface.imports), ("exports", &surface.exports)] {
         println!("  {title}:");
         if items.is_empty() {
@@ -41,6 +49,16 @@ pub fn print(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Surface {
+    /// The version of the plugin world the component's host import names
+    /// (`pulsehub:plugin/host@0.2.0` → `0.2.0`).
+    pub fn plugin_world(&self) -> Option<&str> {
+        self.imports
+            .iter()
+            .find_map(|(_, name)| name.strip_prefix("pulsehub:plugin/host@"))
+    }
 }
 
 /// The top-level imports and exports; those of nested modules and components
@@ -117,5 +135,28 @@ fn core_kind(kind: ExternalKind) -> &'static str {
         ExternalKind::Memory => "memory",
         ExternalKind::Global => "global",
         ExternalKind::Tag => "tag",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The built-ins as `cargo xtask plugins` builds them, against each world.
+    #[test]
+    fn tells_the_plugin_world_by_the_host_import() {
+        let root = crate::workspace_root().expect("root");
+        for (dir, version) in [("plugins", "0.2.0"), ("plugins-0.1", "0.1.0")] {
+            let path = root.join("target").join(dir).join("page-view-counter.wasm");
+            let bytes = fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; build the plugins first: cargo xtask plugins",
+                    path.display()
+                )
+            });
+            let surface = surface(&bytes).expect("parses");
+            assert!(surface.component);
+            assert_eq!(surface.plugin_world(), Some(version), "{}", path.display());
+        }
     }
 }

@@ -59,9 +59,46 @@ enum Toolchain {
     BuildStd { prefix: PathBuf },
 }
 
-/// Builds the plugin crates of this repository's workspace.
+/// The SDK feature that exports the frozen 0.1 world instead of 0.2.
+const WORLD_0_1: &str = "pulsehub-plugin-sdk/world-0-1";
+
+/// Builds the plugin crates of this repository's workspace, then builds the
+/// SDK-based ones again against the frozen 0.1 world, into folders named
+/// with `-0.1` (`target/plugins-0.1/`, `target/test-plugins-0.1/`): the
+/// benches compare the two worlds on the same plugins, and the tests run
+/// both side by side.
 pub fn build_all(root: &Path) -> Result<()> {
-    build_workspace(root, root)
+    build_workspace(root, root)?;
+    let started = Instant::now();
+    let mut plugins = Vec::new();
+    for mut plugin in discover(root)? {
+        let cargo_toml = plugin.dir.join("Cargo.toml");
+        let text = fs::read_to_string(&cargo_toml)
+            .with_context(|| format!("reading {}", cargo_toml.display()))?;
+        if text.contains("pulsehub-plugin-sdk") {
+            let mut out = plugin.out_dir.into_os_string();
+            out.push("-0.1");
+            plugin.out_dir = PathBuf::from(out);
+            plugins.push(plugin);
+        }
+    }
+    let toolchain = choose_toolchain(root)?;
+    let wasm_target_dir = root.join("target").join("wasm");
+    cargo_build_with(
+        root,
+        &wasm_target_dir,
+        &toolchain,
+        &plugins,
+        Some(WORLD_0_1),
+    )?;
+    println!("components, world 0.1.0:");
+    componentize_all(root, &wasm_target_dir, &plugins)?;
+    println!(
+        "built {} plugin(s) against world 0.1.0 in {:.1} s",
+        plugins.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Builds the plugin crates of the cargo workspace at `workspace` (under its
@@ -87,16 +124,7 @@ pub fn build_workspace(repo: &Path, workspace: &Path) -> Result<()> {
     cargo_build(workspace, &wasm_target_dir, &toolchain, &plugins)?;
 
     println!("components:");
-    for plugin in &plugins {
-        let (path, size) = componentize(&wasm_target_dir, plugin)?;
-        let shown = path.strip_prefix(workspace).unwrap_or(&path);
-        println!(
-            "  {:<20} {:<40} {:>10}",
-            plugin.name,
-            shown.display(),
-            human_size(size)
-        );
-    }
+    componentize_all(workspace, &wasm_target_dir, &plugins)?;
     println!(
         "built {} plugin(s) in {:.1} s",
         plugins.len(),
@@ -273,6 +301,17 @@ fn cargo_build(
     toolchain: &Toolchain,
     plugins: &[PluginCrate],
 ) -> Result<()> {
+    cargo_build_with(root, wasm_target_dir, toolchain, plugins, None)
+}
+
+/// Builds `plugins` in one cargo invocation, with `features` when given.
+fn cargo_build_with(
+    root: &Path,
+    wasm_target_dir: &Path,
+    toolchain: &Toolchain,
+    plugins: &[PluginCrate],
+    features: Option<&str>,
+) -> Result<()> {
     // Under `cargo run`, CARGO is the cargo that runs us: use the same one.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(&cargo);
@@ -281,6 +320,9 @@ fn cargo_build(
         .env("CARGO_TARGET_DIR", wasm_target_dir);
     for plugin in plugins {
         cmd.arg("-p").arg(&plugin.package);
+    }
+    if let Some(features) = features {
+        cmd.args(["--features", features]);
     }
     if let Toolchain::BuildStd { prefix } = toolchain {
         let usr = prefix.join("usr");
@@ -311,6 +353,25 @@ fn cargo_build(
          cargo's messages above name the crate",
         packages.join(", ")
     );
+    Ok(())
+}
+
+/// Turns each plugin's core module into a component, and lists them.
+fn componentize_all(
+    workspace: &Path,
+    wasm_target_dir: &Path,
+    plugins: &[PluginCrate],
+) -> Result<()> {
+    for plugin in plugins {
+        let (path, size) = componentize(wasm_target_dir, plugin)?;
+        let shown = path.strip_prefix(workspace).unwrap_or(&path);
+        println!(
+            "  {:<20} {:<40} {:>10}",
+            plugin.name,
+            shown.display(),
+            human_size(size)
+        );
+    }
     Ok(())
 }
 

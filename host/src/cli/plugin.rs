@@ -80,9 +80,12 @@ fn check(component: &Path, manifest: Option<PathBuf>) -> anyhow::Result<ExitCode
     };
     let fields = [&["kind", "timestamp"][..], &m.fields.names()].concat();
     println!(
-        "ok: {} {} is a valid pulsehub:plugin@0.1.0 enricher",
-        m.name, plugin.version
+        "ok: {} {} is a valid pulsehub:plugin@{} enricher",
+        m.name,
+        plugin.version,
+        plugin.world().version()
     );
+    println!("world:       {}", plugin.world());
     println!("description: {}", m.description);
     println!("sha256:      {}", plugin.sha256);
     println!("events:      {events}");
@@ -118,6 +121,13 @@ fn run_events(
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let (runtime, plugin) = load(component, manifest)?;
+    eprintln!(
+        "{} {} ({}): enriching {}",
+        plugin.name(),
+        plugin.version,
+        plugin.world(),
+        path.display()
+    );
     let mut instance = PluginInstance::new(runtime, plugin.clone());
     let source = path
         .file_name()

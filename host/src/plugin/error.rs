@@ -16,7 +16,7 @@ pub enum LoadError {
     #[error("plugin {plugin}: not a valid WebAssembly component: {reason}")]
     Component { plugin: String, reason: String },
     #[error(
-        "plugin {plugin}: the component does not target the pulsehub:plugin/enricher@0.1.0 world: {reason}"
+        "plugin {plugin}: the component does not target a plugin world (pulsehub:plugin/enricher@0.1.0 or @0.2.0): {reason}"
     )]
     World { plugin: String, reason: String },
     #[error("plugin {plugin} {version}: init failed: {reason}")]

@@ -1,5 +1,5 @@
-//! The plugin runtime: WebAssembly components under `pulsehub:plugin@0.1.0`,
-//! run on wasmtime inside a sandbox.
+//! The plugin runtime: WebAssembly components under `pulsehub:plugin@0.1.0`
+//! or `@0.2.0`, side by side, run on wasmtime inside a sandbox.
 //!
 //! - [`Runtime`]: one per process; owns the wasmtime engine, the linker and
 //!   the epoch ticker that enforces CPU-time budgets, and loads plugins.
@@ -29,4 +29,4 @@ pub use manifest::{
     EVENT_FIELDS, FieldMask, MAX_NAME_LEN, Manifest, ManifestError, ManifestLimits, Subscription,
     check_attribute, check_name,
 };
-pub use runtime::{Plugin, Runtime, RuntimeError};
+pub use runtime::{Plugin, Runtime, RuntimeError, World};

@@ -11,7 +11,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Cache, CacheConfig, Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, Enricher, EnricherPre};
+use super::bindings::{self, Enricher, EnricherPre, v02};
 use super::limits::MemoryLimiter;
 use super::{Health, HostLimits, LoadError, Manifest, PluginLimits};
 
@@ -79,6 +79,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         Enricher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        v02::Enricher::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         // Components built by cargo-component, wasm32-wasip2 or
         // componentize-py import WASI; they get a context that denies
         // everything but clocks and randomness.
@@ -111,27 +112,41 @@ impl Runtime {
         self.load(manifest, &bytes)
     }
 
-    /// Compiles and validates a plugin: the component must target the
-    /// `enricher` world, and a fresh instance must pass `init` under the
-    /// plugin's limits. Nothing is shared until all of that succeeded.
+    /// Compiles and validates a plugin: the component must target one of the
+    /// `enricher` worlds (0.1 or 0.2: the one its exports match), and a fresh
+    /// instance must pass `init` under the plugin's limits. Nothing is shared
+    /// until all of that succeeded.
     pub fn load(&self, manifest: Manifest, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
         let name = manifest.name.clone();
         let component = compile(&self.inner.engine, &name, bytes)?;
-        let world_error = |e: wasmtime::Error| LoadError::World {
+        let world_error = |reason: String| LoadError::World {
             plugin: name.clone(),
-            reason: format!("{e:#}"),
+            reason,
         };
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
-            .map_err(world_error)?;
-        let pre = EnricherPre::new(pre).map_err(world_error)?;
+            .map_err(|e| world_error(format!("{e:#}")))?;
+        // The two worlds export functions of the same names and different
+        // types, so a component type-checks against one of them at most.
+        let pre = match EnricherPre::new(pre.clone()) {
+            Ok(pre) => Pre::V01(pre),
+            Err(as_01) => match v02::EnricherPre::new(pre) {
+                Ok(pre) => Pre::V02(pre),
+                Err(as_02) => {
+                    return Err(world_error(format!(
+                        "as 0.1.0: {as_01:#}; as 0.2.0: {as_02:#}"
+                    )));
+                }
+            },
+        };
         let plugin = Arc::new(Plugin {
             limits: PluginLimits::new(&self.inner.limits, &manifest),
             label: format!("{} {}", manifest.name, manifest.version).into(),
             version: manifest.version.to_string(),
             sha256: hex(&Sha256::digest(bytes)),
+            writes: manifest.writes.iter().cloned().collect(),
             manifest,
             pre,
             health: Health::default(),
@@ -150,7 +165,7 @@ impl Runtime {
     pub(crate) fn instantiate(
         &self,
         plugin: &Plugin,
-    ) -> Result<(Store<HostState>, Enricher), String> {
+    ) -> Result<(Store<HostState>, Bindings), String> {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -167,11 +182,19 @@ impl Runtime {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let outcome = plugin.pre.instantiate(&mut store).and_then(|instance| {
-            instance
-                .call_init(&mut store, &config)
-                .map(|result| (instance, result))
-        });
+        let outcome = match &plugin.pre {
+            Pre::V01(pre) => pre.instantiate(&mut store).and_then(|instance| {
+                instance
+                    .call_init(&mut store, &config)
+                    .map(|result| (Bindings::V01(instance), result))
+            }),
+            Pre::V02(pre) => pre.instantiate(&mut store).and_then(|instance| {
+                let writes: Vec<&str> = plugin.writes.iter().map(String::as_str).collect();
+                instance
+                    .call_init(&mut store, &config, &writes)
+                    .map(|result| (Bindings::V02(instance), result))
+            }),
+        };
         match outcome {
             Ok((instance, Ok(()))) => Ok((store, instance)),
             Ok((_, Err(message))) => Err(message),
@@ -254,9 +277,12 @@ pub struct Plugin {
     pub version: String,
     /// SHA-256 of the component bytes, hex.
     pub sha256: String,
+    /// The manifest's `writes` in the order a 0.2 plugin's `init` is given
+    /// them: a 0.2 update names its attribute by its index here.
+    pub(crate) writes: Vec<String>,
     /// "name version", for logs.
     pub(crate) label: Arc<str>,
-    pub(crate) pre: EnricherPre<HostState>,
+    pub(crate) pre: Pre,
     /// Its counters and recent failure rate.
     pub health: Health,
 }
@@ -275,6 +301,54 @@ impl Plugin {
     pub fn name(&self) -> &str {
         &self.manifest.name
     }
+
+    /// The plugin world the component targets.
+    pub fn world(&self) -> World {
+        match self.pre {
+            Pre::V01(_) => World::V0_1,
+            Pre::V02(_) => World::V0_2,
+        }
+    }
+}
+
+/// The plugin worlds the host loads, side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// `pulsehub:plugin/enricher@0.1.0` (`wit/plugin.wit`): a list of event
+    /// records in, a list of updates per event out. Frozen.
+    V0_1,
+    /// `pulsehub:plugin/enricher@0.2.0` (`wit/0.2/plugin.wit`): a batch as
+    /// one text arena and columns of numbers in, one flat list of updates
+    /// by attribute index out.
+    V0_2,
+}
+
+impl World {
+    /// The world's package version, as `plugin check` and the API show it.
+    pub fn version(self) -> &'static str {
+        match self {
+            World::V0_1 => "0.1.0",
+            World::V0_2 => "0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pulsehub:plugin/enricher@{}", self.version())
+    }
+}
+
+/// A plugin's component, pre-linked against the world it targets.
+pub(crate) enum Pre {
+    V01(EnricherPre<HostState>),
+    V02(v02::EnricherPre<HostState>),
+}
+
+/// A live instance's exports, in the world it targets.
+pub(crate) enum Bindings {
+    V01(Enricher),
+    V02(v02::Enricher),
 }
 
 /// What a plugin's store holds besides the guest.
@@ -317,6 +391,20 @@ impl bindings::pulsehub::plugin::host::Host for HostState {
 }
 
 impl bindings::pulsehub::plugin::types::Host for HostState {}
+
+impl v02::pulsehub::plugin::host::Host for HostState {
+    fn log(&mut self, level: v02::LogLevel, message: String) {
+        let level = match level {
+            v02::LogLevel::Debug => bindings::LogLevel::Debug,
+            v02::LogLevel::Info => bindings::LogLevel::Info,
+            v02::LogLevel::Warn => bindings::LogLevel::Warn,
+            v02::LogLevel::Error => bindings::LogLevel::Error,
+        };
+        bindings::pulsehub::plugin::host::Host::log(self, level, message);
+    }
+}
+
+impl v02::pulsehub::plugin::types::Host for HostState {}
 
 /// Advances the engine's epoch every [`TICK`] until dropped.
 struct Ticker {

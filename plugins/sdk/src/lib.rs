@@ -3,8 +3,10 @@
 //! A plugin is a type that implements [`Plugin`]: it is built once per
 //! instance from the manifest's `[config]` table and then called once per
 //! event. [`plugin!`] turns such a type into a component exporting the
-//! `pulsehub:plugin/enricher@0.1.0` world; the batch loop, the bindings and
-//! the per-instance state are handled here.
+//! `pulsehub:plugin/enricher@0.2.0` world (`wit/0.2/`), or, with the cargo
+//! feature `world-0-1`, the frozen `@0.1.0` world; the batch loop, the
+//! bindings and the per-instance state are handled here, and a plugin moves
+//! between the two by rebuilding.
 //!
 //! ```
 //! use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update};
@@ -23,11 +25,41 @@
 //! pulsehub_plugin_sdk::plugin!(Counter);
 //! ```
 //!
+//! Under 0.2 the SDK hands each event to [`Plugin::enrich_view`] as a
+//! borrowed [`EventView`] into the batch's text. Its default copies the
+//! event into an [`Event`] and calls [`Plugin::enrich`]; a plugin that
+//! overrides it reads the text in place and writes its updates straight
+//! into the batch's result, with no allocation per event.
+//!
 //! The same type runs natively too ([`run_batch`]), which is how plugins are
 //! unit-tested and how the benches measure the native floor.
 
-/// The generated bindings of the `enricher` world (used by [`plugin!`]).
 #[doc(hidden)]
+pub mod export;
+mod types;
+
+pub use types::{EnrichError, Event, EventView, Update, Updates, Value};
+
+/// The generated bindings of the `enricher` world the SDK targets (used by
+/// [`plugin!`]).
+#[doc(hidden)]
+#[cfg(not(feature = "world-0-1"))]
+// The generated glue lowers `enrich`'s batch as eight arguments.
+#[allow(clippy::too_many_arguments)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit/0.2",
+        world: "enricher",
+        pub_export_macro: true,
+        export_macro_name: "export_enricher",
+        default_bindings_module: "pulsehub_plugin_sdk::bindings",
+    });
+}
+
+/// The generated bindings of the `enricher` world the SDK targets (used by
+/// [`plugin!`]).
+#[doc(hidden)]
+#[cfg(feature = "world-0-1")]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
@@ -38,9 +70,23 @@ pub mod bindings {
     });
 }
 
-pub use bindings::pulsehub::plugin::host::{LogLevel, log};
-pub use bindings::pulsehub::plugin::types::Value;
-pub use bindings::{EnrichError, Event, Guest, Update};
+pub use bindings::pulsehub::plugin::host::LogLevel;
+
+/// Writes one line to the host's log, tagged with the plugin's name and
+/// version. Outside a component (native tests) it does nothing.
+pub fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::pulsehub::plugin::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (level, message);
+}
+
+/// The plugin world [`plugin!`] exports in this build.
+#[cfg(not(feature = "world-0-1"))]
+pub const WORLD: &str = "pulsehub:plugin/enricher@0.2.0";
+/// The plugin world [`plugin!`] exports in this build.
+#[cfg(feature = "world-0-1")]
+pub const WORLD: &str = "pulsehub:plugin/enricher@0.1.0";
 
 /// The `[config]` table of the plugin's manifest, as handed to `init`.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +129,21 @@ pub trait Plugin: Sized + 'static {
 
     /// The updates one event makes to its user's profile.
     fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError>;
+
+    /// The same updates, read from a borrowed view of the event and written
+    /// into `out`: how the 0.2 glue calls the plugin. The default copies the
+    /// view into an [`Event`] and calls [`Plugin::enrich`]. Override it to
+    /// read the event in place; it must make the updates `enrich` makes.
+    fn enrich_view(
+        &mut self,
+        event: &EventView<'_>,
+        out: &mut Updates<'_>,
+    ) -> Result<(), EnrichError> {
+        for update in self.enrich(&event.to_event())? {
+            out.push(update);
+        }
+        Ok(())
+    }
 }
 
 /// An event of `kind` for unit tests: id `e-1`, user `u-1`, time 0, no
@@ -101,7 +162,7 @@ pub fn test_event(kind: &str) -> Event {
 }
 
 /// Runs `plugin` over a batch, one result per event in order: what the
-/// exported `enrich` does inside the component.
+/// exported `enrich` does inside a 0.1 component.
 pub fn run_batch<P: Plugin>(
     plugin: &mut P,
     events: &[Event],
@@ -119,38 +180,15 @@ macro_rules! plugin {
         #[cfg(target_arch = "wasm32")]
         mod __pulsehub_plugin_export {
             use super::*;
-            use $crate::Plugin as _;
 
             ::std::thread_local! {
-                static STATE: ::std::cell::RefCell<Option<$plugin>> =
+                static STATE: ::std::cell::RefCell<Option<$crate::export::Instance<$plugin>>> =
                     const { ::std::cell::RefCell::new(None) };
             }
 
             struct Export;
 
-            impl $crate::Guest for Export {
-                fn init(config: Vec<(String, String)>) -> Result<(), String> {
-                    let plugin = <$plugin>::init(&$crate::Config::new(config))?;
-                    STATE.with(|state| *state.borrow_mut() = Some(plugin));
-                    Ok(())
-                }
-
-                fn enrich(
-                    events: Vec<$crate::Event>,
-                ) -> Vec<Result<Vec<$crate::Update>, $crate::EnrichError>> {
-                    STATE.with(|state| match state.borrow_mut().as_mut() {
-                        Some(plugin) => $crate::run_batch(plugin, &events),
-                        None => events
-                            .iter()
-                            .map(|_| {
-                                Err($crate::EnrichError::Internal(
-                                    "enrich called before init".into(),
-                                ))
-                            })
-                            .collect(),
-                    })
-                }
-            }
+            $crate::__guest!(Export, $plugin, STATE);
 
             $crate::bindings::export_enricher!(Export);
         }

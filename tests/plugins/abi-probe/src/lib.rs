@@ -1,22 +1,26 @@
-//! `abi-probe`: a bench fixture built against a prototype of the
-//! batch-shaped world of docs/plugin-abi-0.2-proposal.md (`wit/` here), so
-//! the benches can measure what the world's shape costs at the component
-//! boundary before anything is frozen.
+//! `abi-probe`: a test fixture written straight against the bindings of
+//! the world `pulsehub:plugin@0.2.0` (`wit/0.2/`), without the SDK, so it
+//! can return what the SDK never would: the host's checks of a 0.2
+//! component's output are tested with it.
 //!
-//! `init` takes `mode`: `empty` (the default) returns nothing for every
-//! event, as the 0.1 benches' empty plugin does; `count` does what
-//! `page-view-counter` does: `increment(0, 1)` (the manifest's first write,
-//! `page_views`) for each `page_view` event.
+//! `init` takes `mode`:
+//!
+//! | mode        | result                                                        |
+//! |-------------|---------------------------------------------------------------|
+//! | `empty`     | nothing, for every event (the default)                        |
+//! | `count`     | `increment(0, 1)` (the first write) for each `page_view`      |
+//! | `bad-index` | `increment(7, 1)` for each event: an index outside `writes`   |
+//! | `bad-event` | one `increment(0, 1)` for an event past the end of the batch  |
 
 // The generated export glue is `unsafe` code of wit-bindgen's, expanded
 // here (the crate's own code has none), and its lowered `enrich` takes the
 // batch's lists as eight arguments.
 #![allow(unsafe_code, clippy::too_many_arguments)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 wit_bindgen::generate!({
-    path: "wit",
+    path: "../../../wit/0.2",
     world: "enricher",
 });
 
@@ -25,42 +29,59 @@ use pulsehub::plugin::types::Update;
 struct Probe;
 
 /// Numbers per event in `batch.events`: its kind, then five spans.
-const FIELDS: usize = 11;
+const EVENT_WIDTH: usize = 11;
 
-/// The mode `init` chose: `count` when set.
-static COUNT: AtomicBool = AtomicBool::new(false);
+const EMPTY: u8 = 0;
+const COUNT: u8 = 1;
+const BAD_INDEX: u8 = 2;
+const BAD_EVENT: u8 = 3;
+
+/// The mode `init` chose.
+static MODE: AtomicU8 = AtomicU8::new(EMPTY);
 
 impl Guest for Probe {
-    fn init(config: Vec<(String, String)>) -> Result<(), String> {
-        let count = match config
+    fn init(config: Vec<(String, String)>, _writes: Vec<String>) -> Result<(), String> {
+        let mode = match config
             .iter()
             .find(|(k, _)| k == "mode")
             .map(|(_, v)| v.as_str())
         {
-            None | Some("empty") => false,
-            Some("count") => true,
+            None | Some("empty") => EMPTY,
+            Some("count") => COUNT,
+            Some("bad-index") => BAD_INDEX,
+            Some("bad-event") => BAD_EVENT,
             Some(other) => return Err(format!("abi-probe: unknown mode `{other}`")),
         };
-        COUNT.store(count, Ordering::Relaxed);
+        MODE.store(mode, Ordering::Relaxed);
         Ok(())
     }
 
     fn enrich(batch: Batch) -> (Vec<Write>, Vec<EventError>) {
-        if !COUNT.load(Ordering::Relaxed) {
-            return (Vec::new(), Vec::new());
-        }
-        let page_view = batch.kinds.iter().position(|k| k == "page_view");
-        let results = batch
-            .events
-            .chunks_exact(FIELDS)
-            .enumerate()
-            .filter(|(_, e)| Some(e[0] as usize) == page_view)
-            .map(|(i, _)| Write {
-                event: i as u32,
+        let events = batch.events.chunks_exact(EVENT_WIDTH).enumerate();
+        let writes = match MODE.load(Ordering::Relaxed) {
+            COUNT => {
+                let page_view = batch.kinds.iter().position(|k| k == "page_view");
+                events
+                    .filter(|(_, e)| Some(e[0] as usize) == page_view)
+                    .map(|(i, _)| Write {
+                        event: i as u32,
+                        update: Update::Increment((0, 1)),
+                    })
+                    .collect()
+            }
+            BAD_INDEX => events
+                .map(|(i, _)| Write {
+                    event: i as u32,
+                    update: Update::Increment((7, 1)),
+                })
+                .collect(),
+            BAD_EVENT => vec![Write {
+                event: batch.timestamps.len() as u32,
                 update: Update::Increment((0, 1)),
-            })
-            .collect();
-        (results, Vec::new())
+            }],
+            _ => Vec::new(),
+        };
+        (writes, Vec::new())
     }
 }
 

@@ -7,6 +7,7 @@
 //! |--------------|---------------------------------------------------------------|
 //! | `count`      | `Increment(chaos_count, 1)`                                   |
 //! | `echo`       | `Set(chaos_text, Text(event.properties))`                     |
+//! | `fields`     | `Set(chaos_text, Text(every field of the event, as debug text))` |
 //! | `trap`       | panics; with `panic = "abort"` that is a wasm trap            |
 //! | `spin`       | loops forever (for timeouts / epoch interruption)             |
 //! | `alloc`      | allocates 1 MiB chunks forever (for memory limits)            |
@@ -112,6 +113,19 @@ impl Plugin for Chaos {
             "echo" => vec![Update::Set((
                 "chaos_text".to_owned(),
                 Value::Text(event.properties.clone()),
+            ))],
+            "fields" => vec![Update::Set((
+                "chaos_text".to_owned(),
+                Value::Text(format!(
+                    "{:?} {:?} {:?} {} {:?} {:?} {:?}",
+                    event.id,
+                    event.user_id,
+                    event.kind,
+                    event.timestamp_ms,
+                    event.user_agent,
+                    event.url,
+                    event.properties
+                )),
             ))],
             "trap" => panic!("chaos: trap requested"),
             "spin" => spin(),
