@@ -11,7 +11,7 @@ pub mod classify;
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
-use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update, Value};
+use pulsehub_plugin_sdk::{Config, EnrichError, Event, EventView, Plugin, Update, Updates, Value};
 
 pub use classify::{Classifier, Device, DeviceType};
 
@@ -33,22 +33,51 @@ impl Plugin for DeviceClassifier {
     }
 
     fn enrich(&mut self, event: &Event) -> Result<Vec<Update>, EnrichError> {
-        let user_agent = event.user_agent.as_deref().unwrap_or("").trim();
+        let updates = self.with_device(event.user_agent.as_deref(), |device| {
+            vec![
+                set("device_type", device.device_type.as_str().to_owned()),
+                set("os_family", device.os_family.clone()),
+                set("browser_family", device.browser_family.clone()),
+            ]
+        });
+        Ok(updates.unwrap_or_default())
+    }
+
+    /// The same, read in place (world 0.2).
+    fn enrich_view(
+        &mut self,
+        event: &EventView<'_>,
+        out: &mut Updates<'_>,
+    ) -> Result<(), EnrichError> {
+        self.with_device(event.user_agent, |device| {
+            let text = |s: &str| Value::Text(s.to_owned());
+            out.set("device_type", text(device.device_type.as_str()));
+            out.set("os_family", text(&device.os_family));
+            out.set("browser_family", text(&device.browser_family));
+        });
+        Ok(())
+    }
+}
+
+impl DeviceClassifier {
+    /// Calls `f` with the device of `user_agent`, from the cache when it
+    /// holds it; nothing for an absent or blank User-Agent, which leaves
+    /// whatever the profile already knows.
+    fn with_device<R>(
+        &mut self,
+        user_agent: Option<&str>,
+        f: impl FnOnce(&Device) -> R,
+    ) -> Option<R> {
+        let user_agent = user_agent.unwrap_or("").trim();
         if user_agent.is_empty() {
-            // Nothing to classify: leave whatever the profile already knows.
-            return Ok(Vec::new());
+            return None;
         }
-        let device = match &mut self.cache {
-            Some(cache) => cache
-                .get_or_insert_ref(user_agent, || self.classifier.classify(user_agent))
-                .clone(),
-            None => self.classifier.classify(user_agent),
-        };
-        Ok(vec![
-            set("device_type", device.device_type.as_str().to_owned()),
-            set("os_family", device.os_family),
-            set("browser_family", device.browser_family),
-        ])
+        Some(match &mut self.cache {
+            Some(cache) => {
+                f(cache.get_or_insert_ref(user_agent, || self.classifier.classify(user_agent)))
+            }
+            None => f(&self.classifier.classify(user_agent)),
+        })
     }
 }
 

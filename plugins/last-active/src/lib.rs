@@ -4,7 +4,7 @@
 //! Both are commutative, so replays and out-of-order delivery give the same
 //! profile.
 
-use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update, Value};
+use pulsehub_plugin_sdk::{Config, EnrichError, Event, EventView, Plugin, Update, Updates, Value};
 
 pub struct LastActive;
 
@@ -19,6 +19,18 @@ impl Plugin for LastActive {
             Update::Max(("last_active_at".to_owned(), Value::Timestamp(at))),
             Update::Min(("first_seen_at".to_owned(), Value::Timestamp(at))),
         ])
+    }
+
+    /// The same, read in place (world 0.2).
+    fn enrich_view(
+        &mut self,
+        event: &EventView<'_>,
+        out: &mut Updates<'_>,
+    ) -> Result<(), EnrichError> {
+        let at = event.timestamp_ms;
+        out.max("last_active_at", Value::Timestamp(at));
+        out.min("first_seen_at", Value::Timestamp(at));
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 //! plugin another kind; the check here keeps the plugin right even under a
 //! manifest that subscribes to more.
 
-use pulsehub_plugin_sdk::{Config, EnrichError, Event, Plugin, Update};
+use pulsehub_plugin_sdk::{Config, EnrichError, Event, EventView, Plugin, Update, Updates};
 
 pub struct PageViewCounter;
 
@@ -18,6 +18,18 @@ impl Plugin for PageViewCounter {
             return Ok(Vec::new());
         }
         Ok(vec![Update::Increment(("page_views".to_owned(), 1))])
+    }
+
+    /// The same, read in place (world 0.2).
+    fn enrich_view(
+        &mut self,
+        event: &EventView<'_>,
+        out: &mut Updates<'_>,
+    ) -> Result<(), EnrichError> {
+        if event.kind == "page_view" {
+            out.increment("page_views", 1);
+        }
+        Ok(())
     }
 }
 

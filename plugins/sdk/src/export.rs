@@ -154,6 +154,131 @@ mod v02 {
         (Vec::new(), errors)
     }
 
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::{Event, Update};
+
+        /// Sets `seen` to every field of the event; writes `bad` for
+        /// `undeclared` events; fails `fail` events.
+        struct Echo;
+
+        impl Plugin for Echo {
+            fn init(_config: &Config) -> Result<Self, String> {
+                Ok(Echo)
+            }
+            fn enrich(&mut self, e: &Event) -> Result<Vec<Update>, EnrichError> {
+                let seen = format!(
+                    "{:?} {:?} {} {:?} {:?} {:?}",
+                    e.id, e.user_id, e.timestamp_ms, e.user_agent, e.url, e.properties
+                );
+                match e.kind.as_str() {
+                    "undeclared" => Ok(vec![Update::Increment(("bad".into(), 1))]),
+                    "fail" => Err(EnrichError::InvalidEvent("asked to".into())),
+                    _ => Ok(vec![
+                        Update::Set(("seen".into(), Value::Text(seen))),
+                        Update::Increment(("count".into(), 2)),
+                    ]),
+                }
+            }
+        }
+
+        /// A batch of the events given as (kind, User-Agent, URL).
+        fn batch(events: &[(&str, Option<&str>, Option<&str>)]) -> Batch {
+            let mut text = Vec::new();
+            let mut span = |s: Option<&str>| match s {
+                None => [ABSENT, 0],
+                Some(s) => {
+                    let at = text.len() as u32;
+                    text.extend_from_slice(s.as_bytes());
+                    [at, s.len() as u32]
+                }
+            };
+            let mut numbers = Vec::new();
+            let mut kinds: Vec<String> = Vec::new();
+            for (i, (kind, ua, url)) in events.iter().enumerate() {
+                let k = match kinds.iter().position(|k| k == kind) {
+                    Some(k) => k,
+                    None => {
+                        kinds.push((*kind).to_owned());
+                        kinds.len() - 1
+                    }
+                };
+                numbers.push(k as u32);
+                let id = format!("é-{i}");
+                let spans = [
+                    span(Some(&id)),
+                    span(Some("u")),
+                    span(*ua),
+                    span(*url),
+                    span(Some("{}")),
+                ];
+                for [offset, len] in spans {
+                    numbers.extend([offset, len]);
+                }
+            }
+            Batch {
+                timestamps: (0..events.len() as i64).collect(),
+                text,
+                kinds,
+                events: numbers,
+            }
+        }
+
+        fn echo() -> Instance<Echo> {
+            Instance::<Echo>::init(Vec::new(), vec!["count".into(), "seen".into()]).expect("init")
+        }
+
+        #[test]
+        fn a_batch_is_read_in_place_and_written_by_index() {
+            let (out, errors) = echo().enrich(&batch(&[
+                ("a", Some(""), None),
+                ("undeclared", None, None),
+                ("fail", None, None),
+                ("a", None, Some("https://ü.example/")),
+            ]));
+            let errors: Vec<(u32, wit::EnrichError)> =
+                errors.into_iter().map(|e| (e.event, e.error)).collect();
+            // The generated types have `Debug`, not `PartialEq`.
+            assert_eq!(
+                format!("{errors:?}"),
+                format!(
+                    "{:?}",
+                    [
+                        (1, wit::EnrichError::UndeclaredWrite("bad".into())),
+                        (2, wit::EnrichError::InvalidEvent("asked to".into())),
+                    ]
+                )
+            );
+            let out: Vec<(u32, wit::Update)> =
+                out.into_iter().map(|w| (w.event, w.update)).collect();
+            let seen = |text: &str| wit::Update::Set((1, wit::Value::Text(text.into())));
+            let expected = [
+                (0, seen(r#""é-0" "u" 0 Some("") None "{}""#)),
+                (0, wit::Update::Increment((0, 2))),
+                (
+                    3,
+                    seen(r#""é-3" "u" 3 None Some("https://ü.example/") "{}""#),
+                ),
+                (3, wit::Update::Increment((0, 2))),
+            ];
+            assert_eq!(format!("{out:?}"), format!("{expected:?}"));
+        }
+
+        #[test]
+        fn a_span_outside_the_text_or_inside_a_character_fails_its_event_alone() {
+            let mut bad = batch(&[("a", None, None), ("a", None, None), ("a", None, None)]);
+            // Event 1's id ends inside its `é`; event 2's user id runs past
+            // the end of the text.
+            bad.events[EVENT_WIDTH + 2] = 1;
+            bad.events[2 * EVENT_WIDTH + 4] = 10_000;
+            let (out, errors) = echo().enrich(&bad);
+            assert!(out.iter().all(|w| w.event == 0), "{out:?}");
+            let failed: Vec<u32> = errors.iter().map(|e| e.event).collect();
+            assert_eq!(failed, [1, 2]);
+        }
+    }
+
     #[doc(hidden)]
     #[macro_export]
     macro_rules! __guest {
