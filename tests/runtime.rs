@@ -728,7 +728,7 @@ fn plugin_check_describes_a_valid_plugin() {
 #[test]
 fn every_field_reaches_a_plugin_of_either_world_as_sent() {
     let rt = runtime();
-    let mut events = vec![
+    let mut events = [
         event("e-1", "u-1", "fields", 7),
         event("é-2", "ü-2", "fields", -5),
         event("e-3", "", "fields", i64::MAX),

@@ -154,6 +154,32 @@ mod v02 {
         (Vec::new(), errors)
     }
 
+    #[doc(hidden)]
+    #[macro_export]
+    macro_rules! __guest {
+        ($export:ident, $plugin:ty, $state:ident) => {
+            impl $crate::bindings::Guest for $export {
+                fn init(config: Vec<(String, String)>, writes: Vec<String>) -> Result<(), String> {
+                    let instance = $crate::export::Instance::<$plugin>::init(config, writes)?;
+                    $state.with(|state| *state.borrow_mut() = Some(instance));
+                    Ok(())
+                }
+
+                fn enrich(
+                    batch: $crate::bindings::Batch,
+                ) -> (
+                    Vec<$crate::bindings::Write>,
+                    Vec<$crate::bindings::EventError>,
+                ) {
+                    $state.with(|state| match state.borrow_mut().as_mut() {
+                        Some(instance) => instance.enrich(&batch),
+                        None => $crate::export::not_initialised(&batch),
+                    })
+                }
+            }
+        };
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -277,32 +303,6 @@ mod v02 {
             let failed: Vec<u32> = errors.iter().map(|e| e.event).collect();
             assert_eq!(failed, [1, 2]);
         }
-    }
-
-    #[doc(hidden)]
-    #[macro_export]
-    macro_rules! __guest {
-        ($export:ident, $plugin:ty, $state:ident) => {
-            impl $crate::bindings::Guest for $export {
-                fn init(config: Vec<(String, String)>, writes: Vec<String>) -> Result<(), String> {
-                    let instance = $crate::export::Instance::<$plugin>::init(config, writes)?;
-                    $state.with(|state| *state.borrow_mut() = Some(instance));
-                    Ok(())
-                }
-
-                fn enrich(
-                    batch: $crate::bindings::Batch,
-                ) -> (
-                    Vec<$crate::bindings::Write>,
-                    Vec<$crate::bindings::EventError>,
-                ) {
-                    $state.with(|state| match state.borrow_mut().as_mut() {
-                        Some(instance) => instance.enrich(&batch),
-                        None => $crate::export::not_initialised(&batch),
-                    })
-                }
-            }
-        };
     }
 }
 
