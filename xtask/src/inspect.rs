@@ -35,7 +35,7 @@ pub fn print(path: &Path) -> Result<()> {
         match surface.plugin_world() {
             Some(version) => println!("  plugin world: pulsehub:plugin/enricher@{version}"),
             None => println!(
-                "  plugin world: not told by its imports (no pulsehub:plugin/host); `pulsehub plugin check` tells"
+                "  plugin world: not told by its imports (none of pulsehub:plugin); `pulsehub plugin check` tells"
             ),
         }
     }
@@ -52,12 +52,13 @@ pub fn print(path: &Path) -> Result<()> {
 }
 
 impl Surface {
-    /// The version of the plugin world the component's host import names
-    /// (`pulsehub:plugin/host@0.2.0` → `0.2.0`).
+    /// The version of the plugin world the component's imports of its
+    /// interfaces name (`pulsehub:plugin/types@0.2.0` → `0.2.0`).
     pub fn plugin_world(&self) -> Option<&str> {
-        self.imports
-            .iter()
-            .find_map(|(_, name)| name.strip_prefix("pulsehub:plugin/host@"))
+        self.imports.iter().find_map(|(_, name)| {
+            let (_, version) = name.strip_prefix("pulsehub:plugin/")?.split_once('@')?;
+            Some(version)
+        })
     }
 }
 
@@ -144,7 +145,7 @@ mod tests {
 
     /// The built-ins as `cargo xtask plugins` builds them, against each world.
     #[test]
-    fn tells_the_plugin_world_by_the_host_import() {
+    fn tells_the_plugin_world_by_its_imports() {
         let root = crate::workspace_root().expect("root");
         for (dir, version) in [("plugins", "0.2.0"), ("plugins-0.1", "0.1.0")] {
             let path = root.join("target").join(dir).join("page-view-counter.wasm");
