@@ -19,6 +19,11 @@ use pulsehub::model::update::{Op, Update, Value};
 use pulsehub::plugin::chain::Chain;
 use pulsehub::plugin::{HostLimits, Plugin, PluginInstance, Runtime};
 use pulsehub_plugin_sdk as sdk;
+
+// The allocator the pulsehub binary ships with (host/src/main.rs), so the
+// host's side of a call costs here what it costs in the pipeline.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use sdk::Plugin as _;
 
 const BATCHES: [usize; 3] = [1, 64, 256];
@@ -145,7 +150,10 @@ fn host_update(update: sdk::Update) -> Update {
         sdk::Update::Max((a, v)) => (a, Op::Max(value(v))),
         sdk::Update::Min((a, v)) => (a, Op::Min(value(v))),
     };
-    Update { attribute, op }
+    Update {
+        attribute: attribute.into(),
+        op,
+    }
 }
 
 /// The three built-in plugins compiled natively, merged by the same merger:

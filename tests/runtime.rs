@@ -618,7 +618,7 @@ fn wasi_components_load_in_a_sandbox_that_denies_everything() {
     let get = |name: &str| {
         updates
             .iter()
-            .find(|u| u.attribute == name)
+            .find(|u| &*u.attribute == name)
             .and_then(|u| u.op.value().cloned())
             .unwrap_or_else(|| panic!("no {name} in {updates:?}"))
     };

@@ -140,7 +140,7 @@ fn a_scaffolded_plugin_builds_loads_and_counts_events() {
         panic!("one successful result: {results:?}");
     };
     assert_eq!(updates.len(), 1, "{updates:?}");
-    assert_eq!(updates[0].attribute, ATTRIBUTE);
+    assert_eq!(&*updates[0].attribute, ATTRIBUTE);
     assert_eq!(updates[0].op, Op::Increment(1));
 
     // And `pulsehub plugin run`, as its README says, counts every example event.

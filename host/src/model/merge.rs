@@ -54,7 +54,7 @@ pub struct Merger<'a> {
     // Fx rather than SipHash: the keys are user ids and attribute names of
     // one batch, hashed several times per event; no untrusted party picks
     // enough keys per batch to make collisions a cost.
-    pending: FxHashMap<&'a str, FxHashMap<String, Pending>>,
+    pending: FxHashMap<&'a str, FxHashMap<Arc<str>, Pending>>,
 }
 
 impl<'a> Merger<'a> {
@@ -86,7 +86,7 @@ impl<'a> Merger<'a> {
         let user = events[event].profile_key();
         let attributes = self.pending.entry(user).or_default();
         for update in &updates {
-            if let Some(existing) = attributes.get(&update.attribute) {
+            if let Some(existing) = attributes.get(&*update.attribute) {
                 check(&existing.op, update)?;
             }
         }
@@ -122,7 +122,7 @@ impl<'a> Merger<'a> {
                         event_time_ms: event.timestamp_ms,
                     };
                     (
-                        attribute,
+                        String::from(&*attribute),
                         AttributeChange {
                             op: pending.op,
                             provenance,

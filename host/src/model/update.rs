@@ -1,6 +1,8 @@
 //! Attribute values and the updates plugins make to them, in the host's own
 //! types (the generated bindings stay inside [`crate::plugin`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -108,10 +110,12 @@ impl Op {
     }
 }
 
-/// A plugin's change to one attribute of the event's user.
+/// A plugin's change to one attribute of the event's user. The name is
+/// shared with the plugin's manifest, so an update costs no allocation of
+/// its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
-    pub attribute: String,
+    pub attribute: Arc<str>,
     pub op: Op,
 }
 
@@ -121,12 +125,12 @@ impl Update {
     pub fn to_json(&self) -> serde_json::Value {
         match &self.op {
             Op::Increment(delta) => {
-                json!({"op": "increment", "attribute": self.attribute, "delta": delta})
+                json!({"op": "increment", "attribute": &*self.attribute, "delta": delta})
             }
             op => {
                 let value = op.value().map(|v| (v.type_name(), v.to_json()));
                 let (type_name, value) = value.unwrap_or(("", serde_json::Value::Null));
-                json!({"op": op.name(), "attribute": self.attribute, "type": type_name, "value": value})
+                json!({"op": op.name(), "attribute": &*self.attribute, "type": type_name, "value": value})
             }
         }
     }

@@ -264,10 +264,11 @@ impl PluginInstance {
             bindings::Update::Max((name, value)) => (name, Op::Max(convert_value(value))),
             bindings::Update::Min((name, value)) => (name, Op::Min(convert_value(value))),
         };
-        if !self.plugin.manifest.writes.contains(&attribute) {
-            return Err(undeclared(&attribute));
+        // The manifest's own name, shared, stands for the plugin's.
+        match self.plugin.writes.iter().find(|w| ***w == *attribute) {
+            Some(declared) => self.checked(declared.clone(), op),
+            None => Err(undeclared(&attribute)),
         }
-        self.checked(attribute, op)
     }
 
     fn convert_v02(&self, update: v02::Update) -> Result<Update, (ErrorKind, String)> {
@@ -291,7 +292,7 @@ impl PluginInstance {
     }
 
     /// The output rules on a value, for a declared attribute.
-    fn checked(&self, attribute: String, op: Op) -> Result<Update, (ErrorKind, String)> {
+    fn checked(&self, attribute: Arc<str>, op: Op) -> Result<Update, (ErrorKind, String)> {
         let max = self.plugin.limits.max_string_bytes;
         match op.value() {
             Some(Value::Text(text)) if text.len() > max => Err((

@@ -15,6 +15,10 @@ use super::bindings::{self, Enricher, EnricherPre, v02};
 use super::limits::MemoryLimiter;
 use super::{Health, HostLimits, LoadError, Manifest, PluginLimits};
 
+/// Set to `1`, the runtime writes `/tmp/perf-PID.map`, so that `perf report`
+/// names the functions of the plugins it compiled.
+pub const PERF_MAP_ENV: &str = "PULSEHUB_WASM_PERF_MAP";
+
 /// How often the epoch advances; CPU-time budgets are counted in these ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
 
@@ -69,6 +73,11 @@ impl Runtime {
             let mut cache = CacheConfig::new();
             cache.with_directory(&dir);
             config.cache(Some(Cache::new(cache)?));
+        }
+        // `perf` names the plugins' compiled functions when asked to
+        // (docs/troubleshooting.md, "Profiling plugins").
+        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         config
             .epoch_interruption(true)
@@ -146,7 +155,11 @@ impl Runtime {
             label: format!("{} {}", manifest.name, manifest.version).into(),
             version: manifest.version.to_string(),
             sha256: hex(&Sha256::digest(bytes)),
-            writes: manifest.writes.iter().cloned().collect(),
+            writes: manifest
+                .writes
+                .iter()
+                .map(|w| Arc::from(w.as_str()))
+                .collect(),
             manifest,
             pre,
             health: Health::default(),
@@ -189,7 +202,7 @@ impl Runtime {
                     .map(|result| (Bindings::V01(instance), result))
             }),
             Pre::V02(pre) => pre.instantiate(&mut store).and_then(|instance| {
-                let writes: Vec<&str> = plugin.writes.iter().map(String::as_str).collect();
+                let writes: Vec<&str> = plugin.writes.iter().map(|w| &**w).collect();
                 instance
                     .call_init(&mut store, &config, &writes)
                     .map(|result| (Bindings::V02(instance), result))
@@ -279,7 +292,7 @@ pub struct Plugin {
     pub sha256: String,
     /// The manifest's `writes` in the order a 0.2 plugin's `init` is given
     /// them: a 0.2 update names its attribute by its index here.
-    pub(crate) writes: Vec<String>,
+    pub(crate) writes: Vec<Arc<str>>,
     /// "name version", for logs.
     pub(crate) label: Arc<str>,
     pub(crate) pre: Pre,

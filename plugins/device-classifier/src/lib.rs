@@ -8,10 +8,12 @@
 
 pub mod classify;
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use pulsehub_plugin_sdk::{Config, EnrichError, Event, EventView, Plugin, Update, Updates, Value};
+use rustc_hash::FxHasher;
 
 pub use classify::{Classifier, Device, DeviceType};
 
@@ -19,8 +21,14 @@ const DEFAULT_CACHE_SIZE: usize = 4096;
 
 pub struct DeviceClassifier {
     classifier: Classifier,
-    cache: Option<LruCache<String, Device>>,
+    cache: Option<Cache>,
 }
+
+/// Devices by an Fx hash of their User-Agent, each with the User-Agent it
+/// was made for. Inside a component SipHash and byte-by-byte `memcmp` were
+/// most of a cache hit's cost: the key is hashed once with Fx, and the
+/// text compared 8 bytes at a time ([`pulsehub_plugin_sdk::text_eq`]).
+type Cache = LruCache<u64, (Box<str>, Device), BuildHasherDefault<FxHasher>>;
 
 impl Plugin for DeviceClassifier {
     fn init(config: &Config) -> Result<Self, String> {
@@ -28,7 +36,8 @@ impl Plugin for DeviceClassifier {
         Ok(Self {
             classifier: Classifier::new()?,
             // cache-size = "0" turns the cache off.
-            cache: NonZeroUsize::new(cache_size).map(LruCache::new),
+            cache: NonZeroUsize::new(cache_size)
+                .map(|size| LruCache::with_hasher(size, BuildHasherDefault::default())),
         })
     }
 
@@ -72,12 +81,22 @@ impl DeviceClassifier {
         if user_agent.is_empty() {
             return None;
         }
-        Some(match &mut self.cache {
-            Some(cache) => {
-                f(cache.get_or_insert_ref(user_agent, || self.classifier.classify(user_agent)))
-            }
-            None => f(&self.classifier.classify(user_agent)),
-        })
+        let Some(cache) = &mut self.cache else {
+            return Some(f(&self.classifier.classify(user_agent)));
+        };
+        let mut hasher = FxHasher::default();
+        hasher.write(user_agent.as_bytes());
+        let key = hasher.finish();
+        if let Some((text, device)) = cache.get(&key)
+            && pulsehub_plugin_sdk::text_eq(text, user_agent)
+        {
+            return Some(f(device));
+        }
+        // A miss, or another User-Agent with the same hash: that one goes.
+        let device = self.classifier.classify(user_agent);
+        let result = f(&device);
+        cache.put(key, (user_agent.into(), device));
+        Some(result)
     }
 }
 

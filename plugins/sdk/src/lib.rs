@@ -146,6 +146,22 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
+/// Whether two texts are equal, compared 8 bytes at a time. Inside a
+/// component `==` on strings ends in wasm32's `memcmp`, which compares
+/// byte by byte; a plugin that compares long texts per event (a cache keyed
+/// by User-Agent) is faster with this.
+pub fn text_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (words_a, words_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    // Each chunk is 8 bytes: one load.
+    let word = |w: &[u8]| <[u8; 8]>::try_from(w).ok().map(u64::from_le_bytes);
+    words_a.remainder() == words_b.remainder()
+        && words_a.zip(words_b).all(|(x, y)| word(x) == word(y))
+}
+
 /// An event of `kind` for unit tests: id `e-1`, user `u-1`, time 0, no
 /// User-Agent or URL, properties `{}`. Adjust fields with struct update
 /// syntax: `Event { timestamp_ms: 5, ..test_event("click") }`.
@@ -193,4 +209,26 @@ macro_rules! plugin {
             $crate::bindings::export_enricher!(Export);
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text_eq;
+
+    #[test]
+    fn text_eq_tells_every_difference_at_every_length() {
+        for len in 0..40 {
+            let a: String = (0..len)
+                .map(|i| char::from(b'a' + (i % 26) as u8))
+                .collect();
+            assert!(text_eq(&a, &a.clone()), "{len}");
+            assert!(!text_eq(&a, &format!("{a}x")), "{len}: longer");
+            for at in 0..len {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'#';
+                let b = String::from_utf8(b).expect("ASCII");
+                assert!(!text_eq(&a, &b), "{len}: differs at {at}");
+            }
+        }
+    }
 }

@@ -136,7 +136,11 @@ impl<'a> Updates<'a> {
     }
 
     fn index(&mut self, attribute: &str) -> Option<u32> {
-        match self.writes.iter().position(|w| w == attribute) {
+        match self
+            .writes
+            .iter()
+            .position(|w| crate::text_eq(w, attribute))
+        {
             Some(at) => u32::try_from(at).ok(),
             None => {
                 self.undeclared.get_or_insert_with(|| attribute.to_owned());
