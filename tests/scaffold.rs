@@ -118,6 +118,8 @@ fn a_scaffolded_plugin_builds_loads_and_counts_events() {
     // Loaded by the runtime, it counts an event it subscribes to.
     let runtime = Runtime::new(HostLimits::default()).expect("runtime");
     let plugin = runtime.load_files(&wasm, &manifest).expect("load");
+    // The SDK builds the scaffold against world 0.2.
+    assert_eq!(plugin.world(), pulsehub::plugin::World::V0_2);
     assert_eq!(plugin.name(), NAME);
     assert_eq!(plugin.version, "0.1.0");
     assert!(plugin.manifest.events.matches("click"));
