@@ -2,6 +2,11 @@
 //! that `cargo xtask plugins` builds as it is, which the runtime loads and
 //! which counts events.
 //!
+//! The same scaffold also builds the way Rust teams build components
+//! elsewhere, `cargo build --target wasm32-wasip2`, and that component loads
+//! and runs too (when `cargo xtask test` could add the target: it sets
+//! `PULSEHUB_TEST_WASIP2`).
+//!
 //! The crate goes into a scratch workspace in a temporary directory, never
 //! into this repository's `plugins/`. That workspace takes the repository's
 //! SDK (by path), lock file, toolchain and wasm build cache, so the wasm
@@ -178,4 +183,71 @@ fn a_scaffolded_plugin_builds_loads_and_counts_events() {
         counted, 3,
         "the example's valid events are counted:\n{lines}"
     );
+}
+
+/// Rust's own route to a component: `cargo build --target wasm32-wasip2`
+/// of a scaffolded crate, with no PulseHub tooling, gives a component of
+/// world 0.2 (importing WASI, which the host links to a context that
+/// denies everything) that loads and counts events.
+#[test]
+fn a_scaffold_built_for_wasm32_wasip2_loads_and_counts_events() {
+    if std::env::var_os("PULSEHUB_TEST_WASIP2").is_none() {
+        eprintln!(
+            "not run: PULSEHUB_TEST_WASIP2 is unset (cargo xtask test sets it once \
+             `rustup target add wasm32-wasip2` succeeded)"
+        );
+        return;
+    }
+    let repo = workspace();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let ws = scratch.path();
+    scratch_workspace(&repo, ws);
+    let new = pulsehub(ws, &["plugin", "new", NAME]);
+    assert!(new.status.success(), "plugin new: {}", text(&new.stderr));
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(ws)
+        .output()
+        .expect("run cargo build");
+    assert!(
+        build.status.success(),
+        "cargo build --target wasm32-wasip2 failed:\n{}",
+        text(&build.stderr)
+    );
+    let wasm = ws
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", NAME.replace('-', "_")));
+    let manifest = ws.join("plugins").join(NAME).join("plugin.toml");
+
+    let runtime = Runtime::new(HostLimits::default()).expect("runtime");
+    let plugin = runtime.load_files(&wasm, &manifest).expect("load");
+    assert_eq!(plugin.world(), pulsehub::plugin::World::V0_2);
+    let events: Vec<Event> = ["click", "page_view", "click"]
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| Event {
+            id: format!("e-{i}"),
+            user_id: "u-1".into(),
+            anonymous_id: None,
+            previous_id: None,
+            known_user: true,
+            profile_key: None,
+            kind: (*kind).into(),
+            timestamp_ms: 1_764_453_600_000,
+            user_agent: None,
+            url: None,
+            properties: "{}".into(),
+        })
+        .collect();
+    let refs: Vec<&Event> = events.iter().collect();
+    let results = PluginInstance::new(runtime, plugin).enrich(&refs);
+    for result in &results {
+        let updates = result.as_ref().expect("counted");
+        assert_eq!(updates.len(), 1, "{updates:?}");
+        assert_eq!(&*updates[0].attribute, ATTRIBUTE);
+        assert_eq!(updates[0].op, Op::Increment(1));
+    }
+    assert_eq!(results.len(), 3);
 }

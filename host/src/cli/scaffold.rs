@@ -83,6 +83,8 @@ impl Names {
             .replace("{{name}}", &self.name)
             .replace("{{attribute}}", &self.attribute)
             .replace("{{type}}", &self.type_name)
+            // The file name cargo gives the crate's library.
+            .replace("{{crate}}", &self.name.replace('-', "_"))
             .replace("{{out}}", out)
     }
 }
