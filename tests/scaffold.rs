@@ -75,16 +75,38 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A scratch workspace, and what `plugin new` printed when it scaffolded
+/// the crate there (from the workspace root: into its `plugins/`).
+fn scaffolded(repo: &Path) -> (tempfile::TempDir, Output) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    scratch_workspace(repo, scratch.path());
+    let new = pulsehub(scratch.path(), &["plugin", "new", NAME]);
+    assert!(new.status.success(), "plugin new: {}", text(&new.stderr));
+    (scratch, new)
+}
+
+/// An event of `kind` for the scaffold's user `u-1`.
+fn event(id: &str, kind: &str) -> Event {
+    Event {
+        id: id.into(),
+        user_id: "u-1".into(),
+        anonymous_id: None,
+        previous_id: None,
+        known_user: true,
+        profile_key: None,
+        kind: kind.into(),
+        timestamp_ms: 1_764_453_600_000,
+        user_agent: None,
+        url: None,
+        properties: "{}".into(),
+    }
+}
+
 #[test]
 fn a_scaffolded_plugin_builds_loads_and_counts_events() {
     let repo = workspace();
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let (scratch, new) = scaffolded(&repo);
     let ws = scratch.path();
-    scratch_workspace(&repo, ws);
-
-    // Scaffold from the workspace root: the crate lands in its plugins/.
-    let new = pulsehub(ws, &["plugin", "new", NAME]);
-    assert!(new.status.success(), "plugin new: {}", text(&new.stderr));
     let stdout = text(&new.stdout);
     assert!(
         stdout.contains("cargo xtask plugins")
@@ -128,19 +150,7 @@ fn a_scaffolded_plugin_builds_loads_and_counts_events() {
     assert_eq!(plugin.name(), NAME);
     assert_eq!(plugin.version, "0.1.0");
     assert!(plugin.manifest.events.matches("click"));
-    let event = Event {
-        id: "e-1".into(),
-        user_id: "u-1".into(),
-        anonymous_id: None,
-        previous_id: None,
-        known_user: true,
-        profile_key: None,
-        kind: "click".into(),
-        timestamp_ms: 1_764_453_600_000,
-        user_agent: None,
-        url: None,
-        properties: "{}".into(),
-    };
+    let event = event("e-1", "click");
     let mut instance = PluginInstance::new(runtime, plugin);
     let results = instance.enrich(&[&event]);
     let [Ok(updates)] = &results[..] else {
@@ -199,11 +209,8 @@ fn a_scaffold_built_for_wasm32_wasip2_loads_and_counts_events() {
         return;
     }
     let repo = workspace();
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let (scratch, _) = scaffolded(&repo);
     let ws = scratch.path();
-    scratch_workspace(&repo, ws);
-    let new = pulsehub(ws, &["plugin", "new", NAME]);
-    assert!(new.status.success(), "plugin new: {}", text(&new.stderr));
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let build = Command::new(cargo)
@@ -227,19 +234,7 @@ fn a_scaffold_built_for_wasm32_wasip2_loads_and_counts_events() {
     let events: Vec<Event> = ["click", "page_view", "click"]
         .iter()
         .enumerate()
-        .map(|(i, kind)| Event {
-            id: format!("e-{i}"),
-            user_id: "u-1".into(),
-            anonymous_id: None,
-            previous_id: None,
-            known_user: true,
-            profile_key: None,
-            kind: (*kind).into(),
-            timestamp_ms: 1_764_453_600_000,
-            user_agent: None,
-            url: None,
-            properties: "{}".into(),
-        })
+        .map(|(i, kind)| event(&format!("e-{i}"), kind))
         .collect();
     let refs: Vec<&Event> = events.iter().collect();
     let results = PluginInstance::new(runtime, plugin).enrich(&refs);

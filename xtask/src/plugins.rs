@@ -68,37 +68,19 @@ const WORLD_0_1: &str = "pulsehub-plugin-sdk/world-0-1";
 /// benches compare the two worlds on the same plugins, and the tests run
 /// both side by side.
 pub fn build_all(root: &Path) -> Result<()> {
-    build_workspace(root, root)?;
-    let started = Instant::now();
-    let mut plugins = Vec::new();
-    for mut plugin in discover(root)? {
-        let cargo_toml = plugin.dir.join("Cargo.toml");
-        let text = fs::read_to_string(&cargo_toml)
-            .with_context(|| format!("reading {}", cargo_toml.display()))?;
-        if text.contains("pulsehub-plugin-sdk") {
+    let plugins = discover_some(root)?;
+    let toolchain = choose_toolchain(root)?;
+    build(root, root, &toolchain, &plugins, None)?;
+    let mut sdk_based = Vec::new();
+    for mut plugin in plugins {
+        if uses_sdk(&plugin)? {
             let mut out = plugin.out_dir.into_os_string();
             out.push("-0.1");
             plugin.out_dir = PathBuf::from(out);
-            plugins.push(plugin);
+            sdk_based.push(plugin);
         }
     }
-    let toolchain = choose_toolchain(root)?;
-    let wasm_target_dir = root.join("target").join("wasm");
-    cargo_build_with(
-        root,
-        &wasm_target_dir,
-        &toolchain,
-        &plugins,
-        Some(WORLD_0_1),
-    )?;
-    println!("components, world 0.1.0:");
-    componentize_all(root, &wasm_target_dir, &plugins)?;
-    println!(
-        "built {} plugin(s) against world 0.1.0 in {:.1} s",
-        plugins.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    build(root, root, &toolchain, &sdk_based, Some(WORLD_0_1))
 }
 
 /// Builds the plugin crates of the cargo workspace at `workspace` (under its
@@ -107,7 +89,62 @@ pub fn build_all(root: &Path) -> Result<()> {
 /// which the workspace shares when it is another one (a team's own, or a
 /// test's scratch workspace).
 pub fn build_workspace(repo: &Path, workspace: &Path) -> Result<()> {
+    let plugins = discover_some(workspace)?;
+    let toolchain = choose_toolchain(repo)?;
+    build(repo, workspace, &toolchain, &plugins, None)
+}
+
+/// Builds `plugins` of `workspace` in one cargo invocation (against the 0.1
+/// world when `features` is [`WORLD_0_1`]) and turns each into a component.
+fn build(
+    repo: &Path,
+    workspace: &Path,
+    toolchain: &Toolchain,
+    plugins: &[PluginCrate],
+    features: Option<&str>,
+) -> Result<()> {
     let started = Instant::now();
+    let world = if features == Some(WORLD_0_1) {
+        " against world 0.1.0"
+    } else {
+        ""
+    };
+    let wasm_target_dir = repo.join("target").join("wasm");
+    cargo_build(workspace, &wasm_target_dir, toolchain, plugins, features)?;
+    println!("components{world}:");
+    for plugin in plugins {
+        let (path, size) = componentize(&wasm_target_dir, plugin)?;
+        let shown = path.strip_prefix(workspace).unwrap_or(&path);
+        println!(
+            "  {:<20} {:<40} {:>10}",
+            plugin.name,
+            shown.display(),
+            human_size(size)
+        );
+    }
+    println!(
+        "built {} plugin(s){world} in {:.1} s",
+        plugins.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Whether the crate depends on the SDK (and so can be built against 0.1).
+fn uses_sdk(plugin: &PluginCrate) -> Result<bool> {
+    let cargo_toml = plugin.dir.join("Cargo.toml");
+    let text = fs::read_to_string(&cargo_toml)
+        .with_context(|| format!("reading {}", cargo_toml.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", cargo_toml.display()))?;
+    Ok(doc
+        .get("dependencies")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|deps| deps.contains_key("pulsehub-plugin-sdk")))
+}
+
+/// [`discover`], refusing a workspace without plugin crates.
+fn discover_some(workspace: &Path) -> Result<Vec<PluginCrate>> {
     let plugins = discover(workspace)?;
     ensure!(
         !plugins.is_empty(),
@@ -118,19 +155,7 @@ pub fn build_workspace(repo: &Path, workspace: &Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" or ")
     );
-
-    let toolchain = choose_toolchain(repo)?;
-    let wasm_target_dir = repo.join("target").join("wasm");
-    cargo_build(workspace, &wasm_target_dir, &toolchain, &plugins)?;
-
-    println!("components:");
-    componentize_all(workspace, &wasm_target_dir, &plugins)?;
-    println!(
-        "built {} plugin(s) in {:.1} s",
-        plugins.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(plugins)
 }
 
 /// Every directory with a `plugin.toml` under the plugin folders, sorted.
@@ -295,17 +320,8 @@ fn wasm_target_installed(root: &Path) -> Result<bool> {
     }
 }
 
-fn cargo_build(
-    root: &Path,
-    wasm_target_dir: &Path,
-    toolchain: &Toolchain,
-    plugins: &[PluginCrate],
-) -> Result<()> {
-    cargo_build_with(root, wasm_target_dir, toolchain, plugins, None)
-}
-
 /// Builds `plugins` in one cargo invocation, with `features` when given.
-fn cargo_build_with(
+fn cargo_build(
     root: &Path,
     wasm_target_dir: &Path,
     toolchain: &Toolchain,
@@ -353,25 +369,6 @@ fn cargo_build_with(
          cargo's messages above name the crate",
         packages.join(", ")
     );
-    Ok(())
-}
-
-/// Turns each plugin's core module into a component, and lists them.
-fn componentize_all(
-    workspace: &Path,
-    wasm_target_dir: &Path,
-    plugins: &[PluginCrate],
-) -> Result<()> {
-    for plugin in plugins {
-        let (path, size) = componentize(wasm_target_dir, plugin)?;
-        let shown = path.strip_prefix(workspace).unwrap_or(&path);
-        println!(
-            "  {:<20} {:<40} {:>10}",
-            plugin.name,
-            shown.display(),
-            human_size(size)
-        );
-    }
     Ok(())
 }
 

@@ -399,14 +399,9 @@ impl Arena {
             }
             let id = self.span(mask.id.then_some(event.id.as_str()))?;
             let user_id = self.span(mask.user_id.then_some(event.user_id.as_str()))?;
-            let user_agent = match event.user_agent.as_deref().filter(|_| mask.user_agent) {
-                Some(text) => self.span(Some(text))?,
-                None => [ABSENT, 0],
-            };
-            let url = match event.url.as_deref().filter(|_| mask.url) {
-                Some(text) => self.span(Some(text))?,
-                None => [ABSENT, 0],
-            };
+            let user_agent =
+                self.optional(event.user_agent.as_deref().filter(|_| mask.user_agent))?;
+            let url = self.optional(event.url.as_deref().filter(|_| mask.url))?;
             let properties = if mask.properties {
                 self.span(Some(&event.properties))?
             } else {
@@ -437,6 +432,14 @@ impl Arena {
                 ErrorKind::Internal,
                 "the batch's text does not fit the 4 GiB a 0.2 batch can address".to_owned(),
             )),
+        }
+    }
+
+    /// Appends `text` and returns its span, or the span of absent text.
+    fn optional(&mut self, text: Option<&str>) -> Result<[u32; 2], (ErrorKind, String)> {
+        match text {
+            Some(text) => self.span(Some(text)),
+            None => Ok([ABSENT, 0]),
         }
     }
 

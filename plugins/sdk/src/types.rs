@@ -149,32 +149,31 @@ impl<'a> Updates<'a> {
         }
     }
 
+    /// Writes `attribute`'s operation, made from its index.
+    fn write(&mut self, attribute: &str, operation: impl FnOnce(u32) -> Indexed) {
+        if let Some(at) = self.index(attribute) {
+            self.out.push(operation(at));
+        }
+    }
+
     /// Replaces the value of `attribute`.
     pub fn set(&mut self, attribute: &str, value: Value) {
-        if let Some(at) = self.index(attribute) {
-            self.out.push(Indexed::Set(at, value));
-        }
+        self.write(attribute, |at| Indexed::Set(at, value));
     }
 
     /// Adds `delta` to the counter `attribute`.
     pub fn increment(&mut self, attribute: &str, delta: i64) {
-        if let Some(at) = self.index(attribute) {
-            self.out.push(Indexed::Increment(at, delta));
-        }
+        self.write(attribute, |at| Indexed::Increment(at, delta));
     }
 
     /// Keeps the larger of the stored value of `attribute` and `value`.
     pub fn max(&mut self, attribute: &str, value: Value) {
-        if let Some(at) = self.index(attribute) {
-            self.out.push(Indexed::Max(at, value));
-        }
+        self.write(attribute, |at| Indexed::Max(at, value));
     }
 
     /// Keeps the smaller of the stored value of `attribute` and `value`.
     pub fn min(&mut self, attribute: &str, value: Value) {
-        if let Some(at) = self.index(attribute) {
-            self.out.push(Indexed::Min(at, value));
-        }
+        self.write(attribute, |at| Indexed::Min(at, value));
     }
 
     /// Adds an [`Update`] as [`crate::Plugin::enrich`] returns it.
