@@ -1012,16 +1012,14 @@ async fn commit_linking(
     commit_with(store, changes, offsets, Vec::new(), Some(identity), now_ms).await
 }
 
-#[tokio::test]
-async fn a_link_planned_on_a_row_another_writer_changes_meanwhile_is_planned_again_under_lock() {
-    let db = StoreDb::new().await;
-    let anonymous = Identifier::new(ANONYMOUS_ID, "a1");
-    let a1 = anonymous.home_key();
+/// Commits u1's profile (1 view, partition 0), then, later, so that u1's
+/// is the older profile, the own profile of `anonymous` (2 views,
+/// partition 1): two profiles of one person, not linked yet.
+async fn u1_then_a1(store: &PgStore, anonymous: &Identifier) {
     let views = |n, event: &str| change(Op::Increment(n), event, 1);
-    // u1, then (later, so u1 is the older profile) a1's own profile.
     applied(
         commit(
-            &db.store,
+            store,
             &changes(vec![("u1", "page_views", views(1, "e1"))]),
             &[range(0, None, 1)],
             1_000,
@@ -1029,20 +1027,30 @@ async fn a_link_planned_on_a_row_another_writer_changes_meanwhile_is_planned_aga
         .await
         .expect("u1 commits"),
     );
+    let home = anonymous.home_key();
     let mut keyed = BatchIdentities::default();
-    keyed.keys.insert(a1.clone(), anonymous.clone());
+    keyed.keys.insert(home.clone(), anonymous.clone());
     applied(
         commit_linking(
-            &db.store,
-            &changes(vec![(a1.as_str(), "page_views", views(2, "e2"))]),
+            store,
+            &changes(vec![(home.as_str(), "page_views", views(2, "e2"))]),
             &[range(1, None, 1)],
             &keyed,
             &LinkReport::default(),
             2_000,
         )
         .await
-        .expect("a1 commits"),
+        .expect("the anonymous id's profile commits"),
     );
+}
+
+#[tokio::test]
+async fn a_link_planned_on_a_row_another_writer_changes_meanwhile_is_planned_again_under_lock() {
+    let db = StoreDb::new().await;
+    let anonymous = Identifier::new(ANONYMOUS_ID, "a1");
+    let a1 = anonymous.home_key();
+    let views = |n, event: &str| change(Op::Increment(n), event, 1);
+    u1_then_a1(&db.store, &anonymous).await;
 
     // Another writer holds a1's row...
     let mut other = db.store.pool().begin().await.expect("begin");
@@ -1273,4 +1281,58 @@ async fn links_are_planned_over_the_callers_copies_and_an_overtaken_copy_again_u
         vec![anonymous, Identifier::new(USER_ID, "u2")]
     );
     assert_merged_away(&db, &home, "u2", 2).await;
+}
+
+/// A change keyed by a pointer the caller holds a copy of, without a copy
+/// of the profile it leads to (a lane that keyed an event before it learnt
+/// of the merge): the commit reads that profile and applies the change
+/// there, in one attempt.
+#[tokio::test]
+async fn a_change_at_a_held_pointer_goes_to_the_profile_it_leads_to() {
+    let db = StoreDb::new().await;
+    let views = |n, event: &str| change(Op::Increment(n), event, 1);
+    let anonymous = Identifier::new(ANONYMOUS_ID, "a1");
+    let home = anonymous.home_key();
+    u1_then_a1(&db.store, &anonymous).await;
+    let mut linking = BatchIdentities::default();
+    linking.links.push(Link {
+        event_id: "e3".to_owned(),
+        identifiers: vec![Identifier::new(USER_ID, "u1"), anonymous],
+        alias: false,
+    });
+    let written = applied(
+        commit_linking(
+            &db.store,
+            &changes(vec![("u1", "page_views", views(1, "e3"))]),
+            &[range(0, Some(1), 2)],
+            &linking,
+            &LinkReport::default(),
+            3_000,
+        )
+        .await
+        .expect("the link commits"),
+    );
+    let pointer = written
+        .into_iter()
+        .find(|row| row.user_id == home)
+        .expect("the anonymous profile, now a pointer, is written");
+    assert_eq!(pointer.merged_into.as_deref(), Some("u1"));
+
+    let written = applied(
+        commit_from(
+            &db.store,
+            &changes(vec![(home.as_str(), "page_views", views(5, "e4"))]),
+            &[range(1, Some(1), 2)],
+            vec![pointer],
+            4_000,
+        )
+        .await
+        .expect("a change at a held pointer commits at the first attempt"),
+    );
+    assert_eq!(written.len(), 1, "only the profile is written: {written:?}");
+    assert_eq!(written[0].user_id, "u1");
+    assert_eq!(
+        written[0].attributes["page_views"].value,
+        Value::Integer(1 + 2 + 1 + 5)
+    );
 }

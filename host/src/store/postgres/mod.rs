@@ -483,22 +483,48 @@ async fn apply_changes<'c>(
     if changes.is_empty() {
         return Ok(Vec::new());
     }
-    let mut missing: Vec<String> = changes
-        .keys()
-        .filter(|key| !known.contains_key(*key))
-        .cloned()
-        .collect();
+    // Each key's profile: its row, or the end of its pointers. The rows
+    // not held are read, keys first, then the targets of pointers (held or
+    // read) until every key resolves; a key with no row starts a profile.
     let mut asked: HashSet<String> = HashSet::new();
-    for _ in 0..=identity::MAX_POINTER_STEPS {
-        if missing.is_empty() {
-            break;
+    let mut steps = 0;
+    let groups = loop {
+        let mut groups: BTreeMap<String, Vec<&'c String>> = BTreeMap::new();
+        let mut missing: BTreeSet<&str> = BTreeSet::new();
+        for key in changes.keys() {
+            match identity::resolve(&known, key) {
+                Ok(Some(canonical)) => groups.entry(canonical.to_owned()).or_default().push(key),
+                Ok(None) if asked.contains(key) => groups.entry(key.clone()).or_default().push(key),
+                Ok(None) => {
+                    missing.insert(key);
+                }
+                Err(target) if asked.contains(target) => {
+                    return Err(StoreError(anyhow!(
+                        "the pointer from {key} leads to {target}, which has no row"
+                    )));
+                }
+                Err(target) => {
+                    missing.insert(target);
+                }
+            }
         }
+        if missing.is_empty() {
+            break groups;
+        }
+        steps += 1;
+        if steps > identity::MAX_POINTER_STEPS + 1 {
+            return Err(StoreError(anyhow!(
+                "the batch's pointers lead on past {} rows",
+                identity::MAX_POINTER_STEPS
+            )));
+        }
+        let missing: Vec<String> = missing.into_iter().map(str::to_owned).collect();
         let rows = sqlx::query("SELECT user_id, profile FROM profiles WHERE user_id = ANY($1)")
             .bind(&missing)
             .fetch_all(&mut **tx)
             .await
             .context("reading the batch's profiles")?;
-        asked.extend(missing.drain(..));
+        asked.extend(missing);
         known.reserve(rows.len());
         for row in rows {
             let key: String = row.try_get("user_id").context("reading a profile row")?;
@@ -507,29 +533,7 @@ async fn apply_changes<'c>(
                 .with_context(|| format!("decoding the stored profile of {key}"))?;
             known.insert(key, profile);
         }
-        // Pointers whose targets are not read yet.
-        missing = changes
-            .keys()
-            .filter_map(|key| identity::resolve(&known, key).err())
-            .filter(|target| !asked.contains(*target))
-            .map(str::to_owned)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-    }
-    let mut groups: BTreeMap<String, Vec<&'c String>> = BTreeMap::new();
-    for key in changes.keys() {
-        let canonical = match identity::resolve(&known, key) {
-            Ok(Some(canonical)) => canonical.to_owned(),
-            Ok(None) => key.clone(),
-            Err(broken) => {
-                return Err(StoreError(anyhow!(
-                    "the pointer from {key} leads to {broken}, which has no row"
-                )));
-            }
-        };
-        groups.entry(canonical).or_default().push(key);
-    }
+    };
     let profiles = groups
         .into_iter()
         .map(|(canonical, keys)| {
