@@ -56,7 +56,7 @@ impl ProfileCopies {
     /// changes, and the home keys of the identifiers it links): the commit
     /// starts from them and gives them back through [`Self::keep`] once
     /// they are written. Another lane touching one of them meanwhile reads
-    /// it from the store.
+    /// it from the store. Pointers are lent, not taken: they stay.
     pub(super) fn take<'k>(
         &self,
         keys: impl IntoIterator<Item = &'k String>,
@@ -67,7 +67,16 @@ impl ProfileCopies {
             return taken;
         }
         for user_id in keys {
-            if let Some((user_id, profile)) = held.profiles.pop_entry(user_id) {
+            // A pointer never changes (a delete empties the copies): a
+            // copy of it stays, as a commit that resolves through it does
+            // not write it back.
+            if let Some(pointer) = held
+                .profiles
+                .get(user_id)
+                .filter(|profile| profile.merged_into.is_some())
+            {
+                taken.insert(user_id.clone(), pointer.clone());
+            } else if let Some((user_id, profile)) = held.profiles.pop_entry(user_id) {
                 held.bytes -= weight(&profile);
                 taken.insert(user_id, profile);
             }
@@ -175,6 +184,21 @@ mod tests {
         assert_eq!(cache.len(), 2, "b is out while its commit runs");
         cache.keep(vec![profile("b", 6)]);
         assert_eq!(cache.take(&keys(&["b"]))["b"].revision, 6);
+    }
+
+    #[test]
+    fn a_pointer_is_lent_and_stays_for_the_next_commit() {
+        let cache = ProfileCopies::new(1 << 20);
+        let mut pointer = profile("a", 2);
+        pointer.merged_into = Some("u".to_owned());
+        cache.keep(vec![pointer.clone(), profile("u", 4)]);
+        let taken = cache.take(&keys(&["a", "u"]));
+        assert_eq!(taken["a"], pointer);
+        // The commit writes the profile, not the pointer it resolved through.
+        cache.keep(vec![profile("u", 5)]);
+        let taken = cache.take(&keys(&["a", "u"]));
+        assert_eq!(taken["a"], pointer, "still held");
+        assert_eq!(taken["u"].revision, 5);
     }
 
     #[test]
