@@ -18,6 +18,11 @@ use crate::model::profile::Profile;
 /// Home key → the key of the profile (or pointer) it was last seen under.
 pub(super) struct LinkMemory {
     homes: HashMap<String, String>,
+    /// Profile key → how many identifiers its row had when last learnt
+    /// from. A profile's identifiers only grow (until a delete, which
+    /// clears the memory), so a row with as many has nothing new to teach,
+    /// and its identifiers' home keys need not be derived again.
+    learnt: HashMap<String, usize>,
     capacity: usize,
 }
 
@@ -26,6 +31,7 @@ impl LinkMemory {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
             homes: HashMap::new(),
+            learnt: HashMap::new(),
             capacity,
         }
     }
@@ -41,7 +47,11 @@ impl LinkMemory {
         for row in rows {
             if let Some(target) = &row.merged_into {
                 self.note(&row.user_id, target);
-            } else {
+            } else if !row.identifiers.is_empty()
+                && self.learnt.get(&row.user_id) != Some(&row.identifiers.len())
+            {
+                self.learnt
+                    .insert(row.user_id.clone(), row.identifiers.len());
                 for identifier in &row.identifiers {
                     // A user id's home key is the id itself: no digest.
                     if identifier.kind == USER_ID {
@@ -52,8 +62,8 @@ impl LinkMemory {
                 }
             }
         }
-        if self.homes.len() > self.capacity {
-            self.homes.clear();
+        if self.homes.len() + self.learnt.len() > self.capacity {
+            self.clear();
         }
     }
 
@@ -90,6 +100,7 @@ impl LinkMemory {
 
     pub(super) fn clear(&mut self) {
         self.homes.clear();
+        self.learnt.clear();
     }
 }
 
