@@ -1,13 +1,16 @@
 //! The cost of a stored profile's JSON, which the commit path pays for every
 //! profile a batch changes: decoding it (PostgreSQL hands the stored
 //! document back) and encoding it (written back, and again for Redis).
-//! A profile of the built-in plugins' six attributes, as the README shows.
+//! A profile of the built-in plugins' six attributes, as the README shows,
+//! and the same profile after a merge (`identified`): its identifiers and
+//! its merge history, which every write of a merged profile encodes too.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
+use pulsehub::model::identity::{ANONYMOUS_ID, Identifier, MergeRecord, USER_ID, home_key};
 use pulsehub::model::profile::{Attribute, Profile};
 use pulsehub::model::update::{OpKind, Value};
 
@@ -77,16 +80,33 @@ fn profile() -> Profile {
     profile
 }
 
+/// [`profile`] after its user's anonymous id linked to it and the
+/// anonymous id's own profile merged in.
+fn identified() -> Profile {
+    let mut profile = profile();
+    profile.identifiers = vec![
+        Identifier::new(ANONYMOUS_ID, "a-3e9d1c70"),
+        Identifier::new(USER_ID, "u-42"),
+    ];
+    profile.merges = vec![MergeRecord {
+        merged: home_key(ANONYMOUS_ID, "a-3e9d1c70"),
+        event_id: "7a4e9b21-6c3d-4f80-b1e2-9d5c8a7f3b06".to_owned(),
+        at_ms: 1_795_989_630_000,
+    }];
+    profile
+}
+
 fn benches(c: &mut Criterion) {
-    let profile = profile();
-    let json = serde_json::to_vec(&profile).expect("encodes");
     let mut group = c.benchmark_group("profile_json");
-    group.bench_function("decode", |b| {
-        b.iter(|| serde_json::from_slice::<Profile>(black_box(&json)).expect("decodes"))
-    });
-    group.bench_function("encode", |b| {
-        b.iter(|| serde_json::to_vec(black_box(&profile)).expect("encodes"))
-    });
+    for (name, profile) in [("", profile()), ("_identified", identified())] {
+        let json = serde_json::to_vec(&profile).expect("encodes");
+        group.bench_function(format!("decode{name}"), |b| {
+            b.iter(|| serde_json::from_slice::<Profile>(black_box(&json)).expect("decodes"))
+        });
+        group.bench_function(format!("encode{name}"), |b| {
+            b.iter(|| black_box(&profile).to_json().expect("encodes"))
+        });
+    }
     group.finish();
 }
 
