@@ -67,16 +67,16 @@ impl ProfileCopies {
             return taken;
         }
         for user_id in keys {
-            // A pointer never changes (a delete empties the copies): a
-            // copy of it stays, as a commit that resolves through it does
-            // not write it back.
-            if let Some(pointer) = held
-                .profiles
-                .get(user_id)
-                .filter(|profile| profile.merged_into.is_some())
-            {
-                taken.insert(user_id.clone(), pointer.clone());
-            } else if let Some((user_id, profile)) = held.profiles.pop_entry(user_id) {
+            let Some((user_id, profile)) = held.profiles.pop_entry(user_id) else {
+                continue;
+            };
+            if profile.merged_into.is_some() {
+                // A pointer never changes (a delete empties the copies): it
+                // goes back, as a commit that resolves through it does not
+                // write it.
+                taken.insert(user_id.clone(), profile.clone());
+                held.profiles.push(user_id, profile);
+            } else {
                 held.bytes -= weight(&profile);
                 taken.insert(user_id, profile);
             }
