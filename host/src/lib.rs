@@ -23,6 +23,8 @@
 //!   the pipeline runs.
 //! - [`privacy`]: privacy requests (suppress, unsuppress, delete, export)
 //!   and the suppressions the lanes filter with.
+//! - [`segment`]: segment conditions (CEL expression or JSON tree), what
+//!   they read, their evaluation and when a time-relative one comes due.
 //! - [`kafka`]: the Kafka source, dead-letter sink and publisher.
 //! - [`store`]: the traits behind which PostgreSQL, Redis and the embedded
 //!   backend sit, and their implementations.
@@ -46,6 +48,7 @@ pub mod plugin;
 pub mod plugin_ops;
 pub mod privacy;
 pub mod replay;
+pub mod segment;
 pub mod store;
 pub mod telemetry;
 
