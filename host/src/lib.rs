@@ -38,6 +38,7 @@
 //! "Contract §N" in comments cites section N of `docs/contract.md`, the
 //! public contracts.
 
+pub mod activation;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -134,3 +134,37 @@ pub fn read_all(topic: &str, quiet: Duration) -> Vec<(Vec<u8>, BTreeMap<String, 
     }
     out
 }
+
+/// One record read back: its key, value and partition.
+pub struct Record {
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub partition: i32,
+}
+
+/// Like [`read_all`], keeping each record's key and partition.
+pub fn read_records(topic: &str, quiet: Duration) -> Vec<Record> {
+    let consumer: BaseConsumer = consumer_config(&kafka_brokers(), &unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a Kafka consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    let started = Instant::now();
+    while last.elapsed() < quiet || (out.is_empty() && started.elapsed() < quiet * 3) {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                out.push(Record {
+                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    partition: message.partition(),
+                });
+                last = Instant::now();
+            }
+            Some(Err(error)) => eprintln!("reading {topic}: {error}"),
+            None => {}
+        }
+    }
+    out
+}

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use tokio::runtime::Handle;
 
 use super::Role;
+use crate::activation::relay::Relay;
 use crate::config::{Config, Mode};
 use crate::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership};
 use crate::pipeline::dead_letter::DeadLetterSink;
@@ -48,6 +49,9 @@ pub(super) struct Parts {
     pub(super) audit: Arc<dyn AuditLog>,
     /// Privacy requests and suppressions.
     pub(super) privacy: Arc<dyn PrivacyStore>,
+    /// The relay of the `profile-updates` outbox (services mode, enrich
+    /// role).
+    pub(super) relay: Option<Relay>,
     pub(super) lanes: usize,
     pub(super) description: String,
 }
@@ -117,6 +121,7 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         enrich,
         archive,
         audit: Arc::new(FileAudit::new(&dir.join("audit.log"))),
+        relay: None,
         // The inbox is one partition, hence one lane.
         lanes: 1,
         description: format!("embedded, data in {}", dir.display()),
@@ -127,7 +132,9 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
     let (Some(brokers), Some(url)) = (&config.kafka.brokers, &config.database.url) else {
         bail!("services mode needs `kafka.brokers` and `database.url`");
     };
-    let store = PgStore::connect(url, config.database.max_connections)?;
+    let mut store = PgStore::connect(url, config.database.max_connections)?;
+    let updates =
+        (role.enrich() && config.activation.profile_updates).then(|| store.publish_updates());
     if config.database.migrate {
         // PulseHub may start before its database does.
         let migrated = retry(
@@ -204,10 +211,19 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
     } else {
         None
     };
+    let relay = match updates {
+        Some(handoff) => Some(Relay {
+            pool: store.pool().clone(),
+            publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.updates_topic)?),
+            handoff,
+        }),
+        None => None,
+    };
     Ok(Parts {
         store,
         cache,
         publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.topic)?),
+        relay,
         enrich,
         archive,
         audit: audit_log,

@@ -156,6 +156,9 @@ impl App {
         if let Some((source, archive)) = parts.archive {
             pipelines.push(Pipeline::archive(source, archive, setup)?);
         }
+        if let Some(relay) = parts.relay {
+            tokio::spawn(relay.run(stop.clone()));
+        }
         if reconciles {
             tokio::spawn(replay::run_scheduled(
                 config.clone(),

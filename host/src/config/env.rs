@@ -69,6 +69,11 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ),
     ("PULSEHUB_KAFKA_DLQ_TOPIC", "kafka.dlq_topic", Kind::Text),
     (
+        "PULSEHUB_KAFKA_UPDATES_TOPIC",
+        "kafka.updates_topic",
+        Kind::Text,
+    ),
+    (
         "PULSEHUB_KAFKA_SESSION_TIMEOUT_MS",
         "kafka.session_timeout_ms",
         Kind::Number,
@@ -131,6 +136,11 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Number,
     ),
     ("PULSEHUB_ADMIN_TOKEN", "admin.token", Kind::Text),
+    (
+        "PULSEHUB_ACTIVATION_PROFILE_UPDATES",
+        "activation.profile_updates",
+        Kind::Flag,
+    ),
     ("PULSEHUB_LOG", "log.filter", Kind::Text),
     ("PULSEHUB_LOG_FORMAT", "log.format", Kind::Text),
 ];

@@ -27,8 +27,8 @@ use crate::model::identity::IdentityConfig;
 use env::env_value;
 pub use env::{ENV_KEYS, Kind};
 pub use sections::{
-    AdminConfig, DatabaseConfig, EmbeddedConfig, HttpConfig, KafkaConfig, LogConfig, LogFormat,
-    PipelineConfig, PluginsConfig, ReconcileConfig, RedisConfig, defaults,
+    ActivationConfig, AdminConfig, DatabaseConfig, EmbeddedConfig, HttpConfig, KafkaConfig,
+    LogConfig, LogFormat, PipelineConfig, PluginsConfig, ReconcileConfig, RedisConfig, defaults,
 };
 pub use validate::ConfigError;
 use validate::key_error;
@@ -63,6 +63,9 @@ pub struct Config {
     /// Identifier types and the guards on links (docs/identity.md).
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// What leaves PulseHub when profiles change.
+    #[serde(default)]
+    pub activation: ActivationConfig,
     /// The token of the admin routes.
     #[serde(default)]
     pub admin: AdminConfig,

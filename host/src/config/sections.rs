@@ -27,6 +27,7 @@ pub mod defaults {
     pub const AUTO_ROLLBACK_WITHIN_SECS: u64 = 15 * 60;
 
     pub const KAFKA_TOPIC: &str = "user-activity-events";
+    pub const KAFKA_UPDATES_TOPIC: &str = "profile-updates";
     pub const KAFKA_GROUP: &str = "pulsehub-enrich";
     pub const KAFKA_ARCHIVE_GROUP: &str = "pulsehub-archive";
     pub const KAFKA_SESSION_TIMEOUT_MS: u64 = 10_000;
@@ -138,6 +139,9 @@ pub struct KafkaConfig {
     pub archive_group: String,
     /// Dead-letter topic; default `<topic>.dlq`.
     pub dlq_topic: Option<String>,
+    /// The topic every committed profile change is published to (contract
+    /// §3a), by the enrich role's relay; keyed by the profile id.
+    pub updates_topic: String,
     /// How long a consumer may go without a heartbeat before the group
     /// coordinator takes it out of the group and hands its partitions to the
     /// others: after a crash, the longest its partitions wait for a
@@ -163,6 +167,7 @@ impl Default for KafkaConfig {
             group: defaults::KAFKA_GROUP.into(),
             archive_group: defaults::KAFKA_ARCHIVE_GROUP.into(),
             dlq_topic: None,
+            updates_topic: defaults::KAFKA_UPDATES_TOPIC.into(),
             session_timeout_ms: defaults::KAFKA_SESSION_TIMEOUT_MS,
             instance_id: None,
         }
@@ -302,6 +307,25 @@ impl Default for ReconcileConfig {
         Self {
             interval_secs: defaults::RECONCILE_INTERVAL_SECS,
             sample: defaults::RECONCILE_SAMPLE,
+        }
+    }
+}
+
+/// `[activation]`: what leaves PulseHub when profiles change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActivationConfig {
+    /// Publish every committed profile change to `kafka.updates_topic`
+    /// (contract §3a; services mode). Off, the commits write no outbox and
+    /// no relay runs: the pipeline is faster, and nothing downstream hears
+    /// of changes but by polling.
+    pub profile_updates: bool,
+}
+
+impl Default for ActivationConfig {
+    fn default() -> Self {
+        Self {
+            profile_updates: true,
         }
     }
 }

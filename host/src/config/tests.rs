@@ -16,6 +16,7 @@ fn defaults_run_embedded() {
     assert_eq!(config.mode(), Mode::Embedded);
     assert_eq!(config.http.addr.to_string(), "127.0.0.1:8080");
     assert_eq!(config.kafka.dlq_topic(), "user-activity-events.dlq");
+    assert_eq!(config.kafka.updates_topic, "profile-updates");
 }
 
 #[test]
@@ -143,6 +144,10 @@ fn errors_name_the_key() {
         .contains("database.url")
     );
     assert!(error(&[("PULSEHUB_KAFKA_BROKER", "k:9092")]).contains("PULSEHUB_KAFKA_BROKER"));
+    assert!(
+        error(&[("PULSEHUB_KAFKA_UPDATES_TOPIC", "user-activity-events")])
+            .contains("kafka.updates_topic")
+    );
     // Migrating needs the database only.
     let migrate_only = vars(&[("PULSEHUB_DATABASE_URL", "postgres://x/y")]);
     let config = Config::load_from(None, migrate_only).expect("loads");

@@ -42,6 +42,15 @@ impl Config {
         if self.kafka.group.is_empty() {
             return Err(key_error("kafka.group", "is empty"));
         }
+        if self.kafka.updates_topic.is_empty() {
+            return Err(key_error("kafka.updates_topic", "is empty"));
+        }
+        if self.kafka.updates_topic == self.kafka.topic {
+            return Err(key_error(
+                "kafka.updates_topic",
+                "is the events topic: profile updates need a topic of their own",
+            ));
+        }
         if !SESSION_TIMEOUT_MS.contains(&self.kafka.session_timeout_ms) {
             return Err(key_error(
                 "kafka.session_timeout_ms",

@@ -19,6 +19,7 @@ pub mod redrive;
 pub mod replay;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -27,9 +28,12 @@ use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{Arguments, Postgres, Row, Transaction};
 
+use crate::activation::handoff::Handoff;
+use crate::activation::update::ProfileUpdate;
 use crate::model::identity::{self, BatchIdentities, Plan, PlannedMerge};
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
+use crate::pipeline::publish::OutgoingEvent;
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, Identity, ProfileStore, StoreError,
     StoreResult, TimelineEntry,
@@ -45,6 +49,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The messages this store's commits wrote to the `profile-updates`
+    /// outbox, for the relay of this process; `None`: the commits write no
+    /// outbox (`activation.profile_updates` off, or a tool that writes no
+    /// batches).
+    updates: Option<Arc<Handoff>>,
 }
 
 impl PgStore {
@@ -61,7 +70,10 @@ impl PgStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy(url)
             .context("reading the PostgreSQL URL")?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            updates: None,
+        })
     }
 
     /// Applies the migrations the database has not seen yet; a no-op when it
@@ -72,6 +84,13 @@ impl PgStore {
             .run(&self.pool)
             .await
             .context("applying the PostgreSQL migrations")
+    }
+
+    /// Makes the commits write the `profile-updates` outbox, and leave its
+    /// messages in the returned handoff for this process's relay
+    /// ([`crate::activation::relay`]).
+    pub fn publish_updates(&mut self) -> Arc<Handoff> {
+        self.updates.get_or_insert_default().clone()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -221,6 +240,7 @@ impl ProfileStore for PgStore {
         };
         write_merge_log(&mut tx, &merges, commit.now_ms).await?;
         let mut again = Vec::new();
+        let mut again_sources: Vec<Vec<&String>> = Vec::new();
         let mut again_documents = Vec::new();
         if !written.refused.is_empty() {
             // Another writer (a backfill, a reconcile repair, another lane
@@ -235,7 +255,7 @@ impl ProfileStore for PgStore {
                 .flat_map(|&i| sources[i].iter())
                 .map(|&key| (key.clone(), commit.changes[key].clone()))
                 .collect();
-            again = apply_changes(
+            let rows = apply_changes(
                 &mut tx,
                 &again_changes,
                 HashMap::new(),
@@ -243,10 +263,17 @@ impl ProfileStore for PgStore {
                 commit.now_ms,
                 &HashSet::new(),
             )
-            .await?
-            .into_iter()
-            .map(|(profile, _)| profile)
-            .collect();
+            .await?;
+            // The keys of `again_changes` are `commit.changes`' own.
+            again_sources = rows
+                .iter()
+                .map(|(_, keys)| {
+                    keys.iter()
+                        .filter_map(|key| commit.changes.get_key_value(*key).map(|(k, _)| k))
+                        .collect()
+                })
+                .collect();
+            again = rows.into_iter().map(|(profile, _)| profile).collect();
             let second = write_profiles(&mut tx, &again).await?;
             if !second.refused.is_empty() {
                 return Err(StoreError(anyhow!(
@@ -257,14 +284,25 @@ impl ProfileStore for PgStore {
             }
             again_documents = second.documents;
         }
+        let refused: HashSet<usize> = written.refused.iter().copied().collect();
+        let updated = (0..profiles.len())
+            .filter(|i| !refused.contains(i))
+            .map(|i| (&profiles[i], sources[i].as_slice()))
+            .chain(again.iter().zip(again_sources.iter().map(Vec::as_slice)));
+        let outbox = match &self.updates {
+            Some(_) => write_updates(&mut tx, updated, commit.changes, &merges).await?,
+            None => None,
+        };
         tx.commit().await.context("committing the batch")?;
+        if let (Some(handoff), Some((id, messages))) = (&self.updates, outbox) {
+            handoff.put(id, messages);
+        }
         if written.refused.is_empty() {
             return Ok(CommitOutcome::AppliedEncoded {
                 profiles,
                 documents: written.documents,
             });
         }
-        let refused: HashSet<usize> = written.refused.into_iter().collect();
         let first = profiles
             .into_iter()
             .zip(written.documents)
@@ -754,6 +792,48 @@ pub(crate) async fn write_profiles(
             .collect();
     }
     Ok(Written { documents, refused })
+}
+
+/// Writes the `profile-updates` outbox row of the profiles a commit wrote
+/// (the relay publishes it, `activation::relay`): one message per profile, with
+/// the attributes the changes of its `sources` keys changed, or all of
+/// them for a profile a merge joined another into.
+async fn write_updates<'p>(
+    tx: &mut Transaction<'_, Postgres>,
+    updated: impl Iterator<Item = (&'p Profile, &'p [&'p String])>,
+    changes: &ProfileChanges,
+    merges: &[PlannedMerge],
+) -> StoreResult<Option<(i64, Vec<OutgoingEvent>)>> {
+    let survivors: HashSet<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
+    let (mut ids, mut messages) = (Vec::new(), Vec::new());
+    for (profile, sources) in updated {
+        let whole = survivors.contains(profile.user_id.as_str());
+        let message = ProfileUpdate::new(profile, sources, changes, whole)
+            .to_json()
+            .with_context(|| format!("encoding the update of profile {}", profile.user_id))?;
+        ids.push(profile.user_id.as_str());
+        messages.push(message);
+    }
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO profile_updates (profile_ids, messages) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&messages)
+    .fetch_one(&mut **tx)
+    .await
+    .context("writing the batch's profile updates")?;
+    let messages = ids
+        .into_iter()
+        .zip(messages)
+        .map(|(key, message)| OutgoingEvent {
+            key: key.to_owned(),
+            payload: message.into_bytes(),
+        })
+        .collect();
+    Ok(Some((id, messages)))
 }
 
 /// Brings the timeline of plugin versions of the batch's partitions up to
