@@ -184,6 +184,7 @@ async fn migrating_twice_changes_nothing() {
             "privacy_requests",
             "privacy_state",
             "profile_merges",
+            "profile_updates",
             "profiles",
             "replay_progress",
             "suppressions"
