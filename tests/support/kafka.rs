@@ -113,6 +113,21 @@ pub fn message_headers(message: &BorrowedMessage<'_>) -> BTreeMap<String, String
 /// nothing new (or, while nothing came at all, three times `quiet`): the
 /// payloads with their headers.
 pub fn read_all(topic: &str, quiet: Duration) -> Vec<(Vec<u8>, BTreeMap<String, String>)> {
+    read_each(topic, quiet, |message| {
+        (
+            message.payload().unwrap_or_default().to_vec(),
+            message_headers(message),
+        )
+    })
+}
+
+/// Reads `topic` as [`read_all`] says, keeping what `keep` takes of each
+/// message.
+fn read_each<T>(
+    topic: &str,
+    quiet: Duration,
+    mut keep: impl FnMut(&BorrowedMessage<'_>) -> T,
+) -> Vec<T> {
     let consumer: BaseConsumer = consumer_config(&kafka_brokers(), &unique("reader"))
         .set("auto.offset.reset", "earliest")
         .create()
@@ -124,8 +139,7 @@ pub fn read_all(topic: &str, quiet: Duration) -> Vec<(Vec<u8>, BTreeMap<String, 
     while last.elapsed() < quiet || (out.is_empty() && started.elapsed() < quiet * 3) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => {
-                let headers = message_headers(&message);
-                out.push((message.payload().unwrap_or_default().to_vec(), headers));
+                out.push(keep(&message));
                 last = Instant::now();
             }
             Some(Err(error)) => eprintln!("reading {topic}: {error}"),
@@ -144,27 +158,9 @@ pub struct Record {
 
 /// Like [`read_all`], keeping each record's key and partition.
 pub fn read_records(topic: &str, quiet: Duration) -> Vec<Record> {
-    let consumer: BaseConsumer = consumer_config(&kafka_brokers(), &unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("a Kafka consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    let started = Instant::now();
-    while last.elapsed() < quiet || (out.is_empty() && started.elapsed() < quiet * 3) {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                out.push(Record {
-                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                    payload: message.payload().unwrap_or_default().to_vec(),
-                    partition: message.partition(),
-                });
-                last = Instant::now();
-            }
-            Some(Err(error)) => eprintln!("reading {topic}: {error}"),
-            None => {}
-        }
-    }
-    out
+    read_each(topic, quiet, |message| Record {
+        key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+        payload: message.payload().unwrap_or_default().to_vec(),
+        partition: message.partition(),
+    })
 }

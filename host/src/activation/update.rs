@@ -11,7 +11,6 @@ use serde::Serialize;
 use crate::model::event::format_millis;
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::{Attribute, Profile};
-use crate::model::update::Value;
 
 /// The `type` of a message that a commit changed a profile.
 pub const PROFILE_UPDATED: &str = "profile.updated";
@@ -96,10 +95,8 @@ impl<'a> ProfileUpdate<'a> {
 impl<'a> From<&'a Attribute> for AttributeUpdate<'a> {
     fn from(attribute: &'a Attribute) -> Self {
         AttributeUpdate {
-            value: match &attribute.value {
-                Value::Timestamp(ms) => serde_json::Value::String(format_millis(*ms)),
-                other => other.to_json(),
-            },
+            // Timestamps as RFC 3339 text, as REST shows them.
+            value: attribute.value.to_json(),
             plugin: &attribute.plugin,
             plugin_version: &attribute.plugin_version,
             event_id: &attribute.event_id,
@@ -116,7 +113,7 @@ mod tests {
 
     use super::*;
     use crate::model::merge::{AttributeChange, Provenance};
-    use crate::model::update::Op;
+    use crate::model::update::{Op, Value};
 
     fn change(op: Op, event_id: &str, at: i64) -> AttributeChange {
         AttributeChange {
