@@ -187,6 +187,8 @@ async fn migrating_twice_changes_nothing() {
             "profile_updates",
             "profiles",
             "replay_progress",
+            "segment_members",
+            "segments",
             "suppressions"
         ]
     );

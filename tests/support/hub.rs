@@ -367,6 +367,40 @@ impl PulseHub {
         reply(request.send().await.expect("admin call answers")).await
     }
 
+    /// Waits (up to 60 s) until the profile of `user` exists and `check`
+    /// holds for it; returns it.
+    pub async fn wait_for_profile(&self, user: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let profile = self.profile(user).await;
+            if let Some(profile) = profile.as_ref().filter(|p| check(p)) {
+                return profile.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the profile of {user} never got there: {profile:?}\n{}",
+                tail(&self.log_text(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An admin call (`method path`) with [`ADMIN_TOKEN`] and `body` as
+    /// JSON.
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> (u16, Value) {
+        let request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body);
+        reply(request.send().await.expect("admin call answers")).await
+    }
+
     /// `POST /api/v1/events` with `events` (their JSON texts) as one array;
     /// asserts they were accepted.
     pub async fn post_events(&self, events: &[&str]) {

@@ -11,9 +11,14 @@ use serde::Serialize;
 use crate::model::event::format_millis;
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::{Attribute, Profile};
+use crate::segment::{MembershipChanges, SegmentSet};
 
 /// The `type` of a message that a commit changed a profile.
 pub const PROFILE_UPDATED: &str = "profile.updated";
+/// The `type` of a message that a commit put a profile in a segment.
+pub const SEGMENT_ENTERED: &str = "segment.entered";
+/// The `type` of a message that a commit took a profile out of a segment.
+pub const SEGMENT_EXITED: &str = "segment.exited";
 
 /// One message, as published.
 #[derive(Debug, Serialize)]
@@ -31,6 +36,39 @@ pub struct ProfileUpdate<'a> {
     pub merged_into: Option<&'a str>,
     /// The attributes the commit changed, as they are now.
     pub attributes: BTreeMap<&'a str, AttributeUpdate<'a>>,
+    /// The segments the commit put the profile in and took it out of, by
+    /// name; absent when none.
+    #[serde(skip_serializing_if = "SegmentsChanged::is_empty")]
+    pub segments: SegmentsChanged<'a>,
+}
+
+/// The memberships one commit changed, by segment name.
+#[derive(Debug, Default, Serialize)]
+pub struct SegmentsChanged<'a> {
+    pub entered: Vec<&'a str>,
+    pub exited: Vec<&'a str>,
+}
+
+impl SegmentsChanged<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.entered.is_empty() && self.exited.is_empty()
+    }
+}
+
+/// A profile entering or leaving one segment: a message of its own, after
+/// the `profile.updated` of the same commit, so a consumer of memberships
+/// alone reads no attributes. Repeats share `(profile_id, revision, type,
+/// segment)`.
+#[derive(Debug, Serialize)]
+pub struct SegmentUpdate<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub profile_id: &'a str,
+    /// The revision of the commit that changed the membership.
+    pub revision: i64,
+    pub segment: &'a str,
+    /// When the commit changed it (RFC 3339).
+    pub at: String,
 }
 
 /// One changed attribute: its value and provenance, as the REST API shows
@@ -84,11 +122,51 @@ impl<'a> ProfileUpdate<'a> {
             updated_at: format_millis(profile.updated_at_ms),
             merged_into: profile.merged_into.as_deref(),
             attributes,
+            segments: SegmentsChanged::default(),
         }
     }
 
     pub fn to_json(&self) -> serde_json::Result<String> {
         serde_json::to_string(self)
+    }
+
+    /// Every message of this commit of the profile, encoded: the
+    /// `profile.updated`, naming the segments it entered and left
+    /// (`memberships`, of the segments `set` defines), then one
+    /// `segment.entered` / `segment.exited` for each of them.
+    pub fn with_segments(
+        mut self,
+        memberships: &MembershipChanges,
+        set: &'a SegmentSet,
+    ) -> serde_json::Result<Vec<String>> {
+        let names = |ids: &[u32]| -> Vec<&'a str> {
+            ids.iter()
+                .filter_map(|&id| set.by_id(id))
+                .map(|segment| segment.name.as_str())
+                .collect()
+        };
+        self.segments = SegmentsChanged {
+            entered: names(&memberships.entered),
+            exited: names(&memberships.exited),
+        };
+        let mut messages = vec![self.to_json()?];
+        let changed = [
+            (SEGMENT_ENTERED, &self.segments.entered),
+            (SEGMENT_EXITED, &self.segments.exited),
+        ];
+        for (kind, segments) in changed {
+            for segment in segments {
+                let message = SegmentUpdate {
+                    kind,
+                    profile_id: self.profile_id,
+                    revision: self.revision,
+                    segment,
+                    at: self.updated_at.clone(),
+                };
+                messages.push(serde_json::to_string(&message)?);
+            }
+        }
+        Ok(messages)
     }
 }
 

@@ -3,7 +3,8 @@
 //! - [`router`] builds the whole application from an [`AppState`], so tests
 //!   drive it with `oneshot` and no socket; [`serve`] runs it on a listener
 //!   until a shutdown token fires.
-//! - `profiles`, `events`, `plugins` and `health`: one module per resource.
+//! - `profiles`, `events`, `plugins`, `privacy`, `segments` and `health`:
+//!   one module per resource.
 //! - [`Problem`]: every error answer, as RFC 9457 problem details, including
 //!   the ones axum and tower-http produce on their own (unknown route or
 //!   method, body limit, timeout).
@@ -20,6 +21,7 @@ mod plugins;
 mod privacy;
 mod problem;
 mod profiles;
+mod segments;
 
 #[cfg(test)]
 mod tests;
@@ -115,6 +117,8 @@ pub struct AppState {
     pub identity: Arc<crate::model::identity::Rules>,
     /// Carries out privacy requests (admin routes).
     pub privacy: crate::privacy::Privacy,
+    /// The defined segments.
+    pub segments: crate::segment::Segments,
 }
 
 /// The whole REST API.
@@ -133,6 +137,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", post(events::ingest))
         .route("/api/v1/plugins", get(plugins::list))
         .route("/api/v1/plugins/{name}", get(plugins::get_one))
+        .route("/api/v1/segments", get(segments::list))
+        .route("/api/v1/segments/{name}", get(segments::get_one))
+        .route("/api/v1/segments/{name}/members", get(segments::members))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -180,7 +187,11 @@ pub fn router(state: AppState) -> Router {
             )
             .route(
                 "/api/v1/privacy/requests/{id}",
-                get(privacy::get_one).layer(admin),
+                get(privacy::get_one).layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/segments/{name}",
+                put(segments::put).delete(segments::delete).layer(admin),
             );
     }
     router

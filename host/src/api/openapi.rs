@@ -5,7 +5,7 @@ use axum::extract::State;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{Operation, PathItem};
 
-use super::{AppState, admin, events, health, plugins, privacy, problem, profiles};
+use super::{AppState, admin, events, health, plugins, privacy, problem, profiles, segments};
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
 /// profiles, events and plugins.
@@ -31,6 +31,11 @@ use super::{AppState, admin, events, health, plugins, privacy, problem, profiles
         admin::delete_plugin,
         privacy::create,
         privacy::get_one,
+        segments::list,
+        segments::get_one,
+        segments::members,
+        segments::put,
+        segments::delete,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -42,6 +47,7 @@ use super::{AppState, admin, events, health, plugins, privacy, problem, profiles
         (name = "profiles", description = "Enriched user profiles"),
         (name = "events", description = "Event ingestion (contract §3)"),
         (name = "plugins", description = "The enrichment plugins; changes need the admin bearer token"),
+        (name = "segments", description = "Live audiences: profiles matching a condition over their attributes; changes need the admin bearer token"),
         (name = "privacy", description = "Privacy requests: suppress, unsuppress, delete or export a person; need the admin bearer token"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),

@@ -38,6 +38,8 @@ pub(super) mod types {
     pub const INVALID_PRIVACY_REQUEST: &str = "tag:pulsehub,2026:problem:invalid-privacy-request";
     pub const PRIVACY_REQUEST_NOT_FOUND: &str =
         "tag:pulsehub,2026:problem:privacy-request-not-found";
+    pub const INVALID_SEGMENT: &str = "tag:pulsehub,2026:problem:invalid-segment";
+    pub const SEGMENT_NOT_FOUND: &str = "tag:pulsehub,2026:problem:segment-not-found";
 }
 
 /// Longest `detail` text; the rest is cut so that an error never echoes a
@@ -49,7 +51,7 @@ const MAX_DETAIL_BYTES: usize = 300;
 const MAX_PLUGIN_DETAIL_BYTES: usize = 2_000;
 
 /// How long the client should wait before retrying after a 503, in seconds.
-const RETRY_AFTER_SECONDS: u32 = 1;
+const RETRY_AFTER_SECONDS: u16 = 1;
 
 /// An error answer (RFC 9457).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
@@ -79,9 +81,13 @@ pub struct Problem {
     /// position in the request.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<EventFailure>,
+    /// For `invalid-segment`: where in the definition the fault is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub position: Option<Box<FaultPosition>>,
     /// Sent as the `Retry-After` header.
     #[serde(skip)]
-    pub retry_after_seconds: Option<u32>,
+    pub retry_after_seconds: Option<u16>,
 }
 
 /// One refused event of a batch.
@@ -93,6 +99,22 @@ pub struct EventFailure {
     pub detail: String,
 }
 
+/// Where in a segment definition a fault is: a line and column (from 1) of
+/// a CEL expression, or the JSON pointer (RFC 6901) of a node of a JSON
+/// tree, from the root of the request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FaultPosition {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1)]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1)]
+    pub column: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub pointer: Option<String>,
+}
+
 impl Problem {
     fn new(status: StatusCode, type_uri: &'static str, title: &'static str, detail: &str) -> Self {
         Self {
@@ -102,6 +124,7 @@ impl Problem {
             detail: one_line(detail),
             instance: None,
             errors: Vec::new(),
+            position: None,
             retry_after_seconds: None,
         }
     }
@@ -202,6 +225,26 @@ impl Problem {
             status,
             types::PRIVACY_REQUEST_NOT_FOUND,
             "Privacy request not found",
+            &detail,
+        )
+    }
+
+    /// A segment definition that is not one, with where the fault is when
+    /// it is in the condition.
+    pub fn invalid_segment(detail: &str, position: Option<FaultPosition>) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        let mut problem = Self::new(status, types::INVALID_SEGMENT, "Invalid segment", detail);
+        problem.position = position.map(Box::new);
+        problem
+    }
+
+    pub fn segment_not_found(name: &str) -> Self {
+        let detail = format!("no segment is named {name}");
+        let status = StatusCode::NOT_FOUND;
+        Self::new(
+            status,
+            types::SEGMENT_NOT_FOUND,
+            "Segment not found",
             &detail,
         )
     }

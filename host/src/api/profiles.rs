@@ -89,6 +89,7 @@ async fn respond(
     match state.profiles.resolve(key).await {
         Ok(Some((profile, moved))) => {
             let mut body = ProfileBody::from(&profile);
+            body.segments = super::segments::names_of(state, &profile.segments);
             if moved.is_some() {
                 body.resolved_from = Some(requested.into());
             }
@@ -146,6 +147,8 @@ pub(super) struct ProfileBody {
     identifiers: Vec<IdentifierBody>,
     /// The profiles merged into this one, oldest first.
     merges: Vec<MergeBody>,
+    /// The segments the profile is in, by name, sorted.
+    segments: Vec<String>,
     /// Present when the identifier asked for was merged into (or joined)
     /// this profile: the identifier asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -281,6 +284,7 @@ impl From<&Profile> for ProfileBody {
                     merged_at: format_millis(m.at_ms),
                 })
                 .collect(),
+            segments: Vec::new(),
             resolved_from: None,
         }
     }

@@ -7,6 +7,7 @@ mod metrics;
 mod openapi;
 mod privacy;
 mod routes;
+mod segments;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ struct Fakes {
     admin_token: Option<AdminToken>,
     limits: ApiLimits,
     privacy: Arc<fakes::FakePrivacy>,
+    segments: crate::segment::Segments,
 }
 
 impl Default for Fakes {
@@ -47,6 +49,10 @@ impl Default for Fakes {
             admin_token: None,
             limits: ApiLimits::default(),
             privacy: Arc::default(),
+            segments: crate::segment::Segments {
+                store: Arc::new(fakes::FakeSegments::default()),
+                live: Default::default(),
+            },
         }
     }
 }
@@ -79,6 +85,7 @@ impl Fakes {
                 store: self.privacy,
                 cache: None,
             },
+            segments: self.segments,
         }
     }
 }

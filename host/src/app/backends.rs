@@ -17,6 +17,7 @@ use crate::pipeline::retry::{Backoff, GaveUp, Until, retry};
 use crate::pipeline::source::Source;
 use crate::plugin_ops::audit::{AuditLog, FileAudit};
 use crate::privacy::PrivacyStore;
+use crate::segment::Segments;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::instrumented;
 use crate::store::postgres::PgStore;
@@ -49,6 +50,9 @@ pub(super) struct Parts {
     pub(super) audit: Arc<dyn AuditLog>,
     /// Privacy requests and suppressions.
     pub(super) privacy: Arc<dyn PrivacyStore>,
+    /// The segment definitions, and the live set the store's commits
+    /// evaluate.
+    pub(super) segments: Segments,
     /// The relay of the `profile-updates` outbox (services mode, enrich
     /// role).
     pub(super) relay: Option<Relay>,
@@ -113,10 +117,15 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         let archive: Arc<dyn EventArchive> = Arc::new(store.clone());
         (source, archive)
     });
+    let segments = Segments {
+        store: Arc::new(store.clone()),
+        live: store.segments(),
+    };
     Ok(Parts {
         store: Arc::new(store.clone()),
         cache: None,
         privacy: Arc::new(store.clone()),
+        segments,
         publisher: Arc::new(store),
         enrich,
         archive,
@@ -157,6 +166,10 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         }
     }
     let store: Arc<PgStore> = Arc::new(store);
+    let segments = Segments {
+        store: store.clone(),
+        live: store.segments(),
+    };
     let audit_log: Arc<dyn AuditLog> = store.clone();
     let privacy: Arc<dyn PrivacyStore> = store.clone();
     let cache: Option<Arc<dyn ProfileCache>> = match &config.redis.url {
@@ -228,6 +241,7 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         archive,
         audit: audit_log,
         privacy,
+        segments,
         lanes: config.lanes(),
         description: format!("topic {} on {brokers}, group {}", kafka.topic, kafka.group),
     })

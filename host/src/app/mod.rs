@@ -20,7 +20,7 @@ mod backends;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
@@ -41,6 +41,9 @@ use crate::replay;
 use crate::store::reader::ProfileReader;
 use crate::telemetry::Metrics;
 use backends::{EnrichPart, Parts};
+
+/// How soon a segment another process defined is evaluated here.
+const SEGMENT_REFRESH: Duration = Duration::from_secs(1);
 
 /// What one process runs: everything, or one role of a scaled install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,6 +119,12 @@ impl App {
         }
         let metrics = Arc::new(Metrics::new());
         let parts = Parts::build(config, role, &metrics).await?;
+        // The commits evaluate the segments from the first batch on.
+        parts
+            .segments
+            .refresh()
+            .await
+            .map_err(|error| error.0.context("reading the segment definitions"))?;
         let stop = CancellationToken::new();
         let (chain, manager) = plugins(config, role, &metrics, parts.audit.clone(), &stop).await?;
         let identity = Arc::new(Rules::new(&config.identity)?);
@@ -156,6 +165,7 @@ impl App {
         if let Some((source, archive)) = parts.archive {
             pipelines.push(Pipeline::archive(source, archive, setup)?);
         }
+        tokio::spawn(parts.segments.clone().watch(SEGMENT_REFRESH, stop.clone()));
         if let Some(relay) = parts.relay {
             tokio::spawn(relay.run(stop.clone()));
         }
@@ -192,6 +202,7 @@ impl App {
                 store: parts.privacy,
                 cache: parts.cache,
             },
+            segments: parts.segments,
         };
         Ok(App {
             state,

@@ -167,6 +167,13 @@ pub struct Profile {
     /// attributes of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_into: Option<String>,
+    /// The ids of the segments the profile is a member of, ascending, as
+    /// the commit that last changed it evaluated them
+    /// ([`crate::segment::SegmentSet::reevaluate`]). Ids of segments since
+    /// deleted or redefined may linger until the next evaluation; readers
+    /// keep only the live ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<u32>,
 }
 
 impl Profile {
@@ -180,6 +187,7 @@ impl Profile {
             identifiers: Vec::new(),
             merges: Vec::new(),
             merged_into: None,
+            segments: Vec::new(),
         }
     }
 

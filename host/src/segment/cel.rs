@@ -24,7 +24,22 @@ use crate::model::update::Value;
 
 /// Parses a condition written in CEL syntax.
 pub fn parse(source: &str) -> Result<Condition, DefinitionError> {
-    let expr = Parser::new().parse(source).map_err(|errors| {
+    // The parser panics, instead of failing, on some malformed input (`1 +`,
+    // `page_views >=`, `.`; cel-rust issues 191 and 194): such input is
+    // refused as malformed at its end, where what is missing would go.
+    let parsed = std::panic::catch_unwind(|| Parser::new().parse(source)).map_err(|_| {
+        let line = source.split('\n').count().max(1);
+        let column = source
+            .rsplit('\n')
+            .next()
+            .map_or(0, |last| last.chars().count())
+            + 1;
+        DefinitionError {
+            message: "the expression is incomplete or malformed".to_owned(),
+            at: Position::Text { line, column },
+        }
+    })?;
+    let expr = parsed.map_err(|errors| {
         let (message, (line, column)) = errors
             .errors
             .first()

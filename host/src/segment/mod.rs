@@ -8,13 +8,16 @@
 //! satisfies it at a given time, and when a time-relative condition comes
 //! due with no new event.
 //!
-//! Pure data and functions: no I/O.
+//! [`catalog`] keeps the definitions (stored by name, live in every
+//! process); the rest is pure data and functions, with no I/O.
 
+pub mod catalog;
 pub mod cel;
 mod condition;
 pub mod json;
 mod set;
 
+pub use catalog::{Definition, LiveSegments, SegmentStore, Segments, Stored};
 pub use condition::{Attributes, Comparison, Condition, Operand};
 pub use set::{MembershipChanges, Segment, SegmentSet};
 

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use super::condition::{Attributes, Condition};
+use crate::model::profile::Profile;
 use crate::model::update::Value;
 
 /// One defined segment.
@@ -179,6 +180,34 @@ impl SegmentSet {
             }
         }
         changes
+    }
+
+    /// Brings `profile`'s memberships up to date after a commit at `now_ms`
+    /// changed the attributes `changed` of it (`None`: any of them, as a
+    /// merge does), and returns what entered and left. A profile the commit
+    /// created is evaluated against every segment (a condition such as
+    /// `!exists(email)` holds for it with no attribute read changing); a
+    /// pointer (a profile merged away) leaves every segment.
+    pub fn evaluate<'a>(
+        &self,
+        profile: &mut Profile,
+        changed: Option<impl IntoIterator<Item = &'a str>>,
+        now_ms: i64,
+    ) -> MembershipChanges {
+        if profile.merged_into.is_some() {
+            return MembershipChanges {
+                entered: Vec::new(),
+                exited: std::mem::take(&mut profile.segments),
+            };
+        }
+        if self.segments.is_empty() {
+            return MembershipChanges::default();
+        }
+        let indices = match changed {
+            Some(changed) if profile.revision > 1 => self.affected(changed),
+            _ => self.all(),
+        };
+        self.reevaluate(&indices, &profile.attributes, now_ms, &mut profile.segments)
     }
 
     /// The earliest instant after `now_ms` at which a segment's result for

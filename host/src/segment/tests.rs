@@ -205,6 +205,11 @@ fn a_syntax_error_says_where() {
     );
     let e = fault(json!("page_views >= 5 &&\n  device_type = 'mobile'"));
     assert!(matches!(e.at, Position::Text { line: 2, .. }), "{e}");
+    // Input the parser panics on is refused all the same, at its end.
+    for (input, column) in [("page_views >= ", 15), ("1 +", 4), (".", 2), ("(", 2)] {
+        let e = fault(json!(input));
+        assert_eq!(e.at, Position::Text { line: 1, column }, "{input}: {e}");
+    }
 }
 
 #[test]
@@ -387,4 +392,75 @@ fn the_set_says_when_a_profile_next_comes_due() {
     assert_eq!(set.due_after(&attributes, seen), Some(seen + DAY));
     assert_eq!(set.due_after(&attributes, seen + DAY), Some(seen + 7 * DAY));
     assert_eq!(set.due_after(&attributes, seen + 7 * DAY), None);
+}
+
+/// A stored profile with these integer and text attributes, at revision
+/// `revision`.
+fn stored(revision: i64, attributes: &[(&str, Value)]) -> crate::model::profile::Profile {
+    let mut profile = crate::model::profile::Profile::new("u-1", 0);
+    for (name, value) in attributes {
+        let attribute = crate::model::profile::Attribute {
+            value: value.clone(),
+            plugin: "p".into(),
+            plugin_version: "1.0.0".into(),
+            event_id: "e".into(),
+            event_time_ms: 0,
+            op: None,
+        };
+        profile.attributes.insert((*name).to_owned(), attribute);
+    }
+    profile.revision = revision;
+    profile
+}
+
+#[test]
+fn a_profile_keeps_its_memberships_and_a_commit_updates_them() {
+    let set = SegmentSet::new([
+        segment(1, "fans", "page_views >= 5"),
+        segment(2, "anonymous", "!exists(email)"),
+        segment(3, "mobile", "device_type == 'mobile'"),
+    ]);
+    // A new profile is evaluated against every segment, including one
+    // that holds for it without reading a changed attribute.
+    let mut profile = stored(1, &[("page_views", Value::Integer(5))]);
+    let changes = set.evaluate(&mut profile, Some(["page_views"]), 0);
+    assert_eq!(changes.entered, vec![1, 2]);
+    assert_eq!(profile.segments, vec![1, 2]);
+
+    // Later commits evaluate only what their changes read; evaluating the
+    // same state again changes nothing.
+    profile.revision = 2;
+    let again = set.evaluate(&mut profile, Some(["page_views"]), 0);
+    assert!(again.is_empty(), "{again:?}");
+    profile.attributes.insert(
+        "email".into(),
+        stored(1, &[("email", text("a@b"))]).attributes["email"].clone(),
+    );
+    // `email` changed, but the commit named only `device_type`: the
+    // `anonymous` membership is left as it was.
+    let unrelated = set.evaluate(&mut profile, Some(["device_type"]), 0);
+    assert!(unrelated.is_empty(), "{unrelated:?}");
+    let left = set.evaluate(&mut profile, Some(["email"]), 0);
+    assert_eq!((left.entered, left.exited), (vec![], vec![2]));
+    assert_eq!(profile.segments, vec![1]);
+
+    // A merge (every attribute may change) evaluates everything.
+    profile.attributes.insert(
+        "device_type".into(),
+        stored(1, &[("device_type", text("mobile"))]).attributes["device_type"].clone(),
+    );
+    let merged = set.evaluate(&mut profile, None::<[&str; 0]>, 0);
+    assert_eq!(merged.entered, vec![3]);
+    assert_eq!(profile.segments, vec![1, 3]);
+
+    // Ids of segments the set no longer defines stay until they are
+    // re-evaluated (readers keep the live ones); a pointer leaves all.
+    profile.segments.insert(0, 0);
+    let unchanged = set.evaluate(&mut profile, Some(["page_views"]), 0);
+    assert!(unchanged.is_empty());
+    assert_eq!(profile.segments, vec![0, 1, 3]);
+    profile.merged_into = Some("u-2".into());
+    let gone = set.evaluate(&mut profile, Some(["page_views"]), 0);
+    assert_eq!(gone.exited, vec![0, 1, 3]);
+    assert!(profile.segments.is_empty());
 }

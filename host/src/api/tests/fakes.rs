@@ -213,3 +213,66 @@ impl crate::privacy::PrivacyStore for FakePrivacy {
         unused()
     }
 }
+
+/// Segment definitions in memory; no segment has members.
+#[derive(Default)]
+pub struct FakeSegments(Mutex<Vec<crate::segment::Definition>>);
+
+#[async_trait]
+impl crate::segment::SegmentStore for FakeSegments {
+    async fn definitions(&self) -> StoreResult<Vec<crate::segment::Definition>> {
+        Ok(self.0.lock().expect("not poisoned").clone())
+    }
+
+    async fn put_definition(
+        &self,
+        name: &str,
+        condition: &serde_json::Value,
+        now_ms: i64,
+    ) -> StoreResult<crate::segment::Stored> {
+        use crate::segment::{Definition, Stored};
+        let mut definitions = self.0.lock().expect("not poisoned");
+        let id = definitions.iter().map(|d| d.id).max().unwrap_or(0) + 1;
+        let definition = Definition {
+            id,
+            name: name.to_owned(),
+            condition: condition.clone(),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        };
+        let stored = match definitions.iter_mut().find(|d| d.name == name) {
+            Some(old) if crate::segment::catalog::same_condition(&old.condition, condition) => {
+                Stored::Unchanged(old.clone())
+            }
+            Some(old) => {
+                *old = definition.clone();
+                Stored::Changed(definition)
+            }
+            None => {
+                definitions.push(definition.clone());
+                Stored::Created(definition)
+            }
+        };
+        Ok(stored)
+    }
+
+    async fn delete_definition(&self, name: &str) -> StoreResult<bool> {
+        let mut definitions = self.0.lock().expect("not poisoned");
+        let before = definitions.len();
+        definitions.retain(|d| d.name != name);
+        Ok(definitions.len() < before)
+    }
+
+    async fn members(
+        &self,
+        _id: u32,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    async fn member_count(&self, _id: u32) -> StoreResult<u64> {
+        Ok(0)
+    }
+}

@@ -42,6 +42,9 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/plugins/{name}/resume",
         "/api/v1/privacy/requests",
         "/api/v1/privacy/requests/{id}",
+        "/api/v1/segments",
+        "/api/v1/segments/{name}",
+        "/api/v1/segments/{name}/members",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
@@ -70,6 +73,9 @@ async fn the_openapi_document_covers_every_route() {
         "Readiness",
         "PrivacyRequest",
         "NewPrivacyRequest",
+        "Segment",
+        "NewSegment",
+        "FaultPosition",
     ] {
         assert!(
             schemas.contains_key(schema),

@@ -98,6 +98,7 @@ async fn a_profile_is_served_in_the_contract_shape() {
             "profile_key": "u-42",
             "identifiers": [{"type": "user_id", "value": "u-42"}],
             "merges": [],
+            "segments": [],
             "created_at": "2026-11-29T21:50:00.000Z",
             "updated_at": "2026-11-29T22:00:00.500Z"
         })

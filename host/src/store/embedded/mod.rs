@@ -38,6 +38,7 @@
 
 mod privacy;
 mod rows;
+mod segments;
 mod source;
 
 #[cfg(test)]
@@ -60,6 +61,7 @@ use crate::model::identity;
 use crate::model::profile::Profile;
 use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
+use crate::segment::LiveSegments;
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
     TimelineEntry,
@@ -119,6 +121,8 @@ struct Inner {
     /// Groups with a source opened from this store. They hold inbox entries
     /// back even before their first commit.
     readers: Mutex<BTreeSet<String>>,
+    /// The segments the commits evaluate.
+    segments: LiveSegments,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -183,11 +187,17 @@ impl EmbeddedStore {
                 published: Mutex::new(0),
                 wake: Condvar::new(),
                 readers: Mutex::new(BTreeSet::new()),
+                segments: LiveSegments::default(),
             }),
         })
     }
 
     /// The database file.
+    /// The segments this store's commits evaluate, to keep live.
+    pub fn segments(&self) -> LiveSegments {
+        self.inner.segments.clone()
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -299,9 +309,11 @@ impl Inner {
             txn.abort()?;
             return Ok(CommitOutcome::Stale);
         }
+        let set = self.segments.load();
         let mut out: BTreeMap<String, Profile> = BTreeMap::new();
         {
             let mut table = txn.open_table(PROFILES)?;
+            let mut members = txn.open_table(segments::SEGMENT_MEMBERS)?;
             let batch = commit.identity.map(|identity| identity.batch);
             if let Some(identity) = commit.identity
                 && !identity.batch.links.is_empty()
@@ -312,7 +324,11 @@ impl Inner {
                 }
                 let plan =
                     identity::plan(&identity.batch.links, rows, identity.rules, commit.now_ms);
-                for profile in plan.writes {
+                for mut profile in plan.writes {
+                    // A link changes which attributes a profile holds, or
+                    // makes it a pointer: every segment may change.
+                    let changed = set.evaluate(&mut profile, None::<[&str; 0]>, commit.now_ms);
+                    segments::record(&mut members, &profile.user_id, &changed)?;
                     let json = profile.to_json()?;
                     table.insert(profile.user_id.as_str(), json.as_str())?;
                     out.insert(profile.user_id.clone(), profile);
@@ -350,10 +366,15 @@ impl Inner {
                     None => Profile::new(canonical.as_str(), commit.now_ms),
                 });
                 let revision = profile.revision + 1;
-                for key in keys {
-                    profile.apply(&commit.changes[key], commit.now_ms);
+                for key in &keys {
+                    profile.apply(&commit.changes[*key], commit.now_ms);
                 }
                 profile.revision = revision;
+                let names = keys
+                    .iter()
+                    .flat_map(|key| commit.changes[*key].keys().map(String::as_str));
+                let changed = set.evaluate(&mut profile, Some(names), commit.now_ms);
+                segments::record(&mut members, &canonical, &changed)?;
                 let json = profile.to_json()?;
                 table.insert(canonical.as_str(), json.as_str())?;
                 out.insert(canonical, profile);

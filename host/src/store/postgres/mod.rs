@@ -17,6 +17,7 @@ mod audit;
 pub mod privacy;
 pub mod redrive;
 pub mod replay;
+mod segments;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use crate::model::identity::{self, BatchIdentities, Plan, PlannedMerge};
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
 use crate::pipeline::publish::OutgoingEvent;
+use crate::segment::{LiveSegments, MembershipChanges, SegmentSet};
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, Identity, ProfileStore, StoreError,
     StoreResult, TimelineEntry,
@@ -54,6 +56,8 @@ pub struct PgStore {
     /// outbox (`activation.profile_updates` off, or a tool that writes no
     /// batches).
     updates: Option<Arc<Handoff>>,
+    /// The segments the commits evaluate.
+    segments: LiveSegments,
 }
 
 impl PgStore {
@@ -73,6 +77,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             updates: None,
+            segments: LiveSegments::default(),
         })
     }
 
@@ -91,6 +96,11 @@ impl PgStore {
     /// ([`crate::activation::relay`]).
     pub fn publish_updates(&mut self) -> Arc<Handoff> {
         self.updates.get_or_insert_default().clone()
+    }
+
+    /// The segments this store's commits evaluate, to keep live.
+    pub fn segments(&self) -> LiveSegments {
+        self.segments.clone()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -202,11 +212,13 @@ impl ProfileStore for PgStore {
                 .await
                 .context("marking where a batch's links start")?;
         }
+        let segments = self.segments.load();
         let mut known = commit.known;
         let mut locked = false;
         let Rows {
             profiles,
             sources,
+            memberships,
             written,
             merges,
         } = loop {
@@ -215,7 +227,7 @@ impl ProfileStore for PgStore {
                 commit.changes,
                 (links, batch),
                 known,
-                commit.now_ms,
+                (&segments, commit.now_ms),
             )
             .await?;
             if let Some(rows) = rows {
@@ -241,6 +253,7 @@ impl ProfileStore for PgStore {
         write_merge_log(&mut tx, &merges, commit.now_ms).await?;
         let mut again = Vec::new();
         let mut again_sources: Vec<Vec<&String>> = Vec::new();
+        let mut again_memberships = Vec::new();
         let mut again_documents = Vec::new();
         if !written.refused.is_empty() {
             // Another writer (a backfill, a reconcile repair, another lane
@@ -274,6 +287,15 @@ impl ProfileStore for PgStore {
                 })
                 .collect();
             again = rows.into_iter().map(|(profile, _)| profile).collect();
+            again_memberships = evaluate_segments(
+                &segments,
+                again
+                    .iter_mut()
+                    .zip(again_sources.iter().map(Vec::as_slice)),
+                commit.changes,
+                &HashSet::new(),
+                commit.now_ms,
+            );
             let second = write_profiles(&mut tx, &again).await?;
             if !second.refused.is_empty() {
                 return Err(StoreError(anyhow!(
@@ -285,12 +307,20 @@ impl ProfileStore for PgStore {
             again_documents = second.documents;
         }
         let refused: HashSet<usize> = written.refused.iter().copied().collect();
-        let updated = (0..profiles.len())
+        let updated: Vec<Updated<'_>> = (0..profiles.len())
             .filter(|i| !refused.contains(i))
-            .map(|i| (&profiles[i], sources[i].as_slice()))
-            .chain(again.iter().zip(again_sources.iter().map(Vec::as_slice)));
+            .map(|i| (&profiles[i], sources[i].as_slice(), &memberships[i]))
+            .chain(
+                again
+                    .iter()
+                    .zip(again_sources.iter().map(Vec::as_slice))
+                    .zip(&again_memberships)
+                    .map(|((profile, sources), changed)| (profile, sources, changed)),
+            )
+            .collect();
+        write_members(&mut tx, &updated).await?;
         let outbox = match &self.updates {
-            Some(_) => write_updates(&mut tx, updated, commit.changes, &merges).await?,
+            Some(_) => write_updates(&mut tx, &updated, commit.changes, &merges, &segments).await?,
             None => None,
         };
         tx.commit().await.context("committing the batch")?;
@@ -382,6 +412,8 @@ struct Rows<'c> {
     profiles: Vec<Profile>,
     /// The keys of the changes applied to each profile.
     sources: Vec<Vec<&'c String>>,
+    /// The segments each profile entered and left.
+    memberships: Vec<MembershipChanges>,
     written: Written,
     merges: Vec<PlannedMerge>,
 }
@@ -396,7 +428,7 @@ async fn write_changes<'c>(
     changes: &'c ProfileChanges,
     (links, batch): (Option<Identity<'_>>, Option<&BatchIdentities>),
     mut known: HashMap<String, Profile>,
-    now_ms: i64,
+    (segments, now_ms): (&SegmentSet, i64),
 ) -> StoreResult<Option<Rows<'c>>> {
     // The rows the links change, at the revision they will be written
     // with, and the merges to record.
@@ -427,7 +459,15 @@ async fn write_changes<'c>(
         rows.extend(unchanged);
         rows.sort_by(|(a, _), (b, _)| a.user_id.cmp(&b.user_id));
     }
-    let (profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
+    let (mut profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
+    let survivors: HashSet<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
+    let memberships = evaluate_segments(
+        segments,
+        profiles.iter_mut().zip(sources.iter().map(Vec::as_slice)),
+        changes,
+        &survivors,
+        now_ms,
+    );
     let written = write_profiles(tx, &profiles).await?;
     if written
         .refused
@@ -439,9 +479,79 @@ async fn write_changes<'c>(
     Ok(Some(Rows {
         profiles,
         sources,
+        memberships,
         written,
         merges,
     }))
+}
+
+/// Brings the memberships of a batch's profiles, each with the keys of the
+/// changes applied to it, up to date ([`SegmentSet::evaluate`]): only the
+/// segments that read an attribute the changes name, or every segment for
+/// a merge survivor (`whole`) and a row only links changed.
+fn evaluate_segments<'p, 'c: 'p>(
+    segments: &SegmentSet,
+    rows: impl Iterator<Item = (&'p mut Profile, &'p [&'c String])>,
+    changes: &'c ProfileChanges,
+    whole: &HashSet<&str>,
+    now_ms: i64,
+) -> Vec<MembershipChanges> {
+    rows.map(|(profile, sources)| {
+        let changed =
+            (!sources.is_empty() && !whole.contains(profile.user_id.as_str())).then(|| {
+                sources
+                    .iter()
+                    .filter_map(|key| changes.get(*key))
+                    .flat_map(|attributes| attributes.keys().map(String::as_str))
+            });
+        segments.evaluate(profile, changed, now_ms)
+    })
+    .collect()
+}
+
+/// A profile a commit wrote: with the keys of the changes applied to it
+/// and the memberships it changed.
+type Updated<'p> = (&'p Profile, &'p [&'p String], &'p MembershipChanges);
+
+/// Stores the memberships a commit changed in `segment_members`, in one
+/// statement.
+async fn write_members(
+    tx: &mut Transaction<'_, Postgres>,
+    updated: &[Updated<'_>],
+) -> StoreResult<()> {
+    let (mut entered, mut entered_by) = (Vec::new(), Vec::new());
+    let (mut exited, mut exited_by) = (Vec::new(), Vec::new());
+    for (profile, _, changed) in updated {
+        for &id in &changed.entered {
+            entered.push(id as i32);
+            entered_by.push(profile.user_id.as_str());
+        }
+        for &id in &changed.exited {
+            exited.push(id as i32);
+            exited_by.push(profile.user_id.as_str());
+        }
+    }
+    if entered.is_empty() && exited.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH exited AS ( \
+             DELETE FROM segment_members m \
+             USING UNNEST($3::integer[], $4::text[]) AS x(segment_id, user_id) \
+             WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id \
+         ) \
+         INSERT INTO segment_members (segment_id, user_id) \
+         SELECT * FROM UNNEST($1::integer[], $2::text[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&entered)
+    .bind(&entered_by)
+    .bind(&exited)
+    .bind(&exited_by)
+    .execute(&mut **tx)
+    .await
+    .context("writing the batch's segment memberships")?;
+    Ok(())
 }
 
 /// Locks the rows of `changes`' keys and of `links`' identifiers, in key
@@ -795,24 +905,35 @@ pub(crate) async fn write_profiles(
 }
 
 /// Writes the `profile-updates` outbox row of the profiles a commit wrote
-/// (the relay publishes it, `activation::relay`): one message per profile, with
-/// the attributes the changes of its `sources` keys changed, or all of
-/// them for a profile a merge joined another into.
-async fn write_updates<'p>(
+/// (the relay publishes it, `activation::relay`): one `profile.updated` per
+/// profile, with the attributes the changes of its `sources` keys changed,
+/// or all of them for a profile a merge joined another into, followed by a
+/// `segment.entered` / `segment.exited` per membership it changed.
+async fn write_updates(
     tx: &mut Transaction<'_, Postgres>,
-    updated: impl Iterator<Item = (&'p Profile, &'p [&'p String])>,
+    updated: &[Updated<'_>],
     changes: &ProfileChanges,
     merges: &[PlannedMerge],
+    segments: &SegmentSet,
 ) -> StoreResult<Option<(i64, Vec<OutgoingEvent>)>> {
     let survivors: HashSet<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
     let (mut ids, mut messages) = (Vec::new(), Vec::new());
-    for (profile, sources) in updated {
+    for &(profile, sources, memberships) in updated {
         let whole = survivors.contains(profile.user_id.as_str());
-        let message = ProfileUpdate::new(profile, sources, changes, whole)
-            .to_json()
-            .with_context(|| format!("encoding the update of profile {}", profile.user_id))?;
-        ids.push(profile.user_id.as_str());
-        messages.push(message);
+        let update = ProfileUpdate::new(profile, sources, changes, whole);
+        if memberships.is_empty() {
+            let message = update
+                .to_json()
+                .with_context(|| format!("encoding the update of profile {}", profile.user_id))?;
+            ids.push(profile.user_id.as_str());
+            messages.push(message);
+        } else {
+            let encoded = update
+                .with_segments(memberships, segments)
+                .with_context(|| format!("encoding the update of profile {}", profile.user_id))?;
+            ids.extend(std::iter::repeat_n(profile.user_id.as_str(), encoded.len()));
+            messages.extend(encoded);
+        }
     }
     if ids.is_empty() {
         return Ok(None);

@@ -1,0 +1,161 @@
+//! The defined segments: stored by name ([`SegmentStore`]: PostgreSQL or
+//! the embedded store), and live in every process ([`LiveSegments`]), where
+//! the store's commits evaluate them.
+//!
+//! A definition's id changes whenever its condition does, and ids are never
+//! reused: a profile's memberships (segment ids in its document) never count
+//! for a condition they were not computed under.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{Condition, Segment, SegmentSet};
+use crate::store::StoreResult;
+
+/// One stored definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub id: u32,
+    pub name: String,
+    /// As the definition gave it: a CEL expression (a JSON string) or a
+    /// JSON tree.
+    pub condition: serde_json::Value,
+    pub created_at_ms: i64,
+    /// When the condition last changed (and the id with it).
+    pub updated_at_ms: i64,
+}
+
+/// What storing a definition did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Created(Definition),
+    /// The condition changed: the definition has a new id, and the
+    /// memberships of the old one are gone.
+    Changed(Definition),
+    /// The condition is the one stored (as a tree, however written): nothing
+    /// changed, not even the way it is written.
+    Unchanged(Definition),
+}
+
+impl Stored {
+    pub fn definition(&self) -> &Definition {
+        match self {
+            Stored::Created(d) | Stored::Changed(d) | Stored::Unchanged(d) => d,
+        }
+    }
+}
+
+/// Whether two written conditions are one tree (both parse, and equal).
+pub fn same_condition(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    matches!(
+        (Condition::parse(a), Condition::parse(b)),
+        (Ok(x), Ok(y)) if x == y
+    )
+}
+
+/// The store side of segments.
+#[async_trait]
+pub trait SegmentStore: Send + Sync + 'static {
+    /// Every definition, by name.
+    async fn definitions(&self) -> StoreResult<Vec<Definition>>;
+
+    /// Stores `condition` (already validated) under `name`. A new or changed
+    /// condition takes a new id; a change drops the old id's members, in
+    /// the same transaction.
+    async fn put_definition(
+        &self,
+        name: &str,
+        condition: &serde_json::Value,
+        now_ms: i64,
+    ) -> StoreResult<Stored>;
+
+    /// Deletes the definition and its members; `false` when there was none.
+    async fn delete_definition(&self, name: &str) -> StoreResult<bool>;
+
+    /// Up to `limit` members of segment `id` after `after`, ascending by
+    /// profile key (bytewise).
+    async fn members(&self, id: u32, after: Option<&str>, limit: usize)
+    -> StoreResult<Vec<String>>;
+
+    /// How many members segment `id` has.
+    async fn member_count(&self, id: u32) -> StoreResult<u64>;
+}
+
+/// The segments one process evaluates, shared by its store's commits and
+/// its API; replaced whole when the definitions change.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSegments(Arc<ArcSwap<SegmentSet>>);
+
+impl LiveSegments {
+    pub fn load(&self) -> Arc<SegmentSet> {
+        self.0.load_full()
+    }
+
+    /// Makes `definitions` the live set. One that no longer parses (stored
+    /// by a version that read more) is left out, with an error logged.
+    pub fn replace(&self, definitions: &[Definition]) {
+        let segments = definitions.iter().filter_map(|definition| {
+            match Condition::parse(&definition.condition) {
+                Ok(condition) => Some(Segment {
+                    id: definition.id,
+                    name: definition.name.clone(),
+                    condition,
+                }),
+                Err(error) => {
+                    tracing::error!(
+                        segment = %definition.name,
+                        "the stored condition does not parse, so the segment is not evaluated: {error}"
+                    );
+                    None
+                }
+            }
+        });
+        self.0.store(Arc::new(SegmentSet::new(segments)));
+    }
+
+    /// Whether the live set is exactly these definitions' ids.
+    fn holds(&self, definitions: &[Definition]) -> bool {
+        let set = self.load();
+        set.len() == definitions.len()
+            && definitions
+                .iter()
+                .all(|definition| set.by_id(definition.id).is_some())
+    }
+}
+
+/// The defined segments: where they are stored, and the live set.
+#[derive(Clone)]
+pub struct Segments {
+    pub store: Arc<dyn SegmentStore>,
+    pub live: LiveSegments,
+}
+
+impl Segments {
+    /// Reads the definitions and makes them live when they differ from
+    /// the live set; returns them.
+    pub async fn refresh(&self) -> StoreResult<Vec<Definition>> {
+        let definitions = self.store.definitions().await?;
+        if !self.live.holds(&definitions) {
+            self.live.replace(&definitions);
+        }
+        Ok(definitions)
+    }
+
+    /// Refreshes the live set every `every` until `stop`, so a definition
+    /// another process stored is evaluated here within about that long.
+    pub async fn watch(self, every: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = self.refresh().await {
+                tracing::warn!("reading the segment definitions failed: {:#}", error.0);
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Segment definitions and members in the embedded store, as PostgreSQL's
+//! (migration 0013): definitions by name, members by (segment id, profile
+//! key), and the last id given under `meta`.
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{EmbeddedStore, Inner, META};
+use crate::segment::catalog::same_condition;
+use crate::segment::{Definition, MembershipChanges, SegmentStore, Stored};
+use crate::store::StoreResult;
+
+/// Segment name → JSON of a [`Row`].
+const SEGMENTS: TableDefinition<&str, &str> = TableDefinition::new("segments");
+/// (segment id, profile key) → nothing: who is in each segment.
+pub(super) const SEGMENT_MEMBERS: TableDefinition<(u32, &str), ()> =
+    TableDefinition::new("segment_members");
+/// `meta` entry: the last segment id given.
+const LAST_SEGMENT: &str = "segments.last_id";
+
+/// A stored definition, less its name (the key).
+#[derive(Serialize, Deserialize)]
+struct Row {
+    id: u32,
+    condition: serde_json::Value,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+impl Row {
+    fn definition(self, name: &str) -> Definition {
+        Definition {
+            id: self.id,
+            name: name.to_owned(),
+            condition: self.condition,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        }
+    }
+}
+
+/// Stores the memberships one evaluation of `user_id` changed.
+pub(super) fn record(
+    members: &mut redb::Table<'_, (u32, &'static str), ()>,
+    user_id: &str,
+    changes: &MembershipChanges,
+) -> anyhow::Result<()> {
+    for &id in &changes.entered {
+        members.insert((id, user_id), ())?;
+    }
+    for &id in &changes.exited {
+        members.remove((id, user_id))?;
+    }
+    Ok(())
+}
+
+/// Removes every member of segment `id`.
+fn drop_members(txn: &redb::WriteTransaction, id: u32) -> anyhow::Result<()> {
+    let mut members = txn.open_table(SEGMENT_MEMBERS)?;
+    members.retain_in((id, "")..=(id, MAX_KEY), |_, ()| false)?;
+    Ok(())
+}
+
+/// Above every profile key (keys are text without U+10FFFF).
+const MAX_KEY: &str = "\u{10FFFF}";
+
+impl Inner {
+    fn definitions(&self) -> anyhow::Result<Vec<Definition>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(SEGMENTS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut definitions = Vec::new();
+        for entry in table.iter()? {
+            let (name, json) = entry?;
+            let row: Row = serde_json::from_str(json.value())
+                .with_context(|| format!("segment {} is unreadable", name.value()))?;
+            definitions.push(row.definition(name.value()));
+        }
+        Ok(definitions)
+    }
+
+    fn put_definition(
+        &self,
+        name: &str,
+        condition: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<Stored> {
+        let txn = self.db.begin_write()?;
+        let stored = {
+            let mut table = txn.open_table(SEGMENTS)?;
+            let old: Option<Row> = match table.get(name)? {
+                Some(json) => Some(
+                    serde_json::from_str(json.value())
+                        .with_context(|| format!("segment {name} is unreadable"))?,
+                ),
+                None => None,
+            };
+            match old {
+                Some(old) if same_condition(&old.condition, condition) => {
+                    return Ok(Stored::Unchanged(old.definition(name)));
+                }
+                old => {
+                    let mut meta = txn.open_table(META)?;
+                    let last = meta.get(LAST_SEGMENT)?.map_or(0, |v| v.value());
+                    let next = last + 1;
+                    meta.insert(LAST_SEGMENT, next)?;
+                    let row = Row {
+                        id: u32::try_from(next).context("segment ids ran out")?,
+                        condition: condition.clone(),
+                        created_at_ms: old.as_ref().map_or(now_ms, |old| old.created_at_ms),
+                        updated_at_ms: now_ms,
+                    };
+                    table.insert(name, serde_json::to_string(&row)?.as_str())?;
+                    match old {
+                        Some(old) => {
+                            drop_members(&txn, old.id)?;
+                            Stored::Changed(row.definition(name))
+                        }
+                        None => Stored::Created(row.definition(name)),
+                    }
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(stored)
+    }
+
+    fn delete_definition(&self, name: &str) -> anyhow::Result<bool> {
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut table = txn.open_table(SEGMENTS)?;
+            let removed = table.remove(name)?.map(|json| json.value().to_owned());
+            match removed {
+                Some(json) => {
+                    let row: Row = serde_json::from_str(&json)
+                        .with_context(|| format!("segment {name} is unreadable"))?;
+                    drop_members(&txn, row.id)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    fn members(&self, id: u32, after: Option<&str>, limit: usize) -> anyhow::Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(SEGMENT_MEMBERS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut members = Vec::new();
+        for entry in table.range((id, after.unwrap_or(""))..=(id, MAX_KEY))? {
+            let (key, _) = entry?;
+            let (_, user_id) = key.value();
+            if Some(user_id) == after {
+                continue;
+            }
+            if members.len() == limit {
+                break;
+            }
+            members.push(user_id.to_owned());
+        }
+        Ok(members)
+    }
+
+    fn member_count(&self, id: u32) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(SEGMENT_MEMBERS) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(error) => return Err(error.into()),
+        };
+        let mut count = 0;
+        for entry in table.range((id, "")..=(id, MAX_KEY))? {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}
+
+#[async_trait]
+impl SegmentStore for EmbeddedStore {
+    async fn definitions(&self) -> StoreResult<Vec<Definition>> {
+        self.run("reading the segment definitions", Inner::definitions)
+    }
+
+    async fn put_definition(
+        &self,
+        name: &str,
+        condition: &serde_json::Value,
+        now_ms: i64,
+    ) -> StoreResult<Stored> {
+        self.run("storing a segment definition", |inner| {
+            inner.put_definition(name, condition, now_ms)
+        })
+    }
+
+    async fn delete_definition(&self, name: &str) -> StoreResult<bool> {
+        self.run("deleting a segment definition", |inner| {
+            inner.delete_definition(name)
+        })
+    }
+
+    async fn members(
+        &self,
+        id: u32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        self.run("reading the members of a segment", |inner| {
+            inner.members(id, after, limit)
+        })
+    }
+
+    async fn member_count(&self, id: u32) -> StoreResult<u64> {
+        self.run("counting the members of a segment", |inner| {
+            inner.member_count(id)
+        })
+    }
+}
