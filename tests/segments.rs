@@ -183,14 +183,17 @@ async fn each_profile_that_qualifies_enters_once_through_sigkills() {
             .keys()
             .all(|(kind, segment, _)| kind == "segment.entered" && segment == "mobile-fans"),
         "only entries into mobile-fans: {:?}",
-        messages.keys().filter(|(kind, _, _)| kind != "segment.entered").collect::<Vec<_>>()
+        messages
+            .keys()
+            .filter(|(kind, _, _)| kind != "segment.entered")
+            .collect::<Vec<_>>()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_falling_out_of_the_condition_exits_once() {
     let _serial = SERIAL.lock().await;
-    let (_topic, updates, _database, hub) = start(2).await;
+    let (_topic, updates, _database, mut hub) = start(2).await;
     hub.wait_ready().await;
     define(
         &hub,
@@ -249,7 +252,7 @@ async fn a_value_falling_out_of_the_condition_exits_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redefined_segment_starts_over_and_a_deleted_one_is_gone() {
     let _serial = SERIAL.lock().await;
-    let (topic, _updates, _database, hub) = start(2).await;
+    let (topic, _updates, _database, mut hub) = start(2).await;
     hub.wait_ready().await;
     define(&hub, "viewers", json!("page_views >= 1"), 201).await;
     let (events, expected) = generate("redef", 30, 3, 7);
@@ -262,9 +265,7 @@ async fn a_redefined_segment_starts_over_and_a_deleted_one_is_gone() {
     // their next commit evaluates it.
     let changed = define(&hub, "viewers", json!("page_views >= 100"), 200).await;
     assert_eq!(changed["members"], 0, "{changed}");
-    let (status, body) = hub
-        .admin(Method::DELETE, "/api/v1/segments/viewers")
-        .await;
+    let (status, body) = hub.admin(Method::DELETE, "/api/v1/segments/viewers").await;
     assert_eq!(status, 204, "{body}");
     let (status, body) = hub.get_json("/api/v1/segments/viewers").await;
     assert_eq!(status, 404, "{body}");
