@@ -28,3 +28,11 @@ CREATE TABLE segment_members (
     user_id    text        COLLATE "C" NOT NULL,
     PRIMARY KEY (segment_id, user_id)
 );
+
+-- When a profile's memberships next change with time alone (a condition
+-- relative to now, such as `last_active_at > now - duration('7d')`), in
+-- milliseconds since the Unix epoch; NULL when never. Set by the commit
+-- that evaluates the profile; the scheduler re-evaluates what came due.
+ALTER TABLE profiles ADD COLUMN segments_due_ms bigint;
+CREATE INDEX profiles_segments_due ON profiles (segments_due_ms)
+    WHERE segments_due_ms IS NOT NULL;

@@ -10,12 +10,20 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use support::db::TestDb;
+use pulsehub::model::merge::{AttributeChange, ProfileChanges, Provenance};
+use pulsehub::model::update::{Op, Value as AttributeValue};
+use pulsehub::segment::Segments;
+use pulsehub::store::embedded::EmbeddedStore;
+use pulsehub::store::postgres::PgStore;
+use pulsehub::store::{Commit, OffsetRange, ProfileStore};
+
+use support::db::{StoreDb, TestDb};
 use support::hub::{ADMIN_TOKEN, PulseHub, SERIAL};
 use support::kafka::{produce, producer, read_records, topics};
 use support::services::kafka_brokers;
@@ -275,4 +283,162 @@ async fn a_redefined_segment_starts_over_and_a_deleted_one_is_gone() {
     let user = all.first().expect("a user");
     let profile = hub.profile(user).await.expect("a profile");
     assert_eq!(profile["segments"], json!([]), "{profile}");
+}
+
+const DAY: i64 = 86_400_000;
+
+/// Commits `last_active_at` = `active_ms` for `user`, as the batch of
+/// offsets `offset`..`offset + 1`, at wall-clock `now_ms`.
+async fn active(store: &dyn ProfileStore, user: &str, active_ms: i64, offset: i64, now_ms: i64) {
+    let change = AttributeChange {
+        op: Op::Max(AttributeValue::Timestamp(active_ms)),
+        provenance: Provenance {
+            plugin: Arc::from("last-active"),
+            plugin_version: Arc::from("1.0.0"),
+            event_id: format!("{user}-{offset}"),
+            event_time_ms: active_ms,
+        },
+    };
+    let mut changes = ProfileChanges::new();
+    changes.insert(
+        user.to_owned(),
+        BTreeMap::from([("last_active_at".to_owned(), change)]),
+    );
+    let offsets = [OffsetRange {
+        partition: 0,
+        expected: (offset > 0).then_some(offset),
+        next: offset + 1,
+    }];
+    store
+        .commit(Commit {
+            group: "enrich",
+            topic: "events",
+            changes: &changes,
+            offsets: &offsets,
+            plugins: &[],
+            known: Default::default(),
+            now_ms,
+            identity: None,
+            suppressions: 0,
+        })
+        .await
+        .expect("the commit applies");
+}
+
+/// The members of the segment named `name`, from the store.
+async fn stored_members(segments: &Segments, name: &str) -> Vec<String> {
+    let definitions = segments.store.definitions().await.expect("definitions");
+    let id = definitions
+        .iter()
+        .find(|d| d.name == name)
+        .expect("the segment is defined")
+        .id;
+    segments
+        .store
+        .members(id, None, 100)
+        .await
+        .expect("members")
+}
+
+/// "Active in the last 7 days", on a clock the test moves: a profile
+/// leaves once its last activity is 7 days old, with no new event, and
+/// enters again with the next one.
+async fn the_clock_moves_profiles_out(store: &dyn ProfileStore, segments: &Segments) -> i64 {
+    let t0 = 1_795_000_000_000;
+    segments
+        .store
+        .put_definition(
+            "active-week",
+            &json!("last_active_at > now - duration('7d')"),
+            t0,
+        )
+        .await
+        .expect("the segment is stored");
+    segments.refresh().await.expect("the definitions load");
+    active(store, "early", t0, 0, t0 + 3_600_000).await;
+    active(store, "late", t0 + 3 * DAY, 1, t0 + 3 * DAY).await;
+    assert_eq!(
+        stored_members(segments, "active-week").await,
+        ["early", "late"]
+    );
+
+    // Nothing is due before a week has passed since `early`'s activity;
+    // at a week, `last_active_at > now - 7d` no longer holds.
+    let changed = segments.reevaluate_due(t0 + 7 * DAY - 1, None).await;
+    assert_eq!(changed.expect("a round"), 0);
+    let changed = segments.reevaluate_due(t0 + 7 * DAY, None).await;
+    assert_eq!(changed.expect("a round"), 1);
+    assert_eq!(stored_members(segments, "active-week").await, ["late"]);
+    let early = store.profile("early").await.expect("read").expect("early");
+    assert!(early.segments.is_empty(), "{early:?}");
+    assert_eq!(early.revision, 2, "leaving is a change of the profile");
+    // Rounds at the same time change nothing more.
+    let again = segments.reevaluate_due(t0 + 7 * DAY, None).await;
+    assert_eq!(again.expect("a round"), 0);
+
+    let changed = segments.reevaluate_due(t0 + 20 * DAY, None).await;
+    assert_eq!(changed.expect("a round"), 1);
+    assert!(stored_members(segments, "active-week").await.is_empty());
+
+    // A new event brings `early` back, and it comes due again a week on.
+    active(store, "early", t0 + 21 * DAY, 2, t0 + 21 * DAY).await;
+    assert_eq!(stored_members(segments, "active-week").await, ["early"]);
+    let changed = segments.reevaluate_due(t0 + 28 * DAY + 1, None).await;
+    assert_eq!(changed.expect("a round"), 1);
+    assert!(stored_members(segments, "active-week").await.is_empty());
+    t0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_relative_segment_is_left_when_the_clock_passes_in_postgresql() {
+    let db = StoreDb::new().await;
+    let mut store: PgStore = db.store.clone();
+    let _handoff = store.publish_updates();
+    let segments = Segments {
+        store: Arc::new(store.clone()),
+        live: store.segments(),
+    };
+    the_clock_moves_profiles_out(&store, &segments).await;
+
+    // Every change is in the outbox: `early` entered twice and left twice,
+    // `late` entered and left once, each at a revision of its own.
+    let messages: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(messages) FROM profile_updates ORDER BY 1")
+            .fetch_all(store.pool())
+            .await
+            .expect("read the outbox");
+    let mut seen: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    for message in &messages {
+        let message: Value = serde_json::from_str(message).expect("JSON");
+        if message["type"] == "profile.updated" {
+            continue;
+        }
+        assert_eq!(message["segment"], "active-week", "{message}");
+        let key = (
+            message["profile_id"].as_str().expect("an id").to_owned(),
+            message["type"].as_str().expect("a type").to_owned(),
+        );
+        seen.entry(key)
+            .or_default()
+            .push(message["revision"].as_i64().expect("a revision"));
+    }
+    let count = |profile: &str, kind: &str| {
+        seen.get(&(profile.to_owned(), kind.to_owned()))
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(count("early", "segment.entered"), 2, "{seen:?}");
+    assert_eq!(count("early", "segment.exited"), 2, "{seen:?}");
+    assert_eq!(count("late", "segment.entered"), 1, "{seen:?}");
+    assert_eq!(count("late", "segment.exited"), 1, "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_time_relative_segment_is_left_when_the_clock_passes_in_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = EmbeddedStore::open(dir.path()).expect("the store opens");
+    let segments = Segments {
+        store: Arc::new(store.clone()),
+        live: store.segments(),
+    };
+    the_clock_moves_profiles_out(&store, &segments).await;
 }

@@ -42,7 +42,8 @@ use crate::store::reader::ProfileReader;
 use crate::telemetry::Metrics;
 use backends::{EnrichPart, Parts};
 
-/// How soon a segment another process defined is evaluated here.
+/// How soon a segment another process defined is evaluated here, and how
+/// often the memberships that came due are re-evaluated.
 const SEGMENT_REFRESH: Duration = Duration::from_secs(1);
 
 /// What one process runs: everything, or one role of a scaled install.
@@ -166,6 +167,17 @@ impl App {
             pipelines.push(Pipeline::archive(source, archive, setup)?);
         }
         tokio::spawn(parts.segments.clone().watch(SEGMENT_REFRESH, stop.clone()));
+        if role.enrich() {
+            // Time-relative segments change with no event: re-evaluated
+            // where profiles are committed (PostgreSQL shares the work
+            // among the enrich processes, row by row).
+            tokio::spawn(parts.segments.clone().schedule(
+                parts.cache.clone(),
+                crate::model::profile::now_ms,
+                SEGMENT_REFRESH,
+                stop.clone(),
+            ));
+        }
         if let Some(relay) = parts.relay {
             tokio::spawn(relay.run(stop.clone()));
         }

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{Condition, Segment, SegmentSet};
-use crate::store::StoreResult;
+use crate::store::{EncodedProfile, ProfileCache, StoreResult};
 
 /// One stored definition.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +83,22 @@ pub trait SegmentStore: Send + Sync + 'static {
 
     /// How many members segment `id` has.
     async fn member_count(&self, id: u32) -> StoreResult<u64>;
+
+    /// Re-evaluates, at `now_ms` and with no new event, the time-relative
+    /// segments of up to `limit` profiles whose memberships came due by
+    /// then ([`SegmentSet::due`]), in one transaction that stores what
+    /// changed as a commit does (memberships, the `profile-updates`
+    /// outbox, the next due time).
+    async fn reevaluate_due(&self, now_ms: i64, limit: usize) -> StoreResult<DueRound>;
+}
+
+/// What one [`SegmentStore::reevaluate_due`] did.
+#[derive(Debug, Default)]
+pub struct DueRound {
+    /// How many profiles had come due.
+    pub due: usize,
+    /// Those whose memberships changed, as written (for the hot cache).
+    pub changed: Vec<EncodedProfile>,
 }
 
 /// The segments one process evaluates, shared by its store's commits and
@@ -127,6 +143,9 @@ impl LiveSegments {
     }
 }
 
+/// How many due profiles one transaction re-evaluates.
+const DUE_PAGE: usize = 500;
+
 /// The defined segments: where they are stored, and the live set.
 #[derive(Clone)]
 pub struct Segments {
@@ -143,6 +162,61 @@ impl Segments {
             self.live.replace(&definitions);
         }
         Ok(definitions)
+    }
+
+    /// Re-evaluates every profile that came due by `now_ms`, a page at a
+    /// time, and refreshes `cache` with those that changed; returns how many
+    /// changed.
+    pub async fn reevaluate_due(
+        &self,
+        now_ms: i64,
+        cache: Option<&dyn ProfileCache>,
+    ) -> StoreResult<usize> {
+        let mut changed = 0;
+        loop {
+            let round = self.store.reevaluate_due(now_ms, DUE_PAGE).await?;
+            if let Some(cache) = cache
+                && !round.changed.is_empty()
+            {
+                cache.put_encoded(&round.changed).await?;
+            }
+            changed += round.changed.len();
+            if round.due < DUE_PAGE {
+                return Ok(changed);
+            }
+        }
+    }
+
+    /// Re-evaluates what comes due ([`Segments::reevaluate_due`]) every
+    /// `every`, at the time `clock` says, until `stop`.
+    pub async fn schedule(
+        self,
+        cache: Option<std::sync::Arc<dyn ProfileCache>>,
+        clock: fn() -> i64,
+        every: Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if self.live.load().time_relative().is_empty() {
+                continue;
+            }
+            match self.reevaluate_due(clock(), cache.as_deref()).await {
+                Ok(0) => {}
+                Ok(changed) => {
+                    tracing::debug!(changed, "time-relative segments re-evaluated");
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "re-evaluating the time-relative segments failed (retried next round): {:#}",
+                        error.0
+                    );
+                }
+            }
+        }
     }
 
     /// Refreshes the live set every `every` until `stop`, so a definition

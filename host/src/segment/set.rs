@@ -210,6 +210,30 @@ impl SegmentSet {
         self.reevaluate(&indices, &profile.attributes, now_ms, &mut profile.segments)
     }
 
+    /// When `profile`'s memberships next change with time alone, after
+    /// `now_ms` (`None`: never, or a pointer): when the scheduler
+    /// re-evaluates it with [`SegmentSet::evaluate_due`].
+    pub fn due(&self, profile: &Profile, now_ms: i64) -> Option<i64> {
+        if profile.merged_into.is_some() || self.time_relative.is_empty() {
+            return None;
+        }
+        self.due_after(&profile.attributes, now_ms)
+    }
+
+    /// Re-evaluates the time-relative segments for `profile` at `now_ms`,
+    /// with no new event: what entered and left.
+    pub fn evaluate_due(&self, profile: &mut Profile, now_ms: i64) -> MembershipChanges {
+        if profile.merged_into.is_some() {
+            return MembershipChanges::default();
+        }
+        self.reevaluate(
+            &self.time_relative,
+            &profile.attributes,
+            now_ms,
+            &mut profile.segments,
+        )
+    }
+
     /// The earliest instant after `now_ms` at which a segment's result for
     /// these attributes changes with time alone.
     pub fn due_after(&self, attributes: &impl Attributes, now_ms: i64) -> Option<i64> {

@@ -275,4 +275,12 @@ impl crate::segment::SegmentStore for FakeSegments {
     async fn member_count(&self, _id: u32) -> StoreResult<u64> {
         Ok(0)
     }
+
+    async fn reevaluate_due(
+        &self,
+        _now_ms: i64,
+        _limit: usize,
+    ) -> StoreResult<crate::segment::catalog::DueRound> {
+        unused()
+    }
 }

@@ -7,16 +7,22 @@ use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{EmbeddedStore, Inner, META};
-use crate::segment::catalog::same_condition;
-use crate::segment::{Definition, MembershipChanges, SegmentStore, Stored};
-use crate::store::StoreResult;
+use super::{EmbeddedStore, Inner, META, PROFILES};
+use crate::model::profile::Profile;
+use crate::segment::catalog::{DueRound, same_condition};
+use crate::segment::{Definition, MembershipChanges, SegmentSet, SegmentStore, Stored};
+use crate::store::{EncodedProfile, StoreResult};
 
 /// Segment name → JSON of a [`Row`].
 const SEGMENTS: TableDefinition<&str, &str> = TableDefinition::new("segments");
 /// (segment id, profile key) → nothing: who is in each segment.
-pub(super) const SEGMENT_MEMBERS: TableDefinition<(u32, &str), ()> =
-    TableDefinition::new("segment_members");
+const SEGMENT_MEMBERS: TableDefinition<(u32, &str), ()> = TableDefinition::new("segment_members");
+/// (due time in ms, profile key) → nothing: when each profile's
+/// memberships next change with time alone, as PostgreSQL's
+/// `profiles.segments_due_ms`.
+const DUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("segments_due");
+/// Profile key → its entry in [`DUE`].
+const DUE_OF: TableDefinition<&str, i64> = TableDefinition::new("segments_due_of");
 /// `meta` entry: the last segment id given.
 const LAST_SEGMENT: &str = "segments.last_id";
 
@@ -42,7 +48,7 @@ impl Row {
 }
 
 /// Stores the memberships one evaluation of `user_id` changed.
-pub(super) fn record(
+fn record(
     members: &mut redb::Table<'_, (u32, &'static str), ()>,
     user_id: &str,
     changes: &MembershipChanges,
@@ -54,6 +60,61 @@ pub(super) fn record(
         members.remove((id, user_id))?;
     }
     Ok(())
+}
+
+/// Where a commit keeps the memberships it changes and the due times.
+pub(super) struct Memberships<'t> {
+    members: redb::Table<'t, (u32, &'static str), ()>,
+    due: redb::Table<'t, (i64, &'static str), ()>,
+    due_of: redb::Table<'t, &'static str, i64>,
+}
+
+impl<'t> Memberships<'t> {
+    pub(super) fn open(txn: &'t redb::WriteTransaction) -> anyhow::Result<Self> {
+        Ok(Memberships {
+            members: txn.open_table(SEGMENT_MEMBERS)?,
+            due: txn.open_table(DUE)?,
+            due_of: txn.open_table(DUE_OF)?,
+        })
+    }
+
+    /// Stores what one evaluation of `profile` at `now_ms` changed, and
+    /// when its memberships next come due.
+    pub(super) fn record(
+        &mut self,
+        set: &SegmentSet,
+        profile: &Profile,
+        changes: &MembershipChanges,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        record(&mut self.members, &profile.user_id, changes)?;
+        // With no time-relative segment, nothing comes due; a due time left
+        // from one since deleted is cleared when the scheduler reaches it.
+        if !set.time_relative().is_empty() {
+            self.set_due(&profile.user_id, set.due(profile, now_ms))?;
+        }
+        Ok(())
+    }
+
+    fn set_due(&mut self, user_id: &str, due: Option<i64>) -> anyhow::Result<()> {
+        let old = self.due_of.get(user_id)?.map(|at| at.value());
+        if old == due {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.due.remove((old, user_id))?;
+        }
+        match due {
+            Some(at) => {
+                self.due.insert((at, user_id), ())?;
+                self.due_of.insert(user_id, at)?;
+            }
+            None => {
+                self.due_of.remove(user_id)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Removes every member of segment `id`.
@@ -171,6 +232,46 @@ impl Inner {
         Ok(members)
     }
 
+    fn reevaluate_due(&self, now_ms: i64, limit: usize) -> anyhow::Result<DueRound> {
+        let set = self.segments.load();
+        let txn = self.db.begin_write()?;
+        let mut round = DueRound::default();
+        {
+            let mut memberships = Memberships::open(&txn)?;
+            let keys: Vec<String> = memberships
+                .due
+                .range((i64::MIN, "")..=(now_ms, MAX_KEY))?
+                .take(limit)
+                .map(|entry| entry.map(|(key, _)| key.value().1.to_owned()))
+                .collect::<Result<_, _>>()?;
+            round.due = keys.len();
+            let mut profiles = txn.open_table(PROFILES)?;
+            for key in keys {
+                let stored = profiles
+                    .get(key.as_str())?
+                    .map(|json| json.value().to_owned());
+                let Some(json) = stored else {
+                    memberships.set_due(&key, None)?;
+                    continue;
+                };
+                let mut profile: Profile = serde_json::from_str(&json)
+                    .with_context(|| format!("the stored profile of {key} is unreadable"))?;
+                let changes = set.evaluate_due(&mut profile, now_ms);
+                record(&mut memberships.members, &key, &changes)?;
+                memberships.set_due(&key, set.due(&profile, now_ms))?;
+                if !changes.is_empty() {
+                    profile.revision += 1;
+                    profile.updated_at_ms = now_ms;
+                    let document = profile.to_json()?;
+                    profiles.insert(key.as_str(), document.as_str())?;
+                    round.changed.push(EncodedProfile::new(&profile, document));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(round)
+    }
+
     fn member_count(&self, id: u32) -> anyhow::Result<u64> {
         let txn = self.db.begin_read()?;
         let table = match txn.open_table(SEGMENT_MEMBERS) {
@@ -224,6 +325,12 @@ impl SegmentStore for EmbeddedStore {
     async fn member_count(&self, id: u32) -> StoreResult<u64> {
         self.run("counting the members of a segment", |inner| {
             inner.member_count(id)
+        })
+    }
+
+    async fn reevaluate_due(&self, now_ms: i64, limit: usize) -> StoreResult<DueRound> {
+        self.run("re-evaluating the segments that came due", |inner| {
+            inner.reevaluate_due(now_ms, limit)
         })
     }
 }

@@ -287,7 +287,7 @@ impl ProfileStore for PgStore {
                 })
                 .collect();
             again = rows.into_iter().map(|(profile, _)| profile).collect();
-            again_memberships = evaluate_segments(
+            let (memberships, due) = evaluate_segments(
                 &segments,
                 again
                     .iter_mut()
@@ -296,7 +296,8 @@ impl ProfileStore for PgStore {
                 &HashSet::new(),
                 commit.now_ms,
             );
-            let second = write_profiles(&mut tx, &again).await?;
+            again_memberships = memberships;
+            let second = write_profiles(&mut tx, &again, Some(&due)).await?;
             if !second.refused.is_empty() {
                 return Err(StoreError(anyhow!(
                     "{} of the batch's profiles changed under their row locks; \
@@ -461,14 +462,14 @@ async fn write_changes<'c>(
     }
     let (mut profiles, sources): (Vec<Profile>, Vec<Vec<&String>>) = rows.into_iter().unzip();
     let survivors: HashSet<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
-    let memberships = evaluate_segments(
+    let (memberships, due) = evaluate_segments(
         segments,
         profiles.iter_mut().zip(sources.iter().map(Vec::as_slice)),
         changes,
         &survivors,
         now_ms,
     );
-    let written = write_profiles(tx, &profiles).await?;
+    let written = write_profiles(tx, &profiles, Some(&due)).await?;
     if written
         .refused
         .iter()
@@ -488,14 +489,16 @@ async fn write_changes<'c>(
 /// Brings the memberships of a batch's profiles, each with the keys of the
 /// changes applied to it, up to date ([`SegmentSet::evaluate`]): only the
 /// segments that read an attribute the changes name, or every segment for
-/// a merge survivor (`whole`) and a row only links changed.
+/// a merge survivor (`whole`) and a row only links changed. Returns what
+/// each profile entered and left, and when its memberships next change with
+/// time alone.
 fn evaluate_segments<'p, 'c: 'p>(
     segments: &SegmentSet,
     rows: impl Iterator<Item = (&'p mut Profile, &'p [&'c String])>,
     changes: &'c ProfileChanges,
     whole: &HashSet<&str>,
     now_ms: i64,
-) -> Vec<MembershipChanges> {
+) -> (Vec<MembershipChanges>, Vec<Option<i64>>) {
     rows.map(|(profile, sources)| {
         let changed =
             (!sources.is_empty() && !whole.contains(profile.user_id.as_str())).then(|| {
@@ -504,9 +507,10 @@ fn evaluate_segments<'p, 'c: 'p>(
                     .filter_map(|key| changes.get(*key))
                     .flat_map(|attributes| attributes.keys().map(String::as_str))
             });
-        segments.evaluate(profile, changed, now_ms)
+        let memberships = segments.evaluate(profile, changed, now_ms);
+        (memberships, segments.due(profile, now_ms))
     })
-    .collect()
+    .unzip()
 }
 
 /// A profile a commit wrote: with the keys of the changes applied to it
@@ -817,7 +821,10 @@ impl Written {
     }
 }
 
-/// Writes `profiles` in one statement.
+/// Writes `profiles` in one statement, with when each one's memberships
+/// next change with time alone (`due`, in the same order) for a writer that
+/// evaluated the segments; a writer that did not (`None`) leaves those as
+/// they are.
 ///
 /// Each profile replaces only the revision it was computed from (a new one
 /// only a row that does not exist). When another writer has changed one of
@@ -832,6 +839,7 @@ impl Written {
 pub(crate) async fn write_profiles(
     tx: &mut Transaction<'_, Postgres>,
     profiles: &[Profile],
+    due: Option<&[Option<i64>]>,
 ) -> StoreResult<Written> {
     if profiles.is_empty() {
         return Ok(Written {
@@ -866,7 +874,7 @@ pub(crate) async fn write_profiles(
         .map(|(profile, document)| document.len() + 2 * profile.user_id.len() + 64)
         .sum();
     let mut parameters = PgArguments::default();
-    parameters.reserve(6, bytes + 256);
+    parameters.reserve(8, bytes + 256);
     let encoding = |error| anyhow!("encoding the batch's profiles for PostgreSQL: {error}");
     parameters.add(&user_ids).map_err(encoding)?;
     parameters.add(&documents).map_err(encoding)?;
@@ -874,18 +882,28 @@ pub(crate) async fn write_profiles(
     parameters.add(&created).map_err(encoding)?;
     parameters.add(&updated).map_err(encoding)?;
     parameters.add(&pointers).map_err(encoding)?;
+    // Without `due`, the writer evaluated no segments: the due times stay.
+    // (UNNEST pads the empty array with NULLs.)
+    let sets_due = due.is_some();
+    let due = due.unwrap_or_default();
+    parameters.add(sets_due).map_err(encoding)?;
+    parameters.add(due).map_err(encoding)?;
     let written: Vec<String> = sqlx::query_scalar_with(
-        "INSERT INTO profiles (user_id, profile, revision, created_at, updated_at, merged_into) \
+        "INSERT INTO profiles \
+             (user_id, profile, revision, created_at, updated_at, merged_into, segments_due_ms) \
          SELECT user_id, profile, revision, \
-                to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0), merged_into \
+                to_timestamp(created_ms / 1000.0), to_timestamp(updated_ms / 1000.0), merged_into, \
+                CASE WHEN $7 THEN due_ms END \
          FROM UNNEST($1::text[], $2::text[]::json[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::text[]) \
-              AS batch(user_id, profile, revision, created_ms, updated_ms, merged_into) \
+                     $6::text[], $8::bigint[]) \
+              AS batch(user_id, profile, revision, created_ms, updated_ms, merged_into, due_ms) \
          ON CONFLICT (user_id) DO UPDATE SET \
               profile = EXCLUDED.profile, \
               revision = EXCLUDED.revision, \
               updated_at = EXCLUDED.updated_at, \
-              merged_into = EXCLUDED.merged_into \
+              merged_into = EXCLUDED.merged_into, \
+              segments_due_ms = CASE WHEN $7 THEN EXCLUDED.segments_due_ms \
+                                     ELSE profiles.segments_due_ms END \
          WHERE profiles.revision = EXCLUDED.revision - 1 \
          RETURNING user_id",
         parameters,
@@ -935,6 +953,16 @@ async fn write_updates(
             messages.extend(encoded);
         }
     }
+    write_outbox(tx, ids, messages).await
+}
+
+/// Writes one `profile-updates` outbox row of `messages`, each keyed by the
+/// profile id at the same index; `None` when there are none.
+async fn write_outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: Vec<&str>,
+    messages: Vec<String>,
+) -> StoreResult<Option<(i64, Vec<OutgoingEvent>)>> {
     if ids.is_empty() {
         return Ok(None);
     }

@@ -252,7 +252,7 @@ impl PgStore {
             // Suppressed since the profiles were read: read them again.
             return Ok(suppressed);
         }
-        let refused = write_profiles(&mut tx, profiles)
+        let refused = write_profiles(&mut tx, profiles, None)
             .await?
             .refused_users(profiles);
         let changed = (profiles.len() - refused.len()) as i64;

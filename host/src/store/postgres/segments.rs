@@ -5,10 +5,13 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::types::Json;
 
-use super::PgStore;
-use crate::segment::catalog::same_condition;
-use crate::segment::{Definition, SegmentStore, Stored};
-use crate::store::StoreResult;
+use super::{PgStore, Updated, write_members, write_outbox};
+use crate::activation::update::ProfileUpdate;
+use crate::model::merge::ProfileChanges;
+use crate::model::profile::Profile;
+use crate::segment::catalog::{DueRound, same_condition};
+use crate::segment::{Definition, MembershipChanges, SegmentStore, Stored};
+use crate::store::{EncodedProfile, StoreResult};
 
 type Row = (i32, String, Json<serde_json::Value>, i64, i64);
 
@@ -141,5 +144,108 @@ impl SegmentStore for PgStore {
                 .await
                 .with_context(|| format!("counting the members of segment {id}"))?;
         Ok(count.unsigned_abs())
+    }
+
+    async fn reevaluate_due(&self, now_ms: i64, limit: usize) -> StoreResult<DueRound> {
+        let set = self.segments.load();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("starting to re-evaluate due segments")?;
+        // Rows a commit holds are left for the next round; commits never
+        // wait on this transaction for long, and it never waits on them.
+        let rows: Vec<(String, Json<Profile>)> = sqlx::query_as(
+            "SELECT user_id, profile FROM profiles WHERE segments_due_ms <= $1 \
+             ORDER BY user_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now_ms)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .context("reading the profiles whose segments came due")?;
+        let due = rows.len();
+        let (mut keys, mut dues) = (Vec::with_capacity(due), Vec::with_capacity(due));
+        let (mut documents, mut revisions) = (Vec::with_capacity(due), Vec::with_capacity(due));
+        let mut changed: Vec<(Profile, MembershipChanges)> = Vec::new();
+        for (key, Json(mut profile)) in rows {
+            let memberships = set.evaluate_due(&mut profile, now_ms);
+            dues.push(set.due(&profile, now_ms));
+            if memberships.is_empty() {
+                documents.push(None);
+                revisions.push(None);
+            } else {
+                profile.revision += 1;
+                profile.updated_at_ms = now_ms;
+                let document = profile
+                    .to_json()
+                    .with_context(|| format!("encoding the profile of user {key}"))?;
+                documents.push(Some(document));
+                revisions.push(Some(profile.revision));
+                changed.push((profile, memberships));
+            }
+            keys.push(key);
+        }
+        if due == 0 {
+            tx.rollback()
+                .await
+                .context("ending a round of due segments")?;
+            return Ok(DueRound::default());
+        }
+        sqlx::query(
+            "UPDATE profiles p SET \
+                 profile = COALESCE(b.document::json, p.profile), \
+                 revision = COALESCE(b.revision, p.revision), \
+                 updated_at = CASE WHEN b.revision IS NULL THEN p.updated_at \
+                                   ELSE to_timestamp($5 / 1000.0) END, \
+                 segments_due_ms = b.due_ms \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+                  AS b(user_id, document, revision, due_ms) \
+             WHERE p.user_id = b.user_id",
+        )
+        .bind(&keys)
+        .bind(&documents)
+        .bind(&revisions)
+        .bind(&dues)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .context("writing the re-evaluated memberships")?;
+        let no_changes = ProfileChanges::new();
+        let updated: Vec<Updated<'_>> = changed
+            .iter()
+            .map(|(profile, memberships)| (profile, &[][..], memberships))
+            .collect();
+        write_members(&mut tx, &updated).await?;
+        let outbox = match &self.updates {
+            Some(_) => {
+                let (mut ids, mut messages) = (Vec::new(), Vec::new());
+                for (profile, memberships) in &changed {
+                    // Only the memberships changed: the message names no
+                    // attributes.
+                    let mut update = ProfileUpdate::new(profile, &[], &no_changes, false);
+                    update.attributes.clear();
+                    let encoded = update.with_segments(memberships, &set).with_context(|| {
+                        format!("encoding the update of profile {}", profile.user_id)
+                    })?;
+                    ids.extend(std::iter::repeat_n(profile.user_id.as_str(), encoded.len()));
+                    messages.extend(encoded);
+                }
+                write_outbox(&mut tx, ids, messages).await?
+            }
+            None => None,
+        };
+        tx.commit()
+            .await
+            .context("committing the re-evaluated memberships")?;
+        if let (Some(handoff), Some((id, messages))) = (&self.updates, outbox) {
+            handoff.put(id, messages);
+        }
+        let changed = changed
+            .iter()
+            .zip(documents.into_iter().flatten())
+            .map(|((profile, _), document)| EncodedProfile::new(profile, document))
+            .collect();
+        Ok(DueRound { due, changed })
     }
 }
