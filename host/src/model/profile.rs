@@ -169,11 +169,16 @@ pub struct Profile {
     pub merged_into: Option<String>,
     /// The ids of the segments the profile is a member of, ascending, as
     /// the commit that last changed it evaluated them
-    /// ([`crate::segment::SegmentSet::reevaluate`]). Ids of segments since
-    /// deleted or redefined may linger until the next evaluation; readers
-    /// keep only the live ones.
+    /// ([`crate::segment::SegmentSet::evaluate`]). Ids of segments since
+    /// deleted or redefined linger; readers keep only the live ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<u32>,
+    /// When the scheduler next re-evaluates the profile's time-relative
+    /// segments, in milliseconds since the Unix epoch: at or before its
+    /// memberships change with time alone
+    /// ([`crate::segment::SegmentSet::schedule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments_due_ms: Option<i64>,
 }
 
 impl Profile {
@@ -188,6 +193,7 @@ impl Profile {
             merges: Vec::new(),
             merged_into: None,
             segments: Vec::new(),
+            segments_due_ms: None,
         }
     }
 

@@ -211,13 +211,32 @@ impl SegmentSet {
     }
 
     /// When `profile`'s memberships next change with time alone, after
-    /// `now_ms` (`None`: never, or a pointer): when the scheduler
-    /// re-evaluates it with [`SegmentSet::evaluate_due`].
+    /// `now_ms` (`None`: never, or a pointer).
     pub fn due(&self, profile: &Profile, now_ms: i64) -> Option<i64> {
         if profile.merged_into.is_some() || self.time_relative.is_empty() {
             return None;
         }
         self.due_after(&profile.attributes, now_ms)
+    }
+
+    /// Sets when the scheduler next re-evaluates `profile`
+    /// ([`Profile::segments_due_ms`], [`SegmentSet::evaluate_due`]) after a
+    /// change at `now_ms`, and returns it: when its memberships next change
+    /// with time alone, or the time already set if that is earlier and
+    /// still ahead. A visit before the true time changes nothing but the
+    /// time, and costs less than moving it on every event: an activity
+    /// window (`last_active_at > now - duration('7d')`) moves with each
+    /// one, and a stored time that stays put keeps the profile's row
+    /// update in place (PostgreSQL indexes the time).
+    pub fn schedule(&self, profile: &mut Profile, now_ms: i64) -> Option<i64> {
+        let due = self.due(profile, now_ms);
+        let scheduled = match (profile.segments_due_ms, due) {
+            (Some(set), Some(due)) if set > now_ms && set <= due => Some(set),
+            (Some(set), None) if set > now_ms => Some(set),
+            _ => due,
+        };
+        profile.segments_due_ms = scheduled;
+        scheduled
     }
 
     /// Re-evaluates the time-relative segments for `profile` at `now_ms`,

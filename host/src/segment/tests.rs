@@ -464,3 +464,32 @@ fn a_profile_keeps_its_memberships_and_a_commit_updates_them() {
     assert_eq!(gone.exited, vec![0, 1, 3]);
     assert!(profile.segments.is_empty());
 }
+
+#[test]
+fn the_scheduled_time_moves_only_when_it_must_come_earlier() {
+    let set = SegmentSet::new([segment(1, "week", "last_active_at > now - duration('7d')")]);
+    let mut profile = stored(2, &[("last_active_at", Value::Timestamp(10 * DAY))]);
+    assert_eq!(set.schedule(&mut profile, 10 * DAY), Some(17 * DAY));
+    assert_eq!(profile.segments_due_ms, Some(17 * DAY));
+    // Later activity: the true time moves on, the stored one stays (a visit
+    // at day 17 finds nothing and moves it then).
+    profile.attributes.insert(
+        "last_active_at".into(),
+        stored(1, &[("last_active_at", Value::Timestamp(12 * DAY))]).attributes["last_active_at"]
+            .clone(),
+    );
+    assert_eq!(set.schedule(&mut profile, 12 * DAY), Some(17 * DAY));
+    // At the visit, the true time.
+    assert_eq!(set.schedule(&mut profile, 17 * DAY), Some(19 * DAY));
+    // An earlier true time (the value was set back) wins.
+    profile.attributes.insert(
+        "last_active_at".into(),
+        stored(1, &[("last_active_at", Value::Timestamp(11 * DAY))]).attributes["last_active_at"]
+            .clone(),
+    );
+    assert_eq!(set.schedule(&mut profile, 17 * DAY + 1), Some(18 * DAY));
+    // Nothing time-relative left: the stored time stays until it comes.
+    let none = SegmentSet::new([segment(2, "fans", "page_views >= 1")]);
+    assert_eq!(none.schedule(&mut profile, 17 * DAY + 2), Some(18 * DAY));
+    assert_eq!(none.schedule(&mut profile, 18 * DAY), None);
+}

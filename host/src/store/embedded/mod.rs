@@ -328,7 +328,7 @@ impl Inner {
                     // A link changes which attributes a profile holds, or
                     // makes it a pointer: every segment may change.
                     let changed = set.evaluate(&mut profile, None::<[&str; 0]>, commit.now_ms);
-                    memberships.record(&set, &profile, &changed, commit.now_ms)?;
+                    memberships.record(&set, &mut profile, &changed, commit.now_ms)?;
                     let json = profile.to_json()?;
                     table.insert(profile.user_id.as_str(), json.as_str())?;
                     out.insert(profile.user_id.clone(), profile);
@@ -374,7 +374,7 @@ impl Inner {
                     .iter()
                     .flat_map(|key| commit.changes[*key].keys().map(String::as_str));
                 let changed = set.evaluate(&mut profile, Some(names), commit.now_ms);
-                memberships.record(&set, &profile, &changed, commit.now_ms)?;
+                memberships.record(&set, &mut profile, &changed, commit.now_ms)?;
                 let json = profile.to_json()?;
                 table.insert(canonical.as_str(), json.as_str())?;
                 out.insert(canonical, profile);

@@ -17,12 +17,10 @@ use crate::store::{EncodedProfile, StoreResult};
 const SEGMENTS: TableDefinition<&str, &str> = TableDefinition::new("segments");
 /// (segment id, profile key) → nothing: who is in each segment.
 const SEGMENT_MEMBERS: TableDefinition<(u32, &str), ()> = TableDefinition::new("segment_members");
-/// (due time in ms, profile key) → nothing: when each profile's
-/// memberships next change with time alone, as PostgreSQL's
+/// (due time in ms, profile key) → nothing: when the scheduler next
+/// re-evaluates each profile (its `segments_due_ms`), as PostgreSQL's
 /// `profiles.segments_due_ms`.
 const DUE: TableDefinition<(i64, &str), ()> = TableDefinition::new("segments_due");
-/// Profile key → its entry in [`DUE`].
-const DUE_OF: TableDefinition<&str, i64> = TableDefinition::new("segments_due_of");
 /// `meta` entry: the last segment id given.
 const LAST_SEGMENT: &str = "segments.last_id";
 
@@ -66,7 +64,6 @@ fn record(
 pub(super) struct Memberships<'t> {
     members: redb::Table<'t, (u32, &'static str), ()>,
     due: redb::Table<'t, (i64, &'static str), ()>,
-    due_of: redb::Table<'t, &'static str, i64>,
 }
 
 impl<'t> Memberships<'t> {
@@ -74,43 +71,27 @@ impl<'t> Memberships<'t> {
         Ok(Memberships {
             members: txn.open_table(SEGMENT_MEMBERS)?,
             due: txn.open_table(DUE)?,
-            due_of: txn.open_table(DUE_OF)?,
         })
     }
 
     /// Stores what one evaluation of `profile` at `now_ms` changed, and
-    /// when its memberships next come due.
+    /// schedules its next re-evaluation ([`SegmentSet::schedule`]).
     pub(super) fn record(
         &mut self,
         set: &SegmentSet,
-        profile: &Profile,
+        profile: &mut Profile,
         changes: &MembershipChanges,
         now_ms: i64,
     ) -> anyhow::Result<()> {
         record(&mut self.members, &profile.user_id, changes)?;
-        // With no time-relative segment, nothing comes due; a due time left
-        // from one since deleted is cleared when the scheduler reaches it.
-        if !set.time_relative().is_empty() {
-            self.set_due(&profile.user_id, set.due(profile, now_ms))?;
-        }
-        Ok(())
-    }
-
-    fn set_due(&mut self, user_id: &str, due: Option<i64>) -> anyhow::Result<()> {
-        let old = self.due_of.get(user_id)?.map(|at| at.value());
-        if old == due {
-            return Ok(());
-        }
-        if let Some(old) = old {
-            self.due.remove((old, user_id))?;
-        }
-        match due {
-            Some(at) => {
-                self.due.insert((at, user_id), ())?;
-                self.due_of.insert(user_id, at)?;
+        let old = profile.segments_due_ms;
+        let due = set.schedule(profile, now_ms);
+        if old != due {
+            if let Some(old) = old {
+                self.due.remove((old, profile.user_id.as_str()))?;
             }
-            None => {
-                self.due_of.remove(user_id)?;
+            if let Some(due) = due {
+                self.due.insert((due, profile.user_id.as_str()), ())?;
             }
         }
         Ok(())
@@ -238,32 +219,39 @@ impl Inner {
         let mut round = DueRound::default();
         {
             let mut memberships = Memberships::open(&txn)?;
-            let keys: Vec<String> = memberships
+            let entries: Vec<(i64, String)> = memberships
                 .due
                 .range((i64::MIN, "")..=(now_ms, MAX_KEY))?
                 .take(limit)
-                .map(|entry| entry.map(|(key, _)| key.value().1.to_owned()))
+                .map(|entry| {
+                    entry.map(|(key, _)| {
+                        let (at, user_id) = key.value();
+                        (at, user_id.to_owned())
+                    })
+                })
                 .collect::<Result<_, _>>()?;
-            round.due = keys.len();
+            round.due = entries.len();
             let mut profiles = txn.open_table(PROFILES)?;
-            for key in keys {
+            for (at, key) in entries {
                 let stored = profiles
                     .get(key.as_str())?
                     .map(|json| json.value().to_owned());
                 let Some(json) = stored else {
-                    memberships.set_due(&key, None)?;
+                    // The profile is gone (a privacy request deleted it).
+                    memberships.due.remove((at, key.as_str()))?;
                     continue;
                 };
                 let mut profile: Profile = serde_json::from_str(&json)
                     .with_context(|| format!("the stored profile of {key} is unreadable"))?;
                 let changes = set.evaluate_due(&mut profile, now_ms);
-                record(&mut memberships.members, &key, &changes)?;
-                memberships.set_due(&key, set.due(&profile, now_ms))?;
                 if !changes.is_empty() {
                     profile.revision += 1;
                     profile.updated_at_ms = now_ms;
-                    let document = profile.to_json()?;
-                    profiles.insert(key.as_str(), document.as_str())?;
+                }
+                memberships.record(&set, &mut profile, &changes, now_ms)?;
+                let document = profile.to_json()?;
+                profiles.insert(key.as_str(), document.as_str())?;
+                if !changes.is_empty() {
                     round.changed.push(EncodedProfile::new(&profile, document));
                 }
             }

@@ -508,7 +508,7 @@ fn evaluate_segments<'p, 'c: 'p>(
                     .flat_map(|attributes| attributes.keys().map(String::as_str))
             });
         let memberships = segments.evaluate(profile, changed, now_ms);
-        (memberships, segments.due(profile, now_ms))
+        (memberships, segments.schedule(profile, now_ms))
     })
     .unzip()
 }

@@ -154,10 +154,12 @@ impl SegmentStore for PgStore {
             .await
             .context("starting to re-evaluate due segments")?;
         // Rows a commit holds are left for the next round; commits never
-        // wait on this transaction for long, and it never waits on them.
+        // wait on this transaction for long, and it never waits on them (so
+        // the rows need no lock order). By due time, which the partial
+        // index gives without reading the rows that are not due.
         let rows: Vec<(String, Json<Profile>)> = sqlx::query_as(
             "SELECT user_id, profile FROM profiles WHERE segments_due_ms <= $1 \
-             ORDER BY user_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+             ORDER BY segments_due_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(now_ms)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -166,22 +168,25 @@ impl SegmentStore for PgStore {
         .context("reading the profiles whose segments came due")?;
         let due = rows.len();
         let (mut keys, mut dues) = (Vec::with_capacity(due), Vec::with_capacity(due));
-        let (mut documents, mut revisions) = (Vec::with_capacity(due), Vec::with_capacity(due));
+        let mut documents: Vec<(String, bool)> = Vec::with_capacity(due);
         let mut changed: Vec<(Profile, MembershipChanges)> = Vec::new();
         for (key, Json(mut profile)) in rows {
             let memberships = set.evaluate_due(&mut profile, now_ms);
-            dues.push(set.due(&profile, now_ms));
-            if memberships.is_empty() {
-                documents.push(None);
-                revisions.push(None);
-            } else {
+            dues.push(set.schedule(&mut profile, now_ms));
+            // A visit that changed no membership only moves the time on:
+            // the document keeps its revision (a copy of it elsewhere, with
+            // the earlier time, only brings the next visit forward).
+            if !memberships.is_empty() {
                 profile.revision += 1;
                 profile.updated_at_ms = now_ms;
-                let document = profile
-                    .to_json()
-                    .with_context(|| format!("encoding the profile of user {key}"))?;
-                documents.push(Some(document));
-                revisions.push(Some(profile.revision));
+            }
+            let document = profile
+                .to_json()
+                .with_context(|| format!("encoding the profile of user {key}"))?;
+            if memberships.is_empty() {
+                documents.push((document, false));
+            } else {
+                documents.push((document.clone(), true));
                 changed.push((profile, memberships));
             }
             keys.push(key);
@@ -192,20 +197,24 @@ impl SegmentStore for PgStore {
                 .context("ending a round of due segments")?;
             return Ok(DueRound::default());
         }
+        let (texts, bumped): (Vec<&str>, Vec<bool>) = documents
+            .iter()
+            .map(|(text, bumped)| (text.as_str(), *bumped))
+            .unzip();
         sqlx::query(
             "UPDATE profiles p SET \
-                 profile = COALESCE(b.document::json, p.profile), \
-                 revision = COALESCE(b.revision, p.revision), \
-                 updated_at = CASE WHEN b.revision IS NULL THEN p.updated_at \
-                                   ELSE to_timestamp($5 / 1000.0) END, \
+                 profile = b.document::json, \
+                 revision = p.revision + CASE WHEN b.bumped THEN 1 ELSE 0 END, \
+                 updated_at = CASE WHEN b.bumped THEN to_timestamp($5 / 1000.0) \
+                                   ELSE p.updated_at END, \
                  segments_due_ms = b.due_ms \
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
-                  AS b(user_id, document, revision, due_ms) \
+             FROM UNNEST($1::text[], $2::text[], $3::boolean[], $4::bigint[]) \
+                  AS b(user_id, document, bumped, due_ms) \
              WHERE p.user_id = b.user_id",
         )
         .bind(&keys)
-        .bind(&documents)
-        .bind(&revisions)
+        .bind(&texts)
+        .bind(&bumped)
         .bind(&dues)
         .bind(now_ms)
         .execute(&mut *tx)
@@ -243,8 +252,8 @@ impl SegmentStore for PgStore {
         }
         let changed = changed
             .iter()
-            .zip(documents.into_iter().flatten())
-            .map(|((profile, _), document)| EncodedProfile::new(profile, document))
+            .zip(documents.into_iter().filter(|(_, bumped)| *bumped))
+            .map(|((profile, _), (document, _))| EncodedProfile::new(profile, document))
             .collect();
         Ok(DueRound { due, changed })
     }
