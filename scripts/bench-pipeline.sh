@@ -35,6 +35,8 @@
 #   BENCH_WORKLOADS="w1 get w2 embedded" (a subset runs only those; get
 #   needs w1; w1id runs only when named, and with w1 the two run in
 #   alternating pairs, their ratio per pair reported)
+#   BENCH_SEGMENTS=0 (that many segments defined in every run's database
+#   before PulseHub starts: the definitions of benches/segments.rs)
 # A smoke run, under a minute once built (about 2 minutes with 3 runs):
 #   BENCH_RUNS=1 BENCH_W1_EVENTS=20000 BENCH_W1_USERS=2000 \
 #   BENCH_W2_EVENTS=20000 BENCH_W2_USERS=10000 BENCH_EMBEDDED_EVENTS=20000 \
@@ -60,6 +62,7 @@ EMBEDDED_USERS=${BENCH_EMBEDDED_USERS:-20000}
 GET_RATE=${BENCH_GET_RATE:-5000}
 GET_SECS=${BENCH_GET_SECS:-10}
 WORKLOADS=${BENCH_WORKLOADS:-w1 get w2 embedded}
+SEGMENTS=${BENCH_SEGMENTS:-0}
 # Events per POST in the embedded mode: the route's cap (10,000 events),
 # one durable inbox write each. The other way in, `pulsehub run --events
 # FILE`, publishes in chunks of 1,000 (ten times the fsyncs) before the API
@@ -74,6 +77,27 @@ RUN_ID=bench_$$_$(date +%s)
 OUT=target/bench
 
 want() { [[ " $WORKLOADS " == *" $1 "* ]]; }
+
+# define_segments DB_URL: BENCH_SEGMENTS segments stored in a run's
+# database before PulseHub starts, each of one to three comparisons over
+# the built-in plugins' attributes (the definitions of benches/segments.rs).
+define_segments() {
+    python3 - "$SEGMENTS" <<'PY' | psql -q -v ON_ERROR_STOP=1 "$1" >/dev/null
+import json, sys
+devices = ["mobile", "desktop", "tablet"]
+for i in range(int(sys.argv[1])):
+    condition = [
+        f"page_views >= {i}",
+        f"device_type == '{devices[i % 3]}' && page_views >= {i % 20}",
+        f"last_active_at > now - duration('{i % 30 + 1}d')",
+        f"os_family in ['Windows', 'iOS'] && browser_family != 'Chrome' && first_seen_at < now - duration('{i}h')",
+        f"page_views >= {i % 10} && last_active_at > now - duration('{i % 30 + 1}d') && device_type == 'mobile'",
+    ][i % 5]
+    text = json.dumps(condition).replace("'", "''")
+    print(f"INSERT INTO segments (name, condition, created_at, updated_at) VALUES ('bench-{i}', '{text}', now(), now());")
+PY
+}
+if ((SEGMENTS > 0)); then PB_AFTER_MIGRATE=define_segments; fi
 
 # 1234567 -> 1,234,567
 commas() { awk '{ n = $1; s = ""; while (n >= 1000) { s = sprintf(",%03d", n % 1000) s; n = int(n / 1000) } print n s }'; }

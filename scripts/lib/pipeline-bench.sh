@@ -72,6 +72,8 @@ pb_scratch_db() {
     DB_URL="$PGBASE/$1"
     # A clean environment, as for pb_start: PulseHub refuses PULSEHUB_TEST_*.
     env -i PATH="$PATH" HOME="$HOME" PULSEHUB_DATABASE_URL="$DB_URL" PULSEHUB_LOG=warn "$BIN" migrate
+    # What the caller stores in every run's database before PulseHub starts.
+    if [[ -n ${PB_AFTER_MIGRATE:-} ]]; then "$PB_AFTER_MIGRATE" "$DB_URL"; fi
 }
 
 pb_drop_db() {
