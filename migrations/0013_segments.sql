@@ -15,7 +15,15 @@ CREATE TABLE segments (
     id         integer     NOT NULL UNIQUE DEFAULT nextval('segment_ids'),
     condition  json        NOT NULL,
     created_at timestamptz NOT NULL,
-    updated_at timestamptz NOT NULL
+    updated_at timestamptz NOT NULL,
+    -- Computing the definition over the profiles that existed before it:
+    -- the last profile key done (NULL before the first page), how many
+    -- profiles were done, whether all are, and whether the memberships it
+    -- finds are announced on the stream.
+    backfill_after    text    COLLATE "C",
+    backfill_profiles bigint  NOT NULL DEFAULT 0,
+    backfill_done     boolean NOT NULL DEFAULT false,
+    emit_backfill     boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON COLUMN segments.condition IS

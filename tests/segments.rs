@@ -350,6 +350,7 @@ async fn the_clock_moves_profiles_out(store: &dyn ProfileStore, segments: &Segme
         .put_definition(
             "active-week",
             &json!("last_active_at > now - duration('7d')"),
+            false,
             t0,
         )
         .await
@@ -441,4 +442,77 @@ async fn a_time_relative_segment_is_left_when_the_clock_passes_in_the_embedded_s
         live: store.segments(),
     };
     the_clock_moves_profiles_out(&store, &segments).await;
+}
+
+/// Waits (up to 120 s) until segment `name`'s backfill is done; its body.
+async fn backfilled(hub: &PulseHub, name: &str) -> Value {
+    let path = format!("/api/v1/segments/{name}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = hub.get_json(&path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if body["backfill"]["state"] == "done" {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill of {name} never finished: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_segment_is_computed_over_the_existing_profiles() {
+    let _serial = SERIAL.lock().await;
+    let (topic, updates, _database, mut hub) = start(4).await;
+    hub.wait_ready().await;
+    let (events, expected) = generate("bf", 10_000, 1, 77);
+    produce(&producer(), &topic, &events).await;
+    hub.wait_exact(&expected, Duration::from_secs(120)).await;
+    let count = |device: &str| {
+        expected
+            .values()
+            .filter(|e| e.device_type == device)
+            .count()
+    };
+
+    // Quietly: the members are counted, and nobody is announced.
+    let defined = define(&hub, "mobile", json!("device_type == 'mobile'"), 201).await;
+    assert_eq!(defined["backfill"]["state"], "pending", "{defined}");
+    let done = backfilled(&hub, "mobile").await;
+    assert_eq!(done["members"], count("mobile"), "{done}");
+    assert!(
+        done["backfill"]["profiles"].as_u64() >= Some(10_000),
+        "{done}"
+    );
+    // Announced: one `segment.entered` per member.
+    let (status, body) = hub
+        .admin_json(
+            Method::PUT,
+            "/api/v1/segments/bots",
+            &json!({"condition": "device_type == 'bot'", "emit_backfill": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let done = backfilled(&hub, "bots").await;
+    assert_eq!(done["members"], count("bot"), "{done}");
+    assert_eq!(members(&hub, "bots", 1_000).await.len(), count("bot"));
+
+    let messages = segment_messages(&updates);
+    let entered = |segment: &str| {
+        messages
+            .keys()
+            .filter(|(kind, s, _)| kind == "segment.entered" && s == segment)
+            .count()
+    };
+    assert_eq!(entered("mobile"), 0);
+    assert_eq!(entered("bots"), count("bot"));
+    let bot = expected
+        .iter()
+        .find(|(_, e)| e.device_type == "bot")
+        .map(|(user, _)| user)
+        .expect("a bot");
+    let profile = hub.profile(bot).await.expect("a profile");
+    assert_eq!(profile["segments"], json!(["bots"]), "{profile}");
 }

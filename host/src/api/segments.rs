@@ -40,6 +40,12 @@ pub(super) struct NewSegment {
     /// docs/segments.md.
     #[schema(value_type = Object, example = json!("page_views >= 5 && device_type == 'mobile'"))]
     condition: serde_json::Value,
+    /// Whether the profiles the backfill (the condition computed over the
+    /// profiles that exist) puts in the segment are announced on the
+    /// stream as `segment.entered`, like those the commits put in; default
+    /// `false`.
+    #[serde(default)]
+    emit_backfill: bool,
 }
 
 /// A segment: its definition and how many profiles are in it.
@@ -63,10 +69,26 @@ pub(super) struct SegmentBody {
     /// When the segment was first defined (RFC 3339).
     #[schema(format = DateTime)]
     created_at: String,
-    /// When its condition last changed (RFC 3339); its members are those
-    /// the commits since then evaluated.
+    /// When its condition last changed (RFC 3339).
     #[schema(format = DateTime)]
     updated_at: String,
+    /// Computing the condition over the profiles that existed before it.
+    backfill: BackfillBody,
+}
+
+/// How far a segment's backfill got: until it is `done`, the members are
+/// the profiles committed since the definition and those the backfill has
+/// computed.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SegmentBackfill)]
+pub(super) struct BackfillBody {
+    /// `pending` (it starts a few seconds after the definition), `running`
+    /// or `done`.
+    state: &'static str,
+    /// Profiles computed so far, in key order.
+    profiles: u64,
+    /// Whether what it finds is announced on the stream.
+    emit: bool,
 }
 
 /// Every segment.
@@ -153,7 +175,12 @@ pub(super) async fn put(
     let stored = state
         .segments
         .store
-        .put_definition(&name, &asked.condition, crate::model::profile::now_ms())
+        .put_definition(
+            &name,
+            &asked.condition,
+            asked.emit_backfill,
+            crate::model::profile::now_ms(),
+        )
         .await
         .map_err(unavailable)?;
     refresh(&state).await;
@@ -376,6 +403,15 @@ async fn body_of(
         members,
         created_at: format_millis(definition.created_at_ms),
         updated_at: format_millis(definition.updated_at_ms),
+        backfill: BackfillBody {
+            state: match &definition.backfill {
+                backfill if backfill.done => "done",
+                backfill if backfill.after.is_some() => "running",
+                _ => "pending",
+            },
+            profiles: definition.backfill.profiles,
+            emit: definition.backfill.emit,
+        },
     })
 }
 

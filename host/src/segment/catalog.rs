@@ -27,7 +27,43 @@ pub struct Definition {
     pub created_at_ms: i64,
     /// When the condition last changed (and the id with it).
     pub updated_at_ms: i64,
+    /// Computing the condition over the profiles that existed before it.
+    pub backfill: Backfill,
 }
+
+/// How far a definition's backfill got: the profiles are computed in key
+/// order, a page per transaction, in the background.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backfill {
+    /// Whether the memberships it finds are announced (`segment.entered`)
+    /// like those of commits; by default they are not.
+    pub emit: bool,
+    /// The last profile key computed; `None` before the first page.
+    pub after: Option<String>,
+    /// How many profiles were computed.
+    pub profiles: u64,
+    pub done: bool,
+}
+
+/// What one page of a backfill did.
+#[derive(Debug, Default)]
+pub struct BackfillPage {
+    /// How many profiles the page computed.
+    pub profiles: usize,
+    /// Those whose memberships changed, as written (for the hot cache).
+    pub changed: Vec<EncodedProfile>,
+    /// Whether that was the last page.
+    pub done: bool,
+}
+
+/// How long after a definition changes its backfill starts: by then every
+/// process evaluates it in its commits, so a profile the backfill has
+/// passed cannot change under a process that does not.
+pub const BACKFILL_DELAY: Duration = Duration::from_secs(3);
+/// Profiles per backfill page.
+const BACKFILL_PAGE: usize = 500;
+/// How long one round of the scheduler spends on backfills.
+const BACKFILL_ROUND: Duration = Duration::from_millis(500);
 
 /// What storing a definition did.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,14 +100,27 @@ pub trait SegmentStore: Send + Sync + 'static {
     async fn definitions(&self) -> StoreResult<Vec<Definition>>;
 
     /// Stores `condition` (already validated) under `name`. A new or changed
-    /// condition takes a new id; a change drops the old id's members, in
-    /// the same transaction.
+    /// condition takes a new id and a backfill to do (announced when
+    /// `emit_backfill`); a change drops the old id's members, in the same
+    /// transaction.
     async fn put_definition(
         &self,
         name: &str,
         condition: &serde_json::Value,
+        emit_backfill: bool,
         now_ms: i64,
     ) -> StoreResult<Stored>;
+
+    /// Computes the next page of segment `id`'s backfill, at `now_ms`, in
+    /// one transaction that stores what changed as a commit does; `None`
+    /// when there is nothing to do here (done, gone, or another process is
+    /// on it).
+    async fn backfill_page(
+        &self,
+        id: u32,
+        now_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Option<BackfillPage>>;
 
     /// Deletes the definition and its members; `false` when there was none.
     async fn delete_definition(&self, name: &str) -> StoreResult<bool>;
@@ -187,8 +236,46 @@ impl Segments {
         }
     }
 
-    /// Re-evaluates what comes due ([`Segments::reevaluate_due`]) every
-    /// `every`, at the time `clock` says, until `stop`.
+    /// Works on the backfills that are due by `now_ms`, for up to
+    /// `budget`, and refreshes `cache` with the profiles that changed;
+    /// returns how many profiles it computed.
+    pub async fn backfill(
+        &self,
+        now_ms: i64,
+        budget: Duration,
+        cache: Option<&dyn ProfileCache>,
+    ) -> StoreResult<u64> {
+        let started = std::time::Instant::now();
+        let delay = i64::try_from(BACKFILL_DELAY.as_millis()).unwrap_or(i64::MAX);
+        let mut computed = 0;
+        for definition in self.store.definitions().await? {
+            if definition.backfill.done || definition.updated_at_ms + delay > now_ms {
+                continue;
+            }
+            while started.elapsed() < budget {
+                let page = self
+                    .store
+                    .backfill_page(definition.id, now_ms, BACKFILL_PAGE)
+                    .await?;
+                let Some(page) = page else { break };
+                if let Some(cache) = cache
+                    && !page.changed.is_empty()
+                {
+                    cache.put_encoded(&page.changed).await?;
+                }
+                computed += page.profiles as u64;
+                if page.done {
+                    tracing::info!(segment = %definition.name, "segment backfill done");
+                    break;
+                }
+            }
+        }
+        Ok(computed)
+    }
+
+    /// Re-evaluates what comes due ([`Segments::reevaluate_due`]) and works
+    /// on the backfills ([`Segments::backfill`]) every `every`, at the time
+    /// `clock` says, until `stop`.
     pub async fn schedule(
         self,
         cache: Option<std::sync::Arc<dyn ProfileCache>>,
@@ -200,6 +287,15 @@ impl Segments {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = self
+                .backfill(clock(), BACKFILL_ROUND, cache.as_deref())
+                .await
+            {
+                tracing::warn!(
+                    "computing a segment over the existing profiles failed (retried next round): {:#}",
+                    error.0
+                );
             }
             if self.live.load().time_relative().is_empty() {
                 continue;

@@ -17,7 +17,9 @@ mod condition;
 pub mod json;
 mod set;
 
-pub use catalog::{Definition, LiveSegments, SegmentStore, Segments, Stored};
+pub use catalog::{
+    Backfill, BackfillPage, Definition, LiveSegments, SegmentStore, Segments, Stored,
+};
 pub use condition::{Attributes, Comparison, Condition, Operand};
 pub use set::{MembershipChanges, Segment, SegmentSet};
 

@@ -113,6 +113,14 @@ impl SegmentSet {
             .map(|i| &self.segments[i].segment)
     }
 
+    /// The index of the segment with this id (as [`SegmentSet::reevaluate`]
+    /// takes them).
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        self.segments
+            .binary_search_by_key(&id, |compiled| compiled.segment.id)
+            .ok()
+    }
+
     /// The segments that read at least one of the changed attributes, by
     /// index, ascending and each once.
     pub fn affected<'a>(&self, changed: impl IntoIterator<Item = &'a str>) -> Vec<usize> {

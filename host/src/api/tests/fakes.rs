@@ -228,6 +228,7 @@ impl crate::segment::SegmentStore for FakeSegments {
         &self,
         name: &str,
         condition: &serde_json::Value,
+        emit_backfill: bool,
         now_ms: i64,
     ) -> StoreResult<crate::segment::Stored> {
         use crate::segment::{Definition, Stored};
@@ -239,6 +240,10 @@ impl crate::segment::SegmentStore for FakeSegments {
             condition: condition.clone(),
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
+            backfill: crate::segment::Backfill {
+                emit: emit_backfill,
+                ..Default::default()
+            },
         };
         let stored = match definitions.iter_mut().find(|d| d.name == name) {
             Some(old) if crate::segment::catalog::same_condition(&old.condition, condition) => {
@@ -274,6 +279,15 @@ impl crate::segment::SegmentStore for FakeSegments {
 
     async fn member_count(&self, _id: u32) -> StoreResult<u64> {
         Ok(0)
+    }
+
+    async fn backfill_page(
+        &self,
+        _id: u32,
+        _now_ms: i64,
+        _limit: usize,
+    ) -> StoreResult<Option<crate::segment::BackfillPage>> {
+        unused()
     }
 
     async fn reevaluate_due(

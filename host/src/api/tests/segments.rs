@@ -245,3 +245,42 @@ async fn a_faulty_definition_is_refused_with_where_the_fault_is() {
     .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
 }
+
+#[tokio::test]
+async fn a_new_segment_is_computed_over_the_profiles_that_exist() {
+    let (app, store, _dir) = app();
+    view(&store, &["u1", "u2", "u3"], 2, 1).await;
+    view(&store, &["u4"], 1, 2).await;
+    let segments = Segments {
+        store: Arc::new(store.clone()),
+        live: store.segments(),
+    };
+    let defined = put(&app, "fans", r#"{"condition": "page_views >= 2"}"#).await;
+    assert_eq!(defined.json()["backfill"]["state"], "pending");
+    let updated_at = crate::segment::catalog::BACKFILL_DELAY.as_millis() as i64;
+    let now = crate::model::profile::now_ms();
+    // Not before every process evaluates it.
+    let computed = segments
+        .backfill(now, std::time::Duration::from_secs(5), None)
+        .await
+        .expect("a round");
+    assert_eq!(computed, 0);
+    let computed = segments
+        .backfill(now + updated_at, std::time::Duration::from_secs(5), None)
+        .await
+        .expect("a round");
+    assert_eq!(computed, 4);
+    let reply = send(&app, get("/api/v1/segments/fans")).await;
+    let body = reply.json();
+    assert_eq!(body["members"], 3, "{body}");
+    assert_eq!(body["backfill"]["state"], "done", "{body}");
+    assert_eq!(body["backfill"]["profiles"], 4, "{body}");
+    let profile = store.profile("u2").await.expect("read").expect("u2");
+    assert_eq!(profile.segments, vec![1]);
+    // Done: nothing more to compute.
+    let again = segments
+        .backfill(now + updated_at, std::time::Duration::from_secs(5), None)
+        .await
+        .expect("a round");
+    assert_eq!(again, 0);
+}

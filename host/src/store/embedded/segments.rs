@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{EmbeddedStore, Inner, META, PROFILES};
 use crate::model::profile::Profile;
 use crate::segment::catalog::{DueRound, same_condition};
-use crate::segment::{Definition, MembershipChanges, SegmentSet, SegmentStore, Stored};
+use crate::segment::{
+    Backfill, BackfillPage, Definition, MembershipChanges, SegmentSet, SegmentStore, Stored,
+};
 use crate::store::{EncodedProfile, StoreResult};
 
 /// Segment name → JSON of a [`Row`].
@@ -31,6 +33,14 @@ struct Row {
     condition: serde_json::Value,
     created_at_ms: i64,
     updated_at_ms: i64,
+    #[serde(default)]
+    emit_backfill: bool,
+    #[serde(default)]
+    backfill_after: Option<String>,
+    #[serde(default)]
+    backfill_profiles: u64,
+    #[serde(default)]
+    backfill_done: bool,
 }
 
 impl Row {
@@ -41,6 +51,12 @@ impl Row {
             condition: self.condition,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
+            backfill: Backfill {
+                emit: self.emit_backfill,
+                after: self.backfill_after,
+                profiles: self.backfill_profiles,
+                done: self.backfill_done,
+            },
         }
     }
 }
@@ -130,6 +146,7 @@ impl Inner {
         &self,
         name: &str,
         condition: &serde_json::Value,
+        emit_backfill: bool,
         now_ms: i64,
     ) -> anyhow::Result<Stored> {
         let txn = self.db.begin_write()?;
@@ -156,6 +173,10 @@ impl Inner {
                         condition: condition.clone(),
                         created_at_ms: old.as_ref().map_or(now_ms, |old| old.created_at_ms),
                         updated_at_ms: now_ms,
+                        emit_backfill,
+                        backfill_after: None,
+                        backfill_profiles: 0,
+                        backfill_done: false,
                     };
                     table.insert(name, serde_json::to_string(&row)?.as_str())?;
                     match old {
@@ -211,6 +232,84 @@ impl Inner {
             members.push(user_id.to_owned());
         }
         Ok(members)
+    }
+
+    /// One page of segment `id`'s backfill (the embedded store has one
+    /// writer: no lock to take).
+    fn backfill_page(
+        &self,
+        id: u32,
+        now_ms: i64,
+        limit: usize,
+    ) -> anyhow::Result<Option<BackfillPage>> {
+        let set = self.segments.load();
+        let Some(index) = set.index_of(id) else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_write()?;
+        let mut out = BackfillPage::default();
+        {
+            let mut segments = txn.open_table(SEGMENTS)?;
+            let mut found = None;
+            for entry in segments.iter()? {
+                let (name, json) = entry?;
+                let row: Row = serde_json::from_str(json.value())
+                    .with_context(|| format!("segment {} is unreadable", name.value()))?;
+                if row.id == id {
+                    found = Some((name.value().to_owned(), row));
+                    break;
+                }
+            }
+            let Some((name, mut row)) = found.filter(|(_, row)| !row.backfill_done) else {
+                return Ok(None);
+            };
+            let mut memberships = Memberships::open(&txn)?;
+            let mut profiles = txn.open_table(PROFILES)?;
+            let start = row.backfill_after.clone().unwrap_or_default();
+            let mut page: Vec<(String, String)> = Vec::with_capacity(limit);
+            for entry in profiles.range(start.as_str()..)? {
+                let (key, json) = entry?;
+                if row.backfill_after.as_deref() == Some(key.value()) {
+                    continue;
+                }
+                if page.len() == limit {
+                    break;
+                }
+                page.push((key.value().to_owned(), json.value().to_owned()));
+            }
+            out.profiles = page.len();
+            out.done = page.len() < limit;
+            for (key, json) in &page {
+                let mut profile: Profile = serde_json::from_str(json)
+                    .with_context(|| format!("the stored profile of {key} is unreadable"))?;
+                if profile.merged_into.is_some() {
+                    continue;
+                }
+                let changes =
+                    set.reevaluate(&[index], &profile.attributes, now_ms, &mut profile.segments);
+                let due_before = profile.segments_due_ms;
+                // `record` schedules too; compare after it.
+                let mut scheduled = profile.clone();
+                memberships.record(&set, &mut scheduled, &changes, now_ms)?;
+                if changes.is_empty() && scheduled.segments_due_ms == due_before {
+                    continue;
+                }
+                profile = scheduled;
+                profile.revision += 1;
+                profile.updated_at_ms = now_ms;
+                let document = profile.to_json()?;
+                profiles.insert(key.as_str(), document.as_str())?;
+                out.changed.push(EncodedProfile::new(&profile, document));
+            }
+            if let Some((last, _)) = page.last() {
+                row.backfill_after = Some(last.clone());
+            }
+            row.backfill_profiles += page.len() as u64;
+            row.backfill_done = out.done;
+            segments.insert(name.as_str(), serde_json::to_string(&row)?.as_str())?;
+        }
+        txn.commit()?;
+        Ok(Some(out))
     }
 
     fn reevaluate_due(&self, now_ms: i64, limit: usize) -> anyhow::Result<DueRound> {
@@ -286,10 +385,11 @@ impl SegmentStore for EmbeddedStore {
         &self,
         name: &str,
         condition: &serde_json::Value,
+        emit_backfill: bool,
         now_ms: i64,
     ) -> StoreResult<Stored> {
         self.run("storing a segment definition", |inner| {
-            inner.put_definition(name, condition, now_ms)
+            inner.put_definition(name, condition, emit_backfill, now_ms)
         })
     }
 
@@ -313,6 +413,17 @@ impl SegmentStore for EmbeddedStore {
     async fn member_count(&self, id: u32) -> StoreResult<u64> {
         self.run("counting the members of a segment", |inner| {
             inner.member_count(id)
+        })
+    }
+
+    async fn backfill_page(
+        &self,
+        id: u32,
+        now_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Option<BackfillPage>> {
+        self.run("computing a page of a segment backfill", |inner| {
+            inner.backfill_page(id, now_ms, limit)
         })
     }
 

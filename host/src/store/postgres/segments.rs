@@ -10,16 +10,26 @@ use crate::activation::update::ProfileUpdate;
 use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
 use crate::segment::catalog::{DueRound, same_condition};
-use crate::segment::{Definition, MembershipChanges, SegmentStore, Stored};
+use crate::segment::{Backfill, BackfillPage, Definition, MembershipChanges, SegmentStore, Stored};
 use crate::store::{EncodedProfile, StoreResult};
 
-type Row = (i32, String, Json<serde_json::Value>, i64, i64);
+type Row = (
+    i32,
+    String,
+    Json<serde_json::Value>,
+    i64,
+    i64,
+    (Option<String>, i64, bool, bool),
+);
 
 const COLUMNS: &str = "id, name, condition, \
      (extract(epoch FROM created_at) * 1000)::bigint, \
-     (extract(epoch FROM updated_at) * 1000)::bigint";
+     (extract(epoch FROM updated_at) * 1000)::bigint, \
+     backfill_after, backfill_profiles, backfill_done, emit_backfill";
 
-fn definition((id, name, Json(condition), created_at_ms, updated_at_ms): Row) -> Definition {
+fn definition(
+    (id, name, Json(condition), created_at_ms, updated_at_ms, (after, profiles, done, emit)): Row,
+) -> Definition {
     Definition {
         // Ids come from a sequence of positive integers.
         id: id.unsigned_abs(),
@@ -27,8 +37,18 @@ fn definition((id, name, Json(condition), created_at_ms, updated_at_ms): Row) ->
         condition,
         created_at_ms,
         updated_at_ms,
+        backfill: Backfill {
+            emit,
+            after,
+            profiles: profiles.unsigned_abs(),
+            done,
+        },
     }
 }
+
+/// The advisory lock one process holds while it computes a page of a
+/// segment's backfill (with the segment's id as the second key).
+const BACKFILL_LOCK: i32 = 0x7365_6762; // "segb"
 
 #[async_trait]
 impl SegmentStore for PgStore {
@@ -45,6 +65,7 @@ impl SegmentStore for PgStore {
         &self,
         name: &str,
         condition: &serde_json::Value,
+        emit_backfill: bool,
         now_ms: i64,
     ) -> StoreResult<Stored> {
         let mut tx = self
@@ -69,12 +90,14 @@ impl SegmentStore for PgStore {
                     .with_context(|| format!("dropping the members of segment {name}"))?;
                 let row: Row = sqlx::query_as(&format!(
                     "UPDATE segments SET id = nextval('segment_ids'), condition = $2::text::json, \
-                         updated_at = to_timestamp($3 / 1000.0) \
+                         updated_at = to_timestamp($3 / 1000.0), backfill_after = NULL, \
+                         backfill_profiles = 0, backfill_done = false, emit_backfill = $4 \
                      WHERE name = $1 RETURNING {COLUMNS}"
                 ))
                 .bind(name)
                 .bind(condition.to_string())
                 .bind(now_ms)
+                .bind(emit_backfill)
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("changing segment {name}"))?;
@@ -82,14 +105,15 @@ impl SegmentStore for PgStore {
             }
             None => {
                 let row: Row = sqlx::query_as(&format!(
-                    "INSERT INTO segments (name, condition, created_at, updated_at) \
+                    "INSERT INTO segments (name, condition, created_at, updated_at, emit_backfill) \
                      VALUES ($1, $2::text::json, to_timestamp($3 / 1000.0), \
-                             to_timestamp($3 / 1000.0)) \
+                             to_timestamp($3 / 1000.0), $4) \
                      RETURNING {COLUMNS}"
                 ))
                 .bind(name)
                 .bind(condition.to_string())
                 .bind(now_ms)
+                .bind(emit_backfill)
                 .fetch_one(&mut *tx)
                 .await
                 .with_context(|| format!("storing segment {name}"))?;
@@ -144,6 +168,148 @@ impl SegmentStore for PgStore {
                 .await
                 .with_context(|| format!("counting the members of segment {id}"))?;
         Ok(count.unsigned_abs())
+    }
+
+    async fn backfill_page(
+        &self,
+        id: u32,
+        now_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Option<BackfillPage>> {
+        let set = self.segments.load();
+        // A segment this process does not evaluate yet (or no longer): its
+        // backfill waits for the refresh.
+        let Some(index) = set.index_of(id) else {
+            return Ok(None);
+        };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("starting a page of a segment backfill")?;
+        let mine: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(BACKFILL_LOCK)
+            .bind(id as i32)
+            .fetch_one(&mut *tx)
+            .await
+            .context("taking the lock of a segment backfill")?;
+        let state: Option<(Option<String>, bool, bool)> = if mine {
+            sqlx::query_as(
+                "SELECT backfill_after, backfill_done, emit_backfill FROM segments WHERE id = $1",
+            )
+            .bind(id as i32)
+            .fetch_optional(&mut *tx)
+            .await
+            .with_context(|| format!("reading the backfill of segment {id}"))?
+        } else {
+            None
+        };
+        let Some((after, false, emit)) = state else {
+            tx.rollback()
+                .await
+                .context("ending a page of a segment backfill")?;
+            return Ok(None);
+        };
+        // Locked in key order, as commits lock them: the page waits for a
+        // commit holding one of its rows, and no commit deadlocks with it.
+        let rows: Vec<(String, Json<Profile>)> = sqlx::query_as(
+            "SELECT user_id, profile FROM profiles \
+             WHERE $1::text IS NULL OR user_id > $1 ORDER BY user_id LIMIT $2 FOR UPDATE",
+        )
+        .bind(&after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .with_context(|| format!("reading a page of profiles for segment {id}"))?;
+        let page = rows.len();
+        let last = rows.last().map(|(key, _)| key.clone());
+        let mut changed: Vec<(Profile, MembershipChanges, String, Option<i64>)> = Vec::new();
+        for (_, Json(mut profile)) in rows {
+            if profile.merged_into.is_some() {
+                continue;
+            }
+            let memberships =
+                set.reevaluate(&[index], &profile.attributes, now_ms, &mut profile.segments);
+            let due_before = profile.segments_due_ms;
+            let due = set.schedule(&mut profile, now_ms);
+            if memberships.is_empty() && due == due_before {
+                continue;
+            }
+            profile.revision += 1;
+            profile.updated_at_ms = now_ms;
+            let document = profile
+                .to_json()
+                .with_context(|| format!("encoding the profile of user {}", profile.user_id))?;
+            changed.push((profile, memberships, document, due));
+        }
+        if !changed.is_empty() {
+            let keys: Vec<&str> = changed.iter().map(|(p, ..)| p.user_id.as_str()).collect();
+            let documents: Vec<&str> = changed.iter().map(|(_, _, d, _)| d.as_str()).collect();
+            let dues: Vec<Option<i64>> = changed.iter().map(|(.., due)| *due).collect();
+            sqlx::query(
+                "UPDATE profiles p SET profile = b.document::json, revision = p.revision + 1, \
+                     updated_at = to_timestamp($4 / 1000.0), segments_due_ms = b.due_ms \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS b(user_id, document, due_ms) \
+                 WHERE p.user_id = b.user_id",
+            )
+            .bind(&keys)
+            .bind(&documents)
+            .bind(&dues)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("writing a page of segment {id}'s backfill"))?;
+            let updated: Vec<Updated<'_>> = changed
+                .iter()
+                .map(|(profile, memberships, ..)| (profile, &[][..], memberships))
+                .collect();
+            write_members(&mut tx, &updated).await?;
+        }
+        let outbox = match &self.updates {
+            Some(_) if emit => {
+                let no_changes = ProfileChanges::new();
+                let (mut ids, mut messages) = (Vec::new(), Vec::new());
+                for (profile, memberships, ..) in changed.iter().filter(|(_, m, ..)| !m.is_empty())
+                {
+                    let mut update = ProfileUpdate::new(profile, &[], &no_changes, false);
+                    update.attributes.clear();
+                    let encoded = update.with_segments(memberships, &set).with_context(|| {
+                        format!("encoding the update of profile {}", profile.user_id)
+                    })?;
+                    ids.extend(std::iter::repeat_n(profile.user_id.as_str(), encoded.len()));
+                    messages.extend(encoded);
+                }
+                write_outbox(&mut tx, ids, messages).await?
+            }
+            _ => None,
+        };
+        let done = page < limit;
+        sqlx::query(
+            "UPDATE segments SET backfill_after = COALESCE($2, backfill_after), \
+                 backfill_profiles = backfill_profiles + $3, backfill_done = $4 \
+             WHERE id = $1",
+        )
+        .bind(id as i32)
+        .bind(&last)
+        .bind(i64::try_from(page).unwrap_or(i64::MAX))
+        .bind(done)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("recording the progress of segment {id}'s backfill"))?;
+        tx.commit()
+            .await
+            .with_context(|| format!("committing a page of segment {id}'s backfill"))?;
+        if let (Some(handoff), Some((outbox_id, messages))) = (&self.updates, outbox) {
+            handoff.put(outbox_id, messages);
+        }
+        Ok(Some(BackfillPage {
+            profiles: page,
+            changed: changed
+                .into_iter()
+                .map(|(profile, _, document, _)| EncodedProfile::new(&profile, document))
+                .collect(),
+            done,
+        }))
     }
 
     async fn reevaluate_due(&self, now_ms: i64, limit: usize) -> StoreResult<DueRound> {
