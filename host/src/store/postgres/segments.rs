@@ -19,7 +19,10 @@ type Row = (
     Json<serde_json::Value>,
     i64,
     i64,
-    (Option<String>, i64, bool, bool),
+    Option<String>,
+    i64,
+    bool,
+    bool,
 );
 
 const COLUMNS: &str = "id, name, condition, \
@@ -28,7 +31,7 @@ const COLUMNS: &str = "id, name, condition, \
      backfill_after, backfill_profiles, backfill_done, emit_backfill";
 
 fn definition(
-    (id, name, Json(condition), created_at_ms, updated_at_ms, (after, profiles, done, emit)): Row,
+    (id, name, Json(condition), created_at_ms, updated_at_ms, after, profiles, done, emit): Row,
 ) -> Definition {
     Definition {
         // Ids come from a sequence of positive integers.
