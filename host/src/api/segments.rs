@@ -38,7 +38,7 @@ pub(super) struct NewSegment {
     /// or the same condition as a JSON tree (`{"and": [{"gte":
     /// ["page_views", 5]}, {"eq": ["device_type", "mobile"]}]}`); see
     /// docs/segments.md.
-    #[schema(value_type = Object, example = json!("page_views >= 5 && device_type == 'mobile'"))]
+    #[schema(value_type = Value, example = json!("page_views >= 5 && device_type == 'mobile'"))]
     condition: serde_json::Value,
     /// Whether the profiles the backfill (the condition computed over the
     /// profiles that exist) puts in the segment are announced on the
@@ -54,10 +54,11 @@ pub(super) struct NewSegment {
 pub(super) struct SegmentBody {
     name: String,
     /// The condition as it was defined: a CEL expression or a JSON tree.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     condition: serde_json::Value,
-    /// The same condition as a JSON tree, as PulseHub evaluates it.
-    #[schema(value_type = Object)]
+    /// The same condition as a JSON tree, as PulseHub evaluates it (`null`
+    /// for a stored condition this version cannot read).
+    #[schema(value_type = Value)]
     tree: serde_json::Value,
     /// The attributes the condition reads.
     attributes: Vec<String>,
@@ -208,7 +209,8 @@ pub(super) async fn put(
     path = "/api/v1/segments/{name}",
     operation_id = "delete_segment",
     tag = "segments",
-    params(("name" = String, Path, description = "The segment's name")),
+    params(("name" = String, Path, description = "The segment's name",
+        min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_-]*$")),
     security(("admin_token" = [])),
     responses(
         (status = 204, description = "Deleted, with its members"),
@@ -268,7 +270,8 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<SegmentLi
     path = "/api/v1/segments/{name}",
     operation_id = "get_segment",
     tag = "segments",
-    params(("name" = String, Path, description = "The segment's name")),
+    params(("name" = String, Path, description = "The segment's name",
+        min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_-]*$")),
     responses(
         (status = 200, description = "The segment: its definition and member count", body = SegmentBody),
         (status = 400, description = "The name is not a segment name", body = Problem, content_type = "application/problem+json"),
@@ -291,7 +294,8 @@ pub(super) async fn get_one(
     path = "/api/v1/segments/{name}/members",
     operation_id = "list_segment_members",
     tag = "segments",
-    params(("name" = String, Path, description = "The segment's name"), PageQuery),
+    params(("name" = String, Path, description = "The segment's name",
+        min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9_-]*$"), PageQuery),
     responses(
         (status = 200, description = "One page of members", body = MemberPage),
         (status = 400, description = "The name or the query is invalid", body = Problem, content_type = "application/problem+json"),
