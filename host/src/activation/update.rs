@@ -126,6 +126,20 @@ impl<'a> ProfileUpdate<'a> {
         }
     }
 
+    /// The message of a change of `profile`'s memberships alone (time
+    /// passing, a segment's backfill): it names no attributes.
+    pub fn memberships_only(profile: &'a Profile) -> Self {
+        ProfileUpdate {
+            kind: PROFILE_UPDATED,
+            profile_id: &profile.user_id,
+            revision: profile.revision,
+            updated_at: format_millis(profile.updated_at_ms),
+            merged_into: profile.merged_into.as_deref(),
+            attributes: BTreeMap::new(),
+            segments: SegmentsChanged::default(),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Result<String> {
         serde_json::to_string(self)
     }

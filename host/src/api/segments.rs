@@ -200,7 +200,7 @@ pub(super) async fn put(
         },
         "segment defined"
     );
-    let body = body_of(&state, definition, Some(condition)).await?;
+    let body = body_of(&state, &written(&state), definition, Some(condition)).await?;
     Ok((status, Json(body)).into_response())
 }
 
@@ -258,9 +258,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<SegmentLi
         .definitions()
         .await
         .map_err(unavailable)?;
+    let known = written(&state);
     let mut segments = Vec::with_capacity(definitions.len());
     for definition in &definitions {
-        segments.push(body_of(&state, definition, None).await?);
+        segments.push(body_of(&state, &known, definition, None).await?);
     }
     Ok(Json(SegmentList { segments }))
 }
@@ -286,7 +287,9 @@ pub(super) async fn get_one(
 ) -> Result<Json<SegmentBody>, Problem> {
     let name = segment_name(name)?;
     let definition = find(&state, &name).await?;
-    Ok(Json(body_of(&state, &definition, None).await?))
+    Ok(Json(
+        body_of(&state, &written(&state), &definition, None).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -361,9 +364,19 @@ async fn find(state: &AppState, name: &str) -> Result<Definition, Problem> {
         .ok_or_else(|| Problem::segment_not_found(name))
 }
 
-/// The body of `definition`; `condition` when the caller parsed it already.
+/// The attributes the loaded plugins write.
+fn written(state: &AppState) -> BTreeSet<String> {
+    super::plugins::all(state)
+        .into_iter()
+        .flat_map(|plugin| plugin.writes)
+        .collect()
+}
+
+/// The body of `definition`; `condition` when the caller parsed it already,
+/// `known` the attributes the loaded plugins write ([`written`]).
 async fn body_of(
     state: &AppState,
+    known: &BTreeSet<String>,
     definition: &Definition,
     condition: Option<Condition>,
 ) -> Result<SegmentBody, Problem> {
@@ -383,10 +396,6 @@ async fn body_of(
         // Stored by a version that read more: shown as stored.
         None => (serde_json::Value::Null, Vec::new()),
     };
-    let known: BTreeSet<String> = super::plugins::all(state)
-        .into_iter()
-        .flat_map(|plugin| plugin.writes)
-        .collect();
     let unknown_attributes = attributes
         .iter()
         .filter(|name| !known.contains(*name))

@@ -288,13 +288,11 @@ impl Inner {
                 let changes =
                     set.reevaluate(&[index], &profile.attributes, now_ms, &mut profile.segments);
                 let due_before = profile.segments_due_ms;
-                // `record` schedules too; compare after it.
-                let mut scheduled = profile.clone();
-                memberships.record(&set, &mut scheduled, &changes, now_ms)?;
-                if changes.is_empty() && scheduled.segments_due_ms == due_before {
+                // `record` schedules the profile too.
+                memberships.record(&set, &mut profile, &changes, now_ms)?;
+                if changes.is_empty() && profile.segments_due_ms == due_before {
                     continue;
                 }
-                profile = scheduled;
                 profile.revision += 1;
                 profile.updated_at_ms = now_ms;
                 let document = profile.to_json()?;

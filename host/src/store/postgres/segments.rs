@@ -4,13 +4,16 @@
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
 
 use super::{PgStore, Updated, write_members, write_outbox};
 use crate::activation::update::ProfileUpdate;
-use crate::model::merge::ProfileChanges;
 use crate::model::profile::Profile;
+use crate::pipeline::publish::OutgoingEvent;
 use crate::segment::catalog::{DueRound, same_condition};
-use crate::segment::{Backfill, BackfillPage, Definition, MembershipChanges, SegmentStore, Stored};
+use crate::segment::{
+    Backfill, BackfillPage, Definition, MembershipChanges, SegmentSet, SegmentStore, Stored,
+};
 use crate::store::{EncodedProfile, StoreResult};
 
 type Row = (
@@ -270,19 +273,8 @@ impl SegmentStore for PgStore {
         }
         let outbox = match &self.updates {
             Some(_) if emit => {
-                let no_changes = ProfileChanges::new();
-                let (mut ids, mut messages) = (Vec::new(), Vec::new());
-                for (profile, memberships, ..) in changed.iter().filter(|(_, m, ..)| !m.is_empty())
-                {
-                    let mut update = ProfileUpdate::new(profile, &[], &no_changes, false);
-                    update.attributes.clear();
-                    let encoded = update.with_segments(memberships, &set).with_context(|| {
-                        format!("encoding the update of profile {}", profile.user_id)
-                    })?;
-                    ids.extend(std::iter::repeat_n(profile.user_id.as_str(), encoded.len()));
-                    messages.extend(encoded);
-                }
-                write_outbox(&mut tx, ids, messages).await?
+                let changes = changed.iter().map(|(profile, m, ..)| (profile, m));
+                write_membership_updates(&mut tx, &set, changes).await?
             }
             _ => None,
         };
@@ -389,7 +381,6 @@ impl SegmentStore for PgStore {
         .execute(&mut *tx)
         .await
         .context("writing the re-evaluated memberships")?;
-        let no_changes = ProfileChanges::new();
         let updated: Vec<Updated<'_>> = changed
             .iter()
             .map(|(profile, memberships)| (profile, &[][..], memberships))
@@ -397,19 +388,8 @@ impl SegmentStore for PgStore {
         write_members(&mut tx, &updated).await?;
         let outbox = match &self.updates {
             Some(_) => {
-                let (mut ids, mut messages) = (Vec::new(), Vec::new());
-                for (profile, memberships) in &changed {
-                    // Only the memberships changed: the message names no
-                    // attributes.
-                    let mut update = ProfileUpdate::new(profile, &[], &no_changes, false);
-                    update.attributes.clear();
-                    let encoded = update.with_segments(memberships, &set).with_context(|| {
-                        format!("encoding the update of profile {}", profile.user_id)
-                    })?;
-                    ids.extend(std::iter::repeat_n(profile.user_id.as_str(), encoded.len()));
-                    messages.extend(encoded);
-                }
-                write_outbox(&mut tx, ids, messages).await?
+                let changes = changed.iter().map(|(profile, m)| (profile, m));
+                write_membership_updates(&mut tx, &set, changes).await?
             }
             None => None,
         };
@@ -426,4 +406,23 @@ impl SegmentStore for PgStore {
             .collect();
         Ok(DueRound { due, changed })
     }
+}
+
+/// Writes the outbox row of memberships that changed with no attribute
+/// (time passing, a backfill): per profile whose memberships changed, a
+/// `profile.updated` naming no attributes and its `segment.*` messages.
+async fn write_membership_updates<'p>(
+    tx: &mut Transaction<'_, Postgres>,
+    set: &SegmentSet,
+    changed: impl Iterator<Item = (&'p Profile, &'p MembershipChanges)>,
+) -> StoreResult<Option<(i64, Vec<OutgoingEvent>)>> {
+    let (mut ids, mut messages) = (Vec::new(), Vec::new());
+    for (profile, memberships) in changed.filter(|(_, m)| !m.is_empty()) {
+        let encoded = ProfileUpdate::memberships_only(profile)
+            .with_segments(memberships, set)
+            .with_context(|| format!("encoding the update of profile {}", profile.user_id))?;
+        ids.extend(std::iter::repeat_n(profile.user_id.as_str(), encoded.len()));
+        messages.extend(encoded);
+    }
+    write_outbox(tx, ids, messages).await
 }
