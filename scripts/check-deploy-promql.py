@@ -70,6 +70,12 @@ METRICS = {
     "pulsehub_reconcile_checked_profiles": ("gauge", {}),
     "pulsehub_reconcile_last_run_timestamp_seconds": ("gauge", {}),
     "pulsehub_reconcile_runs_total": ("counter", {"outcome": {"done", "failed"}}),
+    "pulsehub_destination_messages_sent_total": ("counter", {"destination": None}),
+    "pulsehub_destination_attempts_failed_total": ("counter", {"destination": None}),
+    "pulsehub_destination_attempts_retried_total": ("counter", {"destination": None}),
+    "pulsehub_destination_dead_letters_total": ("counter", {"destination": None}),
+    "pulsehub_destination_lag_seconds": ("gauge", {"destination": None}),
+    "pulsehub_destination_request_seconds": ("histogram", {"destination": None}),
     # Written by Prometheus itself.
     "up": ("gauge", {}),
     "ALERTS": ("gauge", {"alertname": None, "alertstate": {"pending", "firing"}, "severity": None}),

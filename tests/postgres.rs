@@ -176,6 +176,8 @@ async fn migrating_twice_changes_nothing() {
         [
             "consumer_offsets",
             "dead_letter_redrives",
+            "destination_dead_letters",
+            "destinations",
             "events",
             "operation_audit",
             "plugin_audit",

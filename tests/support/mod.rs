@@ -9,6 +9,8 @@
 //! - [`hub`]: the `pulsehub run` child process and its HTTP API;
 //! - [`proxy`]: a TCP proxy that a test can cut, to take a service away;
 //! - [`prometheus`]: the `/metrics` text, parsed;
+//! - [`receiver`]: a webhook receiver that checks signatures with the
+//!   Standard Webhooks library;
 //! - [`plugins`]: the built-in plugins and the `chaos` fixture as packages;
 //! - [`workload`]: generated events with the profiles they must produce.
 
@@ -21,5 +23,6 @@ pub mod kafka;
 pub mod plugins;
 pub mod prometheus;
 pub mod proxy;
+pub mod receiver;
 pub mod services;
 pub mod workload;

@@ -7,7 +7,10 @@
 //!   relay, so the relay reads them from the outbox only when it must.
 //! - [`relay`]: publishes the outbox to the `profile-updates` topic, in
 //!   order, and deletes what the broker acknowledged.
+//! - [`destination`]: webhooks that receive chosen messages of the stream,
+//!   signed, batched and retried.
 
+pub mod destination;
 pub mod handoff;
 pub mod relay;
 pub mod update;

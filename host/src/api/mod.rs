@@ -3,7 +3,8 @@
 //! - [`router`] builds the whole application from an [`AppState`], so tests
 //!   drive it with `oneshot` and no socket; [`serve`] runs it on a listener
 //!   until a shutdown token fires.
-//! - `profiles`, `events`, `plugins`, `privacy`, `segments` and `health`:
+//! - `profiles`, `events`, `plugins`, `privacy`, `segments`,
+//!   `destinations` and `health`:
 //!   one module per resource.
 //! - [`Problem`]: every error answer, as RFC 9457 problem details, including
 //!   the ones axum and tower-http produce on their own (unknown route or
@@ -13,6 +14,7 @@
 //! - `http_metrics`: every request counted and timed by route template.
 
 mod admin;
+mod destinations;
 mod events;
 mod health;
 mod http_metrics;
@@ -119,6 +121,8 @@ pub struct AppState {
     pub privacy: crate::privacy::Privacy,
     /// The defined segments.
     pub segments: crate::segment::Segments,
+    /// The webhooks (services mode with the `profile-updates` stream).
+    pub destinations: Option<crate::activation::destination::Destinations>,
 }
 
 /// The whole REST API.
@@ -191,7 +195,28 @@ pub fn router(state: AppState) -> Router {
             )
             .route(
                 "/api/v1/segments/{name}",
-                put(segments::put).delete(segments::delete).layer(admin),
+                put(segments::put)
+                    .delete(segments::delete)
+                    .layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/destinations",
+                get(destinations::list).layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/destinations/{name}",
+                put(destinations::put)
+                    .get(destinations::get_one)
+                    .delete(destinations::delete)
+                    .layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/destinations/{name}/dead-letters",
+                get(destinations::dead_letters).layer(admin.clone()),
+            )
+            .route(
+                "/api/v1/destinations/{name}/dead-letters/{id}/resend",
+                post(destinations::resend).layer(admin),
             );
     }
     router

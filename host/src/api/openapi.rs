@@ -5,7 +5,9 @@ use axum::extract::State;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{Operation, PathItem};
 
-use super::{AppState, admin, events, health, plugins, privacy, problem, profiles, segments};
+use super::{
+    AppState, admin, destinations, events, health, plugins, privacy, problem, profiles, segments,
+};
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
 /// profiles, events and plugins.
@@ -36,6 +38,12 @@ use super::{AppState, admin, events, health, plugins, privacy, problem, profiles
         segments::members,
         segments::put,
         segments::delete,
+        destinations::list,
+        destinations::get_one,
+        destinations::put,
+        destinations::delete,
+        destinations::dead_letters,
+        destinations::resend,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -48,6 +56,7 @@ use super::{AppState, admin, events, health, plugins, privacy, problem, profiles
         (name = "events", description = "Event ingestion (contract §3)"),
         (name = "plugins", description = "The enrichment plugins; changes need the admin bearer token"),
         (name = "segments", description = "Live audiences: profiles matching a condition over their attributes; changes need the admin bearer token"),
+        (name = "destinations", description = "Webhooks that receive chosen profile-updates messages, batched and signed (Standard Webhooks); need the admin bearer token"),
         (name = "privacy", description = "Privacy requests: suppress, unsuppress, delete or export a person; need the admin bearer token"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),

@@ -40,6 +40,11 @@ pub(super) mod types {
         "tag:pulsehub,2026:problem:privacy-request-not-found";
     pub const INVALID_SEGMENT: &str = "tag:pulsehub,2026:problem:invalid-segment";
     pub const SEGMENT_NOT_FOUND: &str = "tag:pulsehub,2026:problem:segment-not-found";
+    pub const INVALID_DESTINATION: &str = "tag:pulsehub,2026:problem:invalid-destination";
+    pub const DESTINATION_NOT_FOUND: &str = "tag:pulsehub,2026:problem:destination-not-found";
+    pub const DEAD_LETTER_NOT_FOUND: &str = "tag:pulsehub,2026:problem:dead-letter-not-found";
+    pub const DESTINATIONS_UNAVAILABLE: &str = "tag:pulsehub,2026:problem:destinations-unavailable";
+    pub const DELIVERY_FAILED: &str = "tag:pulsehub,2026:problem:delivery-failed";
 }
 
 /// Longest `detail` text; the rest is cut so that an error never echoes a
@@ -247,6 +252,54 @@ impl Problem {
             "Segment not found",
             &detail,
         )
+    }
+
+    pub fn invalid_destination(detail: &str) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        Self::new(
+            status,
+            types::INVALID_DESTINATION,
+            "Invalid destination",
+            detail,
+        )
+    }
+
+    pub fn destination_not_found(name: &str) -> Self {
+        let detail = format!("no destination is named {name}");
+        let status = StatusCode::NOT_FOUND;
+        Self::new(
+            status,
+            types::DESTINATION_NOT_FOUND,
+            "Destination not found",
+            &detail,
+        )
+    }
+
+    pub fn dead_letter_not_found(name: &str, id: i64) -> Self {
+        let detail = format!("destination {name} has no dead letter {id}");
+        let status = StatusCode::NOT_FOUND;
+        Self::new(
+            status,
+            types::DEAD_LETTER_NOT_FOUND,
+            "Dead letter not found",
+            &detail,
+        )
+    }
+
+    pub fn destinations_unavailable() -> Self {
+        let status = StatusCode::NOT_IMPLEMENTED;
+        Self::new(
+            status,
+            types::DESTINATIONS_UNAVAILABLE,
+            "Destinations unavailable",
+            "destinations receive the profile-updates stream, which needs the services mode \
+             (PostgreSQL and Kafka) with `activation.profile_updates` on",
+        )
+    }
+
+    pub fn delivery_failed(detail: &str) -> Self {
+        let status = StatusCode::BAD_GATEWAY;
+        Self::new(status, types::DELIVERY_FAILED, "Delivery failed", detail)
     }
 
     pub fn invalid_json(detail: &str) -> Self {

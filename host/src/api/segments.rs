@@ -431,13 +431,7 @@ async fn body_of(
 /// The name in the path, if it is a segment name.
 fn segment_name(name: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     let Path(name) = name.map_err(|error| Problem::invalid_segment(&error.body_text(), None))?;
-    let mut chars = name.chars();
-    let valid = name.len() <= MAX_NAME_LEN
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !valid {
+    if !is_name(&name) {
         return Err(Problem::invalid_segment(
             &format!(
                 "{name:?} is not a segment name: 1 to {MAX_NAME_LEN} of a-z, 0-9, - and _, \
@@ -447,6 +441,17 @@ fn segment_name(name: Result<Path<String>, PathRejection>) -> Result<String, Pro
         ));
     }
     Ok(name)
+}
+
+/// Whether `name` may name a segment (or a destination): 1 to 64 of
+/// `a-z`, `0-9`, `-` and `_`, starting with a letter or digit.
+pub(super) fn is_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_NAME_LEN
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// Makes the stored definitions live in this process now, rather than at

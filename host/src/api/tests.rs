@@ -86,6 +86,7 @@ impl Fakes {
                 cache: None,
             },
             segments: self.segments,
+            destinations: None,
         }
     }
 }

@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use tokio::runtime::Handle;
 
 use super::Role;
+use crate::activation::destination::dispatch::Dispatcher;
+use crate::activation::destination::{DestinationStore, Destinations, Sender, parse_schedule};
 use crate::activation::relay::Relay;
 use crate::config::{Config, Mode};
 use crate::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership};
@@ -56,6 +58,11 @@ pub(super) struct Parts {
     /// The relay of the `profile-updates` outbox (services mode, enrich
     /// role).
     pub(super) relay: Option<Relay>,
+    /// The destinations the API manages (services mode, with the
+    /// `profile-updates` stream).
+    pub(super) destinations: Option<Destinations>,
+    /// Their delivery (services mode, enrich role, with the stream).
+    pub(super) dispatcher: Option<Dispatcher>,
     pub(super) lanes: usize,
     pub(super) description: String,
 }
@@ -70,7 +77,7 @@ impl Parts {
     ) -> anyhow::Result<Parts> {
         let parts = match config.mode() {
             Mode::Embedded => embedded(config, role)?,
-            Mode::Services => services(config, role).await?,
+            Mode::Services => services(config, role, metrics).await?,
         };
         Ok(parts.instrumented(config.mode(), metrics))
     }
@@ -131,13 +138,15 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         archive,
         audit: Arc::new(FileAudit::new(&dir.join("audit.log"))),
         relay: None,
+        destinations: None,
+        dispatcher: None,
         // The inbox is one partition, hence one lane.
         lanes: 1,
         description: format!("embedded, data in {}", dir.display()),
     })
 }
 
-async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
+async fn services(config: &Config, role: Role, metrics: &Arc<Metrics>) -> anyhow::Result<Parts> {
     let (Some(brokers), Some(url)) = (&config.kafka.brokers, &config.database.url) else {
         bail!("services mode needs `kafka.brokers` and `database.url`");
     };
@@ -232,11 +241,42 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         }),
         None => None,
     };
+    let activation = &config.activation;
+    let destinations = if activation.profile_updates {
+        Some(Destinations {
+            store: DestinationStore::new(store.pool().clone()),
+            sender: Sender::new(
+                Duration::from_millis(activation.webhook_timeout_ms),
+                activation.allow_private_networks,
+            )
+            .context("building the webhook client")?,
+            allow_private: activation.allow_private_networks,
+        })
+    } else {
+        None
+    };
+    let dispatcher = match &destinations {
+        Some(destinations) if role.enrich() => Some(Dispatcher {
+            store: destinations.store.clone(),
+            sender: destinations.sender.clone(),
+            brokers: brokers.clone(),
+            topic: kafka.updates_topic.clone(),
+            group_prefix: kafka.group.clone(),
+            schedule: parse_schedule(&activation.webhook_retry_schedule)
+                .map_err(anyhow::Error::msg)
+                .context("configuration key `activation.webhook_retry_schedule`")?,
+            batch_max: usize::try_from(activation.webhook_batch_max).unwrap_or(usize::MAX),
+            metrics: metrics.clone(),
+        }),
+        _ => None,
+    };
     Ok(Parts {
         store,
         cache,
         publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.topic)?),
         relay,
+        destinations,
+        dispatcher,
         enrich,
         archive,
         audit: audit_log,

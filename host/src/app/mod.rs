@@ -181,6 +181,9 @@ impl App {
         if let Some(relay) = parts.relay {
             tokio::spawn(relay.run(stop.clone()));
         }
+        if let Some(dispatcher) = parts.dispatcher {
+            tokio::spawn(Arc::new(dispatcher).run(stop.clone()));
+        }
         if reconciles {
             tokio::spawn(replay::run_scheduled(
                 config.clone(),
@@ -215,6 +218,7 @@ impl App {
                 cache: parts.cache,
             },
             segments: parts.segments,
+            destinations: parts.destinations,
         };
         Ok(App {
             state,

@@ -141,6 +141,26 @@ pub const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "activation.profile_updates",
         Kind::Flag,
     ),
+    (
+        "PULSEHUB_ACTIVATION_ALLOW_PRIVATE_NETWORKS",
+        "activation.allow_private_networks",
+        Kind::Flag,
+    ),
+    (
+        "PULSEHUB_ACTIVATION_WEBHOOK_TIMEOUT_MS",
+        "activation.webhook_timeout_ms",
+        Kind::Number,
+    ),
+    (
+        "PULSEHUB_ACTIVATION_WEBHOOK_RETRY_SCHEDULE",
+        "activation.webhook_retry_schedule",
+        Kind::Text,
+    ),
+    (
+        "PULSEHUB_ACTIVATION_WEBHOOK_BATCH_MAX",
+        "activation.webhook_batch_max",
+        Kind::Number,
+    ),
     ("PULSEHUB_LOG", "log.filter", Kind::Text),
     ("PULSEHUB_LOG_FORMAT", "log.format", Kind::Text),
 ];

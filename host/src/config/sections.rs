@@ -52,6 +52,10 @@ pub mod defaults {
     /// 0: the archive role runs no scheduled reconcile.
     pub const RECONCILE_INTERVAL_SECS: u64 = 0;
     pub const RECONCILE_SAMPLE: i64 = 1_000;
+    pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+    /// Eight attempts over about 28 hours.
+    pub const WEBHOOK_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h";
+    pub const WEBHOOK_BATCH_MAX: u64 = 100;
 
     pub const LOG_FILTER: &str = "info";
 }
@@ -320,12 +324,28 @@ pub struct ActivationConfig {
     /// no relay runs: the pipeline is faster, and nothing downstream hears
     /// of changes but by polling.
     pub profile_updates: bool,
+    /// Let destinations (webhooks) reach loopback and private addresses.
+    /// Off, a destination whose host is or resolves to one is refused:
+    /// an admin cannot point PulseHub at the network it runs in.
+    pub allow_private_networks: bool,
+    /// How long a destination's receiver has to answer one delivery.
+    pub webhook_timeout_ms: u64,
+    /// The delays before each new attempt of a failed delivery (each with
+    /// a fifth of jitter), comma-separated with units `ms`, `s`, `m`, `h`;
+    /// after the last, the batch goes to the destination's dead letters.
+    pub webhook_retry_schedule: String,
+    /// Most messages in one delivery.
+    pub webhook_batch_max: u64,
 }
 
 impl Default for ActivationConfig {
     fn default() -> Self {
         Self {
             profile_updates: true,
+            allow_private_networks: false,
+            webhook_timeout_ms: defaults::WEBHOOK_TIMEOUT_MS,
+            webhook_retry_schedule: defaults::WEBHOOK_RETRY_SCHEDULE.into(),
+            webhook_batch_max: defaults::WEBHOOK_BATCH_MAX,
         }
     }
 }

@@ -51,6 +51,23 @@ impl Config {
                 "is the events topic: profile updates need a topic of their own",
             ));
         }
+        if let Err(reason) =
+            crate::activation::destination::parse_schedule(&self.activation.webhook_retry_schedule)
+        {
+            return Err(key_error("activation.webhook_retry_schedule", reason));
+        }
+        if !(100..=600_000).contains(&self.activation.webhook_timeout_ms) {
+            return Err(key_error(
+                "activation.webhook_timeout_ms",
+                "must be between 100 and 600000 (milliseconds)",
+            ));
+        }
+        if !(1..=10_000).contains(&self.activation.webhook_batch_max) {
+            return Err(key_error(
+                "activation.webhook_batch_max",
+                "must be between 1 and 10000",
+            ));
+        }
         if !SESSION_TIMEOUT_MS.contains(&self.kafka.session_timeout_ms) {
             return Err(key_error(
                 "kafka.session_timeout_ms",

@@ -93,7 +93,7 @@ fn wait_listed(
 }
 
 /// Settings every client shares.
-fn client_config(brokers: &str) -> ClientConfig {
+pub(crate) fn client_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -103,7 +103,7 @@ fn client_config(brokers: &str) -> ClientConfig {
 
 /// Client context that sends librdkafka's log lines and errors to `tracing`.
 #[derive(Debug, Clone, Copy, Default)]
-struct LogContext;
+pub(crate) struct LogContext;
 
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {

@@ -7,9 +7,10 @@
 //! names.
 //!
 //! Each area's series, label sets and recording methods are in their own
-//! file: `plugin.rs`, `pipeline.rs`, `store.rs`, `http.rs` and
-//! `reconcile.rs`.
+//! file: `plugin.rs`, `pipeline.rs`, `store.rs`, `http.rs`,
+//! `reconcile.rs`, `identity.rs` and `destination.rs`.
 
+mod destination;
 mod http;
 mod identity;
 mod pipeline;
@@ -25,6 +26,7 @@ use std::sync::Mutex;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use destination::{DestinationLabels, DestinationMetrics};
 pub use http::{HttpLabels, HttpMetrics, HttpRouteLabels, UNMATCHED_ROUTE};
 pub use identity::{IdentityMetrics, RefusalLabels};
 pub use pipeline::{DeadLetterLabels, PartitionLabels, PipelineMetrics, PipelineRole, RoleLabels};
@@ -45,6 +47,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub reconcile: ReconcileMetrics,
     pub identity: IdentityMetrics,
+    pub destinations: DestinationMetrics,
     /// The state series each plugin shows now, to remove it on a change.
     plugin_states: Mutex<HashMap<String, PluginStateLabels>>,
 }
@@ -74,6 +77,7 @@ impl Metrics {
         let http = HttpMetrics::register(&mut registry);
         let reconcile = ReconcileMetrics::register(&mut registry);
         let identity = IdentityMetrics::register(&mut registry);
+        let destinations = DestinationMetrics::register(&mut registry);
         Self {
             registry,
             plugins,
@@ -82,6 +86,7 @@ impl Metrics {
             http,
             reconcile,
             identity,
+            destinations,
             plugin_states: Mutex::default(),
         }
     }

@@ -45,6 +45,10 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/segments",
         "/api/v1/segments/{name}",
         "/api/v1/segments/{name}/members",
+        "/api/v1/destinations",
+        "/api/v1/destinations/{name}",
+        "/api/v1/destinations/{name}/dead-letters",
+        "/api/v1/destinations/{name}/dead-letters/{id}/resend",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
@@ -76,6 +80,10 @@ async fn the_openapi_document_covers_every_route() {
         "Segment",
         "NewSegment",
         "FaultPosition",
+        "Destination",
+        "NewDestination",
+        "DestinationCounters",
+        "DestinationDeadLetter",
     ] {
         assert!(
             schemas.contains_key(schema),
