@@ -7,7 +7,10 @@
 //!   relay, so the relay reads them from the outbox only when it must.
 //! - [`relay`]: publishes the outbox to the `profile-updates` topic, in
 //!   order, and deletes what the broker acknowledged.
+//! - [`feed`]: the embedded mode's form of the stream, a bounded log beside
+//!   the profiles that the REST API serves as server-sent events.
 
+pub mod feed;
 pub mod handoff;
 pub mod relay;
 pub mod update;
