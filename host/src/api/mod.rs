@@ -3,8 +3,8 @@
 //! - [`router`] builds the whole application from an [`AppState`], so tests
 //!   drive it with `oneshot` and no socket; [`serve`] runs it on a listener
 //!   until a shutdown token fires.
-//! - `profiles`, `events`, `plugins`, `privacy`, `segments` and `health`:
-//!   one module per resource.
+//! - `profiles`, `events`, `plugins`, `privacy`, `segments`, `updates` (the
+//!   `profile-updates` stream) and `health`: one module per resource.
 //! - [`Problem`]: every error answer, as RFC 9457 problem details, including
 //!   the ones axum and tower-http produce on their own (unknown route or
 //!   method, body limit, timeout).
@@ -22,6 +22,7 @@ mod privacy;
 mod problem;
 mod profiles;
 mod segments;
+mod updates;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ use crate::telemetry::Metrics;
 pub use admin::AdminToken;
 pub use openapi::ApiDoc;
 pub use problem::{EventFailure, PROBLEM_CONTENT_TYPE, Problem};
+pub use updates::UpdateStream;
 
 /// What one request may cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,11 @@ pub struct AppState {
     pub privacy: crate::privacy::Privacy,
     /// The defined segments.
     pub segments: crate::segment::Segments,
+    /// Where the `profile-updates` stream is read.
+    pub updates: UpdateStream,
+    /// Cancelled when the server stops: the update streams it serves end
+    /// then, so that its graceful shutdown does not wait for them.
+    pub shutdown: CancellationToken,
 }
 
 /// The whole REST API.
@@ -140,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/segments", get(segments::list))
         .route("/api/v1/segments/{name}", get(segments::get_one))
         .route("/api/v1/segments/{name}/members", get(segments::members))
+        .route("/api/v1/profile-updates", get(updates::stream))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -213,7 +221,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets the
-/// requests in flight finish (each is bounded by [`ApiLimits::timeout`]).
+/// requests in flight finish (each is bounded by [`ApiLimits::timeout`];
+/// the update streams end with [`AppState::shutdown`], which should be
+/// `shutdown` or cancelled with it).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,

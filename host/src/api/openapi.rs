@@ -5,7 +5,9 @@ use axum::extract::State;
 use utoipa::OpenApi;
 use utoipa::openapi::path::{Operation, PathItem};
 
-use super::{AppState, admin, events, health, plugins, privacy, problem, profiles, segments};
+use super::{
+    AppState, admin, events, health, plugins, privacy, problem, profiles, segments, updates,
+};
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
 /// profiles, events and plugins.
@@ -36,6 +38,7 @@ use super::{AppState, admin, events, health, plugins, privacy, problem, profiles
         segments::members,
         segments::put,
         segments::delete,
+        updates::stream,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -48,6 +51,7 @@ use super::{AppState, admin, events, health, plugins, privacy, problem, profiles
         (name = "events", description = "Event ingestion (contract §3)"),
         (name = "plugins", description = "The enrichment plugins; changes need the admin bearer token"),
         (name = "segments", description = "Live audiences: profiles matching a condition over their attributes; changes need the admin bearer token"),
+        (name = "updates", description = "The profile-updates stream (contract §3a) as server-sent events, where this process keeps it (the embedded mode)"),
         (name = "privacy", description = "Privacy requests: suppress, unsuppress, delete or export a person; need the admin bearer token"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),

@@ -40,6 +40,8 @@ pub(super) mod types {
         "tag:pulsehub,2026:problem:privacy-request-not-found";
     pub const INVALID_SEGMENT: &str = "tag:pulsehub,2026:problem:invalid-segment";
     pub const SEGMENT_NOT_FOUND: &str = "tag:pulsehub,2026:problem:segment-not-found";
+    pub const INVALID_STREAM_QUERY: &str = "tag:pulsehub,2026:problem:invalid-stream-query";
+    pub const STREAM_UNAVAILABLE: &str = "tag:pulsehub,2026:problem:stream-unavailable";
 }
 
 /// Longest `detail` text; the rest is cut so that an error never echoes a
@@ -246,6 +248,29 @@ impl Problem {
             types::SEGMENT_NOT_FOUND,
             "Segment not found",
             &detail,
+        )
+    }
+
+    /// A position or option of `GET /api/v1/profile-updates` that is not one.
+    pub fn invalid_stream_query(detail: &str) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        Self::new(
+            status,
+            types::INVALID_STREAM_QUERY,
+            "Invalid stream query",
+            detail,
+        )
+    }
+
+    /// This process does not serve the `profile-updates` stream; `detail`
+    /// says where it is, if anywhere.
+    pub fn stream_unavailable(detail: &str) -> Self {
+        let status = StatusCode::NOT_IMPLEMENTED;
+        Self::new(
+            status,
+            types::STREAM_UNAVAILABLE,
+            "Stream not served here",
+            detail,
         )
     }
 

@@ -9,6 +9,7 @@ use tokio::runtime::Handle;
 
 use super::Role;
 use crate::activation::relay::Relay;
+use crate::api::UpdateStream;
 use crate::config::{Config, Mode};
 use crate::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership};
 use crate::pipeline::dead_letter::DeadLetterSink;
@@ -56,6 +57,8 @@ pub(super) struct Parts {
     /// The relay of the `profile-updates` outbox (services mode, enrich
     /// role).
     pub(super) relay: Option<Relay>,
+    /// Where the API points readers of the `profile-updates` stream.
+    pub(super) updates: UpdateStream,
     pub(super) lanes: usize,
     pub(super) description: String,
 }
@@ -121,6 +124,12 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         store: Arc::new(store.clone()),
         live: store.segments(),
     };
+    let updates = if config.activation.profile_updates {
+        store.publish_updates();
+        UpdateStream::Feed(Arc::new(store.clone()))
+    } else {
+        UpdateStream::Off
+    };
     Ok(Parts {
         store: Arc::new(store.clone()),
         cache: None,
@@ -131,6 +140,7 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         archive,
         audit: Arc::new(FileAudit::new(&dir.join("audit.log"))),
         relay: None,
+        updates,
         // The inbox is one partition, hence one lane.
         lanes: 1,
         description: format!("embedded, data in {}", dir.display()),
@@ -232,9 +242,15 @@ async fn services(config: &Config, role: Role) -> anyhow::Result<Parts> {
         }),
         None => None,
     };
+    let updates = if config.activation.profile_updates {
+        UpdateStream::Topic(kafka.updates_topic.clone())
+    } else {
+        UpdateStream::Off
+    };
     Ok(Parts {
         store,
         cache,
+        updates,
         publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.topic)?),
         relay,
         enrich,

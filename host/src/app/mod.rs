@@ -215,6 +215,8 @@ impl App {
                 cache: parts.cache,
             },
             segments: parts.segments,
+            updates: parts.updates,
+            shutdown: stop.clone(),
         };
         Ok(App {
             state,
