@@ -25,7 +25,7 @@
 //!   and the suppressions the lanes filter with.
 //! - [`activation`]: what leaves PulseHub when profiles change: the
 //!   `profile-updates` messages the commits write to an outbox, and the
-//!   relay that publishes them.
+//!   relay that publishes them (embedded: a log the API serves).
 //! - [`segment`]: segment conditions (CEL expression or JSON tree), what
 //!   they read, their evaluation and when a time-relative one comes due.
 //! - [`kafka`]: the Kafka source, dead-letter sink and publisher.

@@ -9,8 +9,11 @@
 //!   order, and deletes what the broker acknowledged.
 //! - [`destination`]: webhooks that receive chosen messages of the stream,
 //!   signed, batched and retried.
+//! - [`feed`]: the embedded mode's form of the stream, a bounded log beside
+//!   the profiles that the REST API serves as server-sent events.
 
 pub mod destination;
+pub mod feed;
 pub mod handoff;
 pub mod relay;
 pub mod update;

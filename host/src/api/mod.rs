@@ -4,7 +4,7 @@
 //!   drive it with `oneshot` and no socket; [`serve`] runs it on a listener
 //!   until a shutdown token fires.
 //! - `profiles`, `events`, `plugins`, `privacy`, `segments`,
-//!   `destinations` and `health`:
+//!   `destinations`, `updates` (the `profile-updates` stream) and `health`:
 //!   one module per resource.
 //! - [`Problem`]: every error answer, as RFC 9457 problem details, including
 //!   the ones axum and tower-http produce on their own (unknown route or
@@ -24,6 +24,7 @@ mod privacy;
 mod problem;
 mod profiles;
 mod segments;
+mod updates;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ use crate::telemetry::Metrics;
 pub use admin::AdminToken;
 pub use openapi::ApiDoc;
 pub use problem::{EventFailure, PROBLEM_CONTENT_TYPE, Problem};
+pub use updates::UpdateStream;
 
 /// What one request may cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +125,11 @@ pub struct AppState {
     pub segments: crate::segment::Segments,
     /// The webhooks (services mode with the `profile-updates` stream).
     pub destinations: Option<crate::activation::destination::Destinations>,
+    /// Where the `profile-updates` stream is read.
+    pub updates: UpdateStream,
+    /// Cancelled when the server stops: the update streams it serves end
+    /// then, so that its graceful shutdown does not wait for them.
+    pub shutdown: CancellationToken,
 }
 
 /// The whole REST API.
@@ -144,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/segments", get(segments::list))
         .route("/api/v1/segments/{name}", get(segments::get_one))
         .route("/api/v1/segments/{name}/members", get(segments::members))
+        .route("/api/v1/profile-updates", get(updates::stream))
         .route("/api/v1/openapi.json", get(openapi::document))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -238,7 +246,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then lets the
-/// requests in flight finish (each is bounded by [`ApiLimits::timeout`]).
+/// requests in flight finish (each is bounded by [`ApiLimits::timeout`];
+/// the update streams end with [`AppState::shutdown`], which should be
+/// `shutdown` or cancelled with it).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,

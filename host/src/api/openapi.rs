@@ -7,6 +7,7 @@ use utoipa::openapi::path::{Operation, PathItem};
 
 use super::{
     AppState, admin, destinations, events, health, plugins, privacy, problem, profiles, segments,
+    updates,
 };
 
 /// The OpenAPI document: every route, the problem schema, and the shapes of
@@ -44,6 +45,7 @@ use super::{
         destinations::delete,
         destinations::dead_letters,
         destinations::resend,
+        updates::stream,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -57,6 +59,7 @@ use super::{
         (name = "plugins", description = "The enrichment plugins; changes need the admin bearer token"),
         (name = "segments", description = "Live audiences: profiles matching a condition over their attributes; changes need the admin bearer token"),
         (name = "destinations", description = "Webhooks that receive chosen profile-updates messages, batched and signed (Standard Webhooks); need the admin bearer token"),
+        (name = "updates", description = "The profile-updates stream (contract §3a) as server-sent events, where this process keeps it (the embedded mode)"),
         (name = "privacy", description = "Privacy requests: suppress, unsuppress, delete or export a person; need the admin bearer token"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "This document"),

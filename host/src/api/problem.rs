@@ -45,6 +45,8 @@ pub(super) mod types {
     pub const DEAD_LETTER_NOT_FOUND: &str = "tag:pulsehub,2026:problem:dead-letter-not-found";
     pub const DESTINATIONS_UNAVAILABLE: &str = "tag:pulsehub,2026:problem:destinations-unavailable";
     pub const DELIVERY_FAILED: &str = "tag:pulsehub,2026:problem:delivery-failed";
+    pub const INVALID_STREAM_QUERY: &str = "tag:pulsehub,2026:problem:invalid-stream-query";
+    pub const STREAM_UNAVAILABLE: &str = "tag:pulsehub,2026:problem:stream-unavailable";
 }
 
 /// Longest `detail` text; the rest is cut so that an error never echoes a
@@ -264,6 +266,17 @@ impl Problem {
         )
     }
 
+    /// A position or option of `GET /api/v1/profile-updates` that is not one.
+    pub fn invalid_stream_query(detail: &str) -> Self {
+        let status = StatusCode::BAD_REQUEST;
+        Self::new(
+            status,
+            types::INVALID_STREAM_QUERY,
+            "Invalid stream query",
+            detail,
+        )
+    }
+
     pub fn destination_not_found(name: &str) -> Self {
         let detail = format!("no destination is named {name}");
         let status = StatusCode::NOT_FOUND;
@@ -300,6 +313,18 @@ impl Problem {
     pub fn delivery_failed(detail: &str) -> Self {
         let status = StatusCode::BAD_GATEWAY;
         Self::new(status, types::DELIVERY_FAILED, "Delivery failed", detail)
+    }
+
+    /// This process does not serve the `profile-updates` stream; `detail`
+    /// says where it is, if anywhere.
+    pub fn stream_unavailable(detail: &str) -> Self {
+        let status = StatusCode::NOT_IMPLEMENTED;
+        Self::new(
+            status,
+            types::STREAM_UNAVAILABLE,
+            "Stream not served here",
+            detail,
+        )
     }
 
     pub fn invalid_json(detail: &str) -> Self {

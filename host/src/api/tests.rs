@@ -8,6 +8,7 @@ mod openapi;
 mod privacy;
 mod routes;
 mod segments;
+mod updates;
 
 use std::sync::Arc;
 
@@ -35,6 +36,7 @@ struct Fakes {
     limits: ApiLimits,
     privacy: Arc<fakes::FakePrivacy>,
     segments: crate::segment::Segments,
+    updates: super::UpdateStream,
 }
 
 impl Default for Fakes {
@@ -53,6 +55,7 @@ impl Default for Fakes {
                 store: Arc::new(fakes::FakeSegments::default()),
                 live: Default::default(),
             },
+            updates: super::UpdateStream::Off,
         }
     }
 }
@@ -87,6 +90,8 @@ impl Fakes {
             },
             segments: self.segments,
             destinations: None,
+            updates: self.updates,
+            shutdown: Default::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::Role;
 use crate::activation::destination::dispatch::Dispatcher;
 use crate::activation::destination::{DestinationStore, Destinations, Sender, parse_schedule};
 use crate::activation::relay::Relay;
+use crate::api::UpdateStream;
 use crate::config::{Config, Mode};
 use crate::kafka::{KafkaDeadLetters, KafkaPublisher, KafkaSource, Membership};
 use crate::pipeline::dead_letter::DeadLetterSink;
@@ -63,6 +64,8 @@ pub(super) struct Parts {
     pub(super) destinations: Option<Destinations>,
     /// Their delivery (services mode, enrich role, with the stream).
     pub(super) dispatcher: Option<Dispatcher>,
+    /// Where the API points readers of the `profile-updates` stream.
+    pub(super) updates: UpdateStream,
     pub(super) lanes: usize,
     pub(super) description: String,
 }
@@ -128,6 +131,12 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         store: Arc::new(store.clone()),
         live: store.segments(),
     };
+    let updates = if config.activation.profile_updates {
+        store.publish_updates();
+        UpdateStream::Feed(Arc::new(store.clone()))
+    } else {
+        UpdateStream::Off
+    };
     Ok(Parts {
         store: Arc::new(store.clone()),
         cache: None,
@@ -140,6 +149,7 @@ fn embedded(config: &Config, role: Role) -> anyhow::Result<Parts> {
         relay: None,
         destinations: None,
         dispatcher: None,
+        updates,
         // The inbox is one partition, hence one lane.
         lanes: 1,
         description: format!("embedded, data in {}", dir.display()),
@@ -270,9 +280,15 @@ async fn services(config: &Config, role: Role, metrics: &Arc<Metrics>) -> anyhow
         }),
         _ => None,
     };
+    let updates = if config.activation.profile_updates {
+        UpdateStream::Topic(kafka.updates_topic.clone())
+    } else {
+        UpdateStream::Off
+    };
     Ok(Parts {
         store,
         cache,
+        updates,
         publisher: Arc::new(KafkaPublisher::new(brokers, &kafka.topic)?),
         relay,
         destinations,

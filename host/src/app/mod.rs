@@ -219,6 +219,8 @@ impl App {
             },
             segments: parts.segments,
             destinations: parts.destinations,
+            updates: parts.updates,
+            shutdown: stop.clone(),
         };
         Ok(App {
             state,

@@ -77,6 +77,25 @@ async fn runs_in_process_on_a_free_port_until_shut_down() {
         "2026-11-29T22:01:00.000Z"
     );
 
+    // The commits wrote the profile-updates stream, served from the first
+    // message kept.
+    let updates = client
+        .get(format!("{api}/profile-updates?after=0&follow=false"))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(updates.status(), 200);
+    let body = updates.text().await.expect("the stream ends");
+    assert!(body.contains("event: profile.updated"), "{body}");
+    assert!(body.contains(r#""profile_id":"u-1""#), "{body}");
+    // A reader left waiting for new messages does not hold the shutdown up.
+    let mut waiting = client
+        .get(format!("{api}/profile-updates"))
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(waiting.status(), 200);
+
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(30), running)
         .await
@@ -84,4 +103,6 @@ async fn runs_in_process_on_a_free_port_until_shut_down() {
         .expect("the task does not panic")
         .expect("runs without error");
     assert_eq!(stopped, Stopped::Shutdown);
+    let end = waiting.chunk().await;
+    assert!(matches!(end, Ok(None)), "the waiting stream ended: {end:?}");
 }

@@ -320,9 +320,10 @@ impl Default for ReconcileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ActivationConfig {
     /// Publish every committed profile change to `kafka.updates_topic`
-    /// (contract §3a; services mode). Off, the commits write no outbox and
-    /// no relay runs: the pipeline is faster, and nothing downstream hears
-    /// of changes but by polling.
+    /// (contract §3a; in the embedded mode, keep it for `GET
+    /// /api/v1/profile-updates`). Off, the commits write no outbox (no
+    /// embedded log) and no relay runs: the pipeline is faster, and nothing
+    /// downstream hears of changes but by polling.
     pub profile_updates: bool,
     /// Let destinations (webhooks) reach loopback and private addresses.
     /// Off, a destination whose host is or resolves to one is refused:

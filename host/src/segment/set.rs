@@ -53,6 +53,26 @@ impl MembershipChanges {
     pub fn is_empty(&self) -> bool {
         self.entered.is_empty() && self.exited.is_empty()
     }
+
+    /// What these changes and then `next` changed together: a segment
+    /// entered and left again (or left and entered again) did not change.
+    pub fn then(&self, next: &MembershipChanges) -> MembershipChanges {
+        let combine = |first: &[u32], undone_by: &[u32], second: &[u32], undoing: &[u32]| {
+            let mut ids: Vec<u32> = first
+                .iter()
+                .filter(|id| !undone_by.contains(id))
+                .chain(second.iter().filter(|id| !undoing.contains(id)))
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        MembershipChanges {
+            entered: combine(&self.entered, &next.exited, &next.entered, &self.exited),
+            exited: combine(&self.exited, &next.entered, &next.exited, &self.entered),
+        }
+    }
 }
 
 impl SegmentSet {

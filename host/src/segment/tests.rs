@@ -493,3 +493,24 @@ fn the_scheduled_time_moves_only_when_it_must_come_earlier() {
     assert_eq!(none.schedule(&mut profile, 17 * DAY + 2), Some(18 * DAY));
     assert_eq!(none.schedule(&mut profile, 18 * DAY), None);
 }
+
+#[test]
+fn changes_in_a_row_add_up_to_what_changed_in_all() {
+    let first = MembershipChanges {
+        entered: vec![1, 2],
+        exited: vec![3, 4],
+    };
+    let next = MembershipChanges {
+        entered: vec![3, 5],
+        exited: vec![1, 6],
+    };
+    // 1 entered and left, 3 left and came back: neither changed.
+    assert_eq!(
+        first.then(&next),
+        MembershipChanges {
+            entered: vec![2, 5],
+            exited: vec![4, 6],
+        }
+    );
+    assert_eq!(MembershipChanges::default().then(&next), next);
+}

@@ -49,6 +49,7 @@ async fn the_openapi_document_covers_every_route() {
         "/api/v1/destinations/{name}",
         "/api/v1/destinations/{name}/dead-letters",
         "/api/v1/destinations/{name}/dead-letters/{id}/resend",
+        "/api/v1/profile-updates",
         "/api/v1/openapi.json",
         "/healthz",
         "/readyz",
@@ -91,6 +92,20 @@ async fn the_openapi_document_covers_every_route() {
             schemas.keys()
         );
     }
+    let stream = &doc["paths"]["/api/v1/profile-updates"]["get"];
+    assert!(
+        stream["responses"]["200"]["content"]
+            .get("text/event-stream")
+            .is_some(),
+        "{stream}"
+    );
+    let parameters: Vec<&str> = stream["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(parameters, ["after", "follow", "Last-Event-ID"]);
     let problem = &doc["paths"]["/api/v1/events"]["post"]["responses"]["400"]["content"];
     assert!(
         problem.get("application/problem+json").is_some(),

@@ -21,6 +21,9 @@
 //!   [`PrivacyRequest`](crate::privacy::PrivacyRequest); `suppressions`:
 //!   suppressed key → request id; the generation of the suppressions is
 //!   `meta`'s `privacy.generation` (see `privacy.rs`).
+//! - `profile_updates`: sequence (u64) → (profile id, message JSON): the
+//!   newest messages of the `profile-updates` stream, written with the
+//!   changes they describe (see `updates.rs`).
 //!
 //! # Durability
 //! Publishing, committing, dead letters and archiving commit durably (fsync)
@@ -40,11 +43,12 @@ mod privacy;
 mod rows;
 mod segments;
 mod source;
+mod updates;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -61,7 +65,7 @@ use crate::model::identity;
 use crate::model::profile::Profile;
 use crate::pipeline::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::pipeline::publish::{EventPublisher, OutgoingEvent};
-use crate::segment::LiveSegments;
+use crate::segment::{LiveSegments, MembershipChanges};
 use crate::store::{
     ArchivedEvent, Commit, CommitOutcome, EventArchive, ProfileStore, StoreError, StoreResult,
     TimelineEntry,
@@ -123,6 +127,9 @@ struct Inner {
     readers: Mutex<BTreeSet<String>>,
     /// The segments the commits evaluate.
     segments: LiveSegments,
+    /// The `profile-updates` log: whether it is written, and its readers'
+    /// wake-up.
+    updates: updates::Updates,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -164,7 +171,7 @@ impl EmbeddedStore {
             }
         };
         // Every table exists from here on, so readers never meet a missing one.
-        let create_tables = || -> anyhow::Result<()> {
+        let create_tables = || -> anyhow::Result<u64> {
             let txn = db.begin_write()?;
             txn.open_table(INBOX)?;
             txn.open_table(META)?;
@@ -176,10 +183,13 @@ impl EmbeddedStore {
             txn.open_table(MERGES)?;
             txn.open_table(privacy::REQUESTS)?;
             txn.open_table(privacy::SUPPRESSIONS)?;
+            txn.open_table(updates::UPDATES)?;
+            let newest = updates::stored_newest(&txn)?;
             txn.commit()?;
-            Ok(())
+            Ok(newest)
         };
-        create_tables().with_context(|| format!("creating the tables of {}", path.display()))?;
+        let newest_update = create_tables()
+            .with_context(|| format!("creating the tables of {}", path.display()))?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
                 db,
@@ -188,6 +198,7 @@ impl EmbeddedStore {
                 wake: Condvar::new(),
                 readers: Mutex::new(BTreeSet::new()),
                 segments: LiveSegments::default(),
+                updates: updates::Updates::new(newest_update),
             }),
         })
     }
@@ -311,6 +322,10 @@ impl Inner {
         }
         let set = self.segments.load();
         let mut out: BTreeMap<String, Profile> = BTreeMap::new();
+        // Per profile written: the keys of the changes applied to it and
+        // the memberships it changed; the survivors of merges.
+        let mut written: HashMap<String, (Vec<&String>, MembershipChanges)> = HashMap::new();
+        let mut survivors: HashSet<String> = HashSet::new();
         {
             let mut table = txn.open_table(PROFILES)?;
             let mut memberships = segments::Memberships::open(&txn)?;
@@ -331,8 +346,10 @@ impl Inner {
                     memberships.record(&set, &mut profile, &changed, commit.now_ms)?;
                     let json = profile.to_json()?;
                     table.insert(profile.user_id.as_str(), json.as_str())?;
+                    written.insert(profile.user_id.clone(), (Vec::new(), changed));
                     out.insert(profile.user_id.clone(), profile);
                 }
+                survivors.extend(plan.merges.iter().map(|merge| merge.survivor.clone()));
                 let mut merges = txn.open_table(MERGES)?;
                 for merge in &plan.merges {
                     let key = (merge.event_id.as_str(), merge.merged.as_str());
@@ -365,7 +382,13 @@ impl Inner {
                     Some(batch) => batch.new_profile(&canonical, commit.now_ms),
                     None => Profile::new(canonical.as_str(), commit.now_ms),
                 });
-                let revision = profile.revision + 1;
+                // A row the batch's links wrote is at its new revision
+                // already, as in PostgreSQL's `apply_changes`.
+                let revision = if written.contains_key(&canonical) {
+                    profile.revision
+                } else {
+                    profile.revision + 1
+                };
                 for key in &keys {
                     profile.apply(&commit.changes[*key], commit.now_ms);
                 }
@@ -377,6 +400,11 @@ impl Inner {
                 memberships.record(&set, &mut profile, &changed, commit.now_ms)?;
                 let json = profile.to_json()?;
                 table.insert(canonical.as_str(), json.as_str())?;
+                let changed = match written.remove(&canonical) {
+                    Some((_, linked)) => linked.then(&changed),
+                    None => changed,
+                };
+                written.insert(canonical.clone(), (keys, changed));
                 out.insert(canonical, profile);
             }
             let mut offsets = txn.open_table(OFFSETS)?;
@@ -384,11 +412,26 @@ impl Inner {
                 offsets.insert((commit.group, commit.topic, range.partition), range.next)?;
             }
         }
+        let newest_update = if self.updates.is_on() {
+            // In key order, as PostgreSQL's `write_updates` writes them.
+            let mut messages = Vec::new();
+            for (key, profile) in &out {
+                let (sources, changed) = &written[key];
+                let whole = survivors.contains(key);
+                let encoded =
+                    updates::encode(profile, (sources, commit.changes, whole), changed, &set)?;
+                messages.extend(encoded.into_iter().map(|m| (key.clone(), m)));
+            }
+            updates::append(&txn, &messages, updates::KEEP)?
+        } else {
+            None
+        };
         advance_timeline(&txn, commit)?;
         if commit.topic == INBOX_TOPIC {
             self.trim_inbox(&txn)?;
         }
         txn.commit()?;
+        self.updates.written(newest_update);
         Ok(CommitOutcome::Applied(out.into_values().collect()))
     }
 

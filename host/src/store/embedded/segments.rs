@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{EmbeddedStore, Inner, META, PROFILES};
+use super::{EmbeddedStore, Inner, META, PROFILES, updates};
 use crate::model::profile::Profile;
 use crate::segment::catalog::{DueRound, same_condition};
 use crate::segment::{
@@ -248,6 +248,7 @@ impl Inner {
         };
         let txn = self.db.begin_write()?;
         let mut out = BackfillPage::default();
+        let newest_update;
         {
             let mut segments = txn.open_table(SEGMENTS)?;
             let mut found = None;
@@ -263,6 +264,10 @@ impl Inner {
             let Some((name, mut row)) = found.filter(|(_, row)| !row.backfill_done) else {
                 return Ok(None);
             };
+            // As PostgreSQL's: a backfill's changes are published only
+            // when the segment asks for it.
+            let emit = row.emit_backfill && self.updates.is_on();
+            let mut messages = Vec::new();
             let mut memberships = Memberships::open(&txn)?;
             let mut profiles = txn.open_table(PROFILES)?;
             let start = row.backfill_after.clone().unwrap_or_default();
@@ -297,8 +302,13 @@ impl Inner {
                 profile.updated_at_ms = now_ms;
                 let document = profile.to_json()?;
                 profiles.insert(key.as_str(), document.as_str())?;
+                if emit {
+                    let encoded = updates::encode_memberships(&profile, &changes, &set)?;
+                    messages.extend(encoded.into_iter().map(|m| (key.clone(), m)));
+                }
                 out.changed.push(EncodedProfile::new(&profile, document));
             }
+            newest_update = updates::append(&txn, &messages, updates::KEEP)?;
             if let Some((last, _)) = page.last() {
                 row.backfill_after = Some(last.clone());
             }
@@ -307,6 +317,7 @@ impl Inner {
             segments.insert(name.as_str(), serde_json::to_string(&row)?.as_str())?;
         }
         txn.commit()?;
+        self.updates.written(newest_update);
         Ok(Some(out))
     }
 
@@ -314,6 +325,7 @@ impl Inner {
         let set = self.segments.load();
         let txn = self.db.begin_write()?;
         let mut round = DueRound::default();
+        let mut messages = Vec::new();
         {
             let mut memberships = Memberships::open(&txn)?;
             let entries: Vec<(i64, String)> = memberships
@@ -349,11 +361,17 @@ impl Inner {
                 let document = profile.to_json()?;
                 profiles.insert(key.as_str(), document.as_str())?;
                 if !changes.is_empty() {
+                    if self.updates.is_on() {
+                        let encoded = updates::encode_memberships(&profile, &changes, &set)?;
+                        messages.extend(encoded.into_iter().map(|m| (key.clone(), m)));
+                    }
                     round.changed.push(EncodedProfile::new(&profile, document));
                 }
             }
         }
+        let newest_update = updates::append(&txn, &messages, updates::KEEP)?;
         txn.commit()?;
+        self.updates.written(newest_update);
         Ok(round)
     }
 

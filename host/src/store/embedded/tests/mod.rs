@@ -14,6 +14,7 @@ use crate::plugin::ErrorKind;
 use crate::store::OffsetRange;
 
 mod source;
+mod updates;
 
 pub(super) fn event(key: &str, n: usize) -> OutgoingEvent {
     OutgoingEvent {
