@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,10 @@ use serde_json::Value;
 
 use support::db::TestDb;
 use support::hub::{ADMIN_TOKEN, PulseHub, SERIAL, tail};
-use support::kafka::{produce_in_flight, producer, topics};
+use support::kafka::{produce_in_flight, producer, read_records, topics};
 use support::plugins::{builtin_plugin_dir, chaos_package};
 use support::prometheus::metric_sum;
-use support::services::{kafka_brokers, redis_url};
+use support::services::{kafka_brokers, redis_url, unique};
 use support::workload::{KindCounts, USER_AGENTS, counted_events};
 
 /// A `pulsehub run` with Redis, admin uploads and a plugin registry the
@@ -780,4 +780,100 @@ async fn replays_resolve_merged_persons_through_their_links() {
     setup.wait_counts(&want).await;
     let report = summary(&setup.run(&["reconcile", "--all"]));
     assert_eq!(report["discrepancies"], 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_re_evaluates_segments_and_publishes_what_it_wrote() {
+    let _serial = SERIAL.lock().await;
+    let updates = unique("rewrites.updates");
+    pulsehub::kafka::ensure_topic(&kafka_brokers(), &updates, 2)
+        .await
+        .expect("create the updates topic");
+    let setup = Setup::start_with(&[("PULSEHUB_KAFKA_UPDATES_TOPIC", updates.as_str())]).await;
+    let (events, counts) = counted_events("rw", "p1", 40, 6, 2);
+    produce_in_flight(&producer(), &setup.topic, &events).await;
+    let views_only: KindCounts = counts
+        .iter()
+        .map(|(user, (views, _))| (user.clone(), (*views, 0)))
+        .collect();
+    setup.wait_counts(&views_only).await;
+    // A segment over an attribute no plugin wrote yet: empty.
+    let client = reqwest::Client::new();
+    let defined: Value = client
+        .put(setup.hub.url("/api/v1/segments/counted"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"condition": "chaos_count >= 2"}))
+        .send()
+        .await
+        .expect("PUT the segment")
+        .json()
+        .await
+        .expect("the segment");
+    assert_eq!(defined["members"], 0, "{defined}");
+
+    // The backfill writes `chaos_count` into the stored profiles: the
+    // segment follows, and the stream hears of it, as if events had come.
+    setup.upload_chaos("0.1.0", "").await;
+    let done = summary(&setup.run(&["backfill", "--plugin", "chaos"]));
+    assert_eq!(done["changed"], counts.len(), "{done}");
+    let expected: BTreeSet<String> = counts
+        .iter()
+        .filter(|(_, (_, counted))| *counted >= 2)
+        .map(|(user, _)| user.clone())
+        .collect();
+    assert!(!expected.is_empty());
+    let (status, page) = setup
+        .hub
+        .get_json("/api/v1/segments/counted/members?limit=1000")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let members: BTreeSet<String> = page["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|member| member.as_str().expect("a key").to_owned())
+        .collect();
+    assert_eq!(members, expected);
+    let profile = setup
+        .hub
+        .profile(expected.first().expect("one"))
+        .await
+        .expect("profile");
+    assert_eq!(
+        profile["segments"],
+        serde_json::json!(["counted"]),
+        "{profile}"
+    );
+
+    // The enrich role's relay publishes what the backfill's process wrote.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut entered = BTreeSet::new();
+        let mut counted = BTreeMap::new();
+        for record in read_records(&updates, Duration::from_secs(2)) {
+            let message: Value = serde_json::from_slice(&record.payload).expect("JSON");
+            let user = message["profile_id"].as_str().expect("id").to_owned();
+            if message["type"] == "segment.entered" && message["segment"] == "counted" {
+                entered.insert(user);
+            } else if let Some(n) = message["attributes"]["chaos_count"]["value"].as_i64() {
+                counted.insert(user, n);
+            }
+        }
+        let want: BTreeMap<String, i64> = counts
+            .iter()
+            .map(|(user, (_, counted))| (user.clone(), *counted))
+            .collect();
+        if entered == expected && counted == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "profile-updates: {} entered of {}, chaos_count for {} of {}",
+            entered.len(),
+            expected.len(),
+            counted.len(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -123,7 +123,7 @@ impl Replay {
                 },
             )?;
             let now = now_ms();
-            let profiles: Vec<Profile> = changes
+            let mut profiles: Vec<Profile> = changes
                 .iter()
                 .map(|(owner, changes)| {
                     let mut profile = cut
@@ -152,7 +152,7 @@ impl Replay {
             self.retire_cached(&profiles).await?;
             let refused = self
                 .store
-                .write_redriven(&self.group, &self.topic, &profiles, &outcomes)
+                .write_redriven(&self.group, &self.topic, &mut profiles, &outcomes)
                 .await?;
             self.refresh_cache(&profiles, &refused).await?;
             report.changed += (profiles.len() - refused.len()) as u64;

@@ -88,7 +88,10 @@ impl Replay {
                  asks the broker how far the archive role has read"
             );
         };
-        let store = PgStore::connect(database_url, 2)?;
+        let mut store = PgStore::connect(database_url, 2)?;
+        if config.activation.profile_updates {
+            store.write_outbox();
+        }
         let cache = match config.redis.url.as_deref() {
             Some(url) => {
                 let ttl = Duration::from_secs(config.redis.ttl_secs);
@@ -173,7 +176,7 @@ impl Replay {
                 writes.contains(name) || attribute.plugin == record.plugin
             };
             // Suppressed persons are left alone.
-            let profiles: Vec<Profile> = cut
+            let mut profiles: Vec<Profile> = cut
                 .owners_of(&pending)
                 .into_iter()
                 .filter(|key| !cut.suppressed.contains(*key))
@@ -194,7 +197,10 @@ impl Replay {
                 round: &round,
             };
             self.retire_cached(&profiles).await?;
-            let refused = self.store.write_recomputed(&profiles, Some(step)).await?;
+            let refused = self
+                .store
+                .write_recomputed(&mut profiles, Some(step))
+                .await?;
             self.refresh_cache(&profiles, &refused).await?;
             self.counts.changed += (profiles.len() - refused.len()) as u64;
             if refused.is_empty() {
@@ -279,7 +285,7 @@ impl Replay {
                 BTreeSet::new()
             } else {
                 self.retire_cached(&repaired).await?;
-                self.store.write_recomputed(&repaired, step).await?
+                self.store.write_recomputed(&mut repaired, step).await?
             };
             for profile in &repaired {
                 if !refused.contains(&profile.user_id) {

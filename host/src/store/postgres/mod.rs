@@ -56,6 +56,10 @@ pub struct PgStore {
     /// outbox (`activation.profile_updates` off, or a tool that writes no
     /// batches).
     updates: Option<Arc<Handoff>>,
+    /// Whether the writes put their `profile-updates` messages in the
+    /// outbox: set with `updates`, or alone in a tool's process, whose
+    /// writes the enrich role's relay publishes from the table.
+    outbox: bool,
     /// The segments the commits evaluate.
     segments: LiveSegments,
 }
@@ -77,6 +81,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             updates: None,
+            outbox: false,
             segments: LiveSegments::default(),
         })
     }
@@ -95,7 +100,63 @@ impl PgStore {
     /// messages in the returned handoff for this process's relay
     /// ([`crate::activation::relay`]).
     pub fn publish_updates(&mut self) -> Arc<Handoff> {
+        self.outbox = true;
         self.updates.get_or_insert_default().clone()
+    }
+
+    /// Makes a tool's writes (backfill, reconcile repair, rebuild,
+    /// re-drive: [`PgStore::write_recomputed`], [`PgStore::write_redriven`])
+    /// put their `profile-updates` messages in the outbox, which the enrich
+    /// role's relay publishes; the tool's process runs no relay.
+    pub fn write_outbox(&mut self) {
+        self.outbox = true;
+    }
+
+    /// Makes the segments stored now those the writes evaluate: a tool's
+    /// store has no watch keeping them live.
+    pub async fn refresh_segments(&self) -> StoreResult<()> {
+        crate::segment::Segments {
+            store: Arc::new(self.clone()),
+            live: self.segments.clone(),
+        }
+        .refresh()
+        .await?;
+        Ok(())
+    }
+
+    /// Writes profiles a tool recomputed over the revisions they were
+    /// computed from ([`write_profiles`]), as a commit would: each one's
+    /// memberships evaluated against every live segment and stored (in
+    /// `profiles` too, for the cache), and, when the store writes the
+    /// outbox, a `profile.updated` naming every attribute (a tool does not
+    /// track which of them its events changed) followed by a `segment.*`
+    /// message per membership it changed.
+    pub(crate) async fn write_rewritten(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        profiles: &mut [Profile],
+    ) -> StoreResult<Written> {
+        let segments = self.segments.load();
+        let now = crate::model::profile::now_ms();
+        let (memberships, due): (Vec<MembershipChanges>, Vec<Option<i64>>) = profiles
+            .iter_mut()
+            .map(|profile| {
+                let changed = segments.evaluate(profile, None::<[&str; 0]>, now);
+                (changed, segments.schedule(profile, now))
+            })
+            .unzip();
+        let written = write_profiles(tx, profiles, Some(&due)).await?;
+        let refused: HashSet<usize> = written.refused.iter().copied().collect();
+        let updated: Vec<Updated<'_>> = (0..profiles.len())
+            .filter(|i| !refused.contains(i))
+            .map(|i| (&profiles[i], &[][..], &memberships[i]))
+            .collect();
+        write_members(tx, &updated).await?;
+        if self.outbox {
+            let whole: HashSet<&str> = updated.iter().map(|(p, _, _)| p.user_id.as_str()).collect();
+            write_updates(tx, &updated, &ProfileChanges::default(), &whole, &segments).await?;
+        }
+        Ok(written)
     }
 
     /// The segments this store's commits evaluate, to keep live.
@@ -320,9 +381,11 @@ impl ProfileStore for PgStore {
             )
             .collect();
         write_members(&mut tx, &updated).await?;
-        let outbox = match &self.updates {
-            Some(_) => write_updates(&mut tx, &updated, commit.changes, &merges, &segments).await?,
-            None => None,
+        let outbox = if self.outbox {
+            let survivors: HashSet<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
+            write_updates(&mut tx, &updated, commit.changes, &survivors, &segments).await?
+        } else {
+            None
         };
         tx.commit().await.context("committing the batch")?;
         if let (Some(handoff), Some((id, messages))) = (&self.updates, outbox) {
@@ -931,13 +994,12 @@ async fn write_updates(
     tx: &mut Transaction<'_, Postgres>,
     updated: &[Updated<'_>],
     changes: &ProfileChanges,
-    merges: &[PlannedMerge],
+    whole: &HashSet<&str>,
     segments: &SegmentSet,
 ) -> StoreResult<Option<(i64, Vec<OutgoingEvent>)>> {
-    let survivors: HashSet<&str> = merges.iter().map(|m| m.survivor.as_str()).collect();
     let (mut ids, mut messages) = (Vec::new(), Vec::new());
     for &(profile, sources, memberships) in updated {
-        let whole = survivors.contains(profile.user_id.as_str());
+        let whole = whole.contains(profile.user_id.as_str());
         let update = ProfileUpdate::new(profile, sources, changes, whole);
         if memberships.is_empty() {
             let message = update

@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use super::{PgStore, write_profiles};
+use super::PgStore;
 use crate::model::profile::Profile;
 use crate::store::StoreResult;
 
@@ -70,16 +70,19 @@ impl PgStore {
         &self,
         group: &str,
         topic: &str,
-        profiles: &[Profile],
+        profiles: &mut [Profile],
         outcomes: &[RedriveOutcome],
     ) -> StoreResult<BTreeSet<String>> {
+        // What is defined now, as the enrich role evaluates it.
+        self.refresh_segments().await?;
         let mut tx = self.pool().begin().await.context("starting a write")?;
         let suppressed = super::privacy::suppressed_among(&mut tx, profiles).await?;
         if !suppressed.is_empty() {
             // Suppressed since the profiles were read: read them again.
             return Ok(suppressed);
         }
-        let refused = write_profiles(&mut tx, profiles, None)
+        let refused = self
+            .write_rewritten(&mut tx, profiles)
             .await?
             .refused_users(profiles);
         let kept: Vec<&RedriveOutcome> = outcomes

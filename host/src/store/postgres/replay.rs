@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context as _;
 use sqlx::Row as _;
 
-use super::{PgStore, owners, privacy, write_profiles};
+use super::{PgStore, owners, privacy};
 use crate::model::profile::Profile;
 use crate::replay::{BackfillRecord, Cut, Recorded, Redriven};
 use crate::store::StoreResult;
@@ -243,16 +243,19 @@ impl PgStore {
     /// When none was, `step` notes the page done in the same transaction.
     pub async fn write_recomputed(
         &self,
-        profiles: &[Profile],
+        profiles: &mut [Profile],
         step: Option<Step<'_>>,
     ) -> StoreResult<BTreeSet<String>> {
+        // What is defined now, as the enrich role evaluates it.
+        self.refresh_segments().await?;
         let mut tx = self.pool().begin().await.context("starting a write")?;
         let suppressed = privacy::suppressed_among(&mut tx, profiles).await?;
         if !suppressed.is_empty() {
             // Suppressed since the profiles were read: read them again.
             return Ok(suppressed);
         }
-        let refused = write_profiles(&mut tx, profiles, None)
+        let refused = self
+            .write_rewritten(&mut tx, profiles)
             .await?
             .refused_users(profiles);
         let changed = (profiles.len() - refused.len()) as i64;

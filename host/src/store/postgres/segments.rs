@@ -271,12 +271,11 @@ impl SegmentStore for PgStore {
                 .collect();
             write_members(&mut tx, &updated).await?;
         }
-        let outbox = match &self.updates {
-            Some(_) if emit => {
-                let changes = changed.iter().map(|(profile, m, ..)| (profile, m));
-                write_membership_updates(&mut tx, &set, changes).await?
-            }
-            _ => None,
+        let outbox = if self.outbox && emit {
+            let changes = changed.iter().map(|(profile, m, ..)| (profile, m));
+            write_membership_updates(&mut tx, &set, changes).await?
+        } else {
+            None
         };
         let done = page < limit;
         sqlx::query(
@@ -386,12 +385,11 @@ impl SegmentStore for PgStore {
             .map(|(profile, memberships)| (profile, &[][..], memberships))
             .collect();
         write_members(&mut tx, &updated).await?;
-        let outbox = match &self.updates {
-            Some(_) => {
-                let changes = changed.iter().map(|(profile, m)| (profile, m));
-                write_membership_updates(&mut tx, &set, changes).await?
-            }
-            None => None,
+        let outbox = if self.outbox {
+            let changes = changed.iter().map(|(profile, m)| (profile, m));
+            write_membership_updates(&mut tx, &set, changes).await?
+        } else {
+            None
         };
         tx.commit()
             .await
