@@ -814,6 +814,10 @@ async fn a_backfill_re_evaluates_segments_and_publishes_what_it_wrote() {
     // The backfill writes `chaos_count` into the stored profiles: the
     // segment follows, and the stream hears of it, as if events had come.
     setup.upload_chaos("0.1.0", "").await;
+    // The backfill starts once the enrich role ran the plugin on every
+    // partition: page views of other users, after the upload.
+    let (later, _) = counted_events("rw-later", "p2", 20, 1, 1);
+    produce_in_flight(&producer(), &setup.topic, &later).await;
     let done = summary(&setup.run(&["backfill", "--plugin", "chaos"]));
     assert_eq!(done["changed"], counts.len(), "{done}");
     let expected: BTreeSet<String> = counts
