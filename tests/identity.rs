@@ -18,8 +18,8 @@ use sqlx::Connection as _;
 
 use support::db::TestDb;
 use support::hub::{PulseHub, SERIAL};
-use support::kafka::{produce, producer, topics};
-use support::services::redis_url;
+use support::kafka::{produce, producer, read_records, topics};
+use support::services::{kafka_brokers, redis_url};
 use support::workload::{Rng, USER_AGENTS};
 
 const T0: i64 = 1_795_000_000_000;
@@ -648,6 +648,10 @@ async fn scalar(url: &str, sql: &'static str) -> i64 {
 async fn delete_forgets_a_merged_person_everywhere_and_suppress_drops_events_before_plugins() {
     let _serial = SERIAL.lock().await;
     let topic = topics(2).await;
+    let updates = format!("{topic}.updates");
+    pulsehub::kafka::ensure_topic(&kafka_brokers(), &updates, 2)
+        .await
+        .expect("create the updates topic");
     let database = TestDb::create().await;
     let redis = redis_url();
     let token = support::hub::ADMIN_TOKEN;
@@ -655,10 +659,22 @@ async fn delete_forgets_a_merged_person_everywhere_and_suppress_drops_events_bef
         &topic,
         database.url(),
         Some(&redis),
-        &[("PULSEHUB_ADMIN_TOKEN", token)],
+        &[
+            ("PULSEHUB_ADMIN_TOKEN", token),
+            ("PULSEHUB_KAFKA_UPDATES_TOPIC", updates.as_str()),
+        ],
         &[],
     );
     hub.wait_ready().await;
+    // Both persons join a segment; the deleted one must leave its members.
+    let (status, segment) = hub
+        .admin_json(
+            reqwest::Method::PUT,
+            "/api/v1/segments/viewers",
+            &json!({"condition": "page_views >= 1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{segment}");
     let (gone, stays) = (Person::new("gone"), Person::new("stays"));
     let producer = producer();
     let mut produced = 0;
@@ -726,6 +742,8 @@ async fn delete_forgets_a_merged_person_everywhere_and_suppress_drops_events_bef
     assert_one_profile(&hub, &stays, 25).await;
 
     // Delete the merged person, by the user id.
+    let members = || scalar(database.url(), "SELECT count(*) FROM segment_members");
+    assert_eq!(members().await, 2, "both persons are in the segment");
     let deleted = hub.privacy("delete", &[("user_id", &gone.user)]).await;
     let removed = &deleted["result"]["removed"];
     assert_eq!(removed["postgres"]["profiles"], 1, "{deleted}");
@@ -750,7 +768,38 @@ async fn delete_forgets_a_merged_person_everywhere_and_suppress_drops_events_bef
         count("SELECT count(*) FROM profile_merges WHERE event_id LIKE 'gone-%'").await,
         0
     );
+    // The stream says so, for whoever kept copies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let deleted: Vec<Value> = read_records(&updates, Duration::from_secs(2))
+            .iter()
+            .map(|record| serde_json::from_slice(&record.payload).expect("JSON"))
+            .filter(|message: &Value| message["type"] == "profile.deleted")
+            .collect();
+        if !deleted.is_empty() {
+            // One per row removed: the profile and each identifier's pointer.
+            let rows = removed["postgres"]["profiles"].as_u64().unwrap_or(0)
+                + removed["postgres"]["pointers"].as_u64().unwrap_or(0);
+            assert_eq!(deleted.len() as u64, rows, "{deleted:?}");
+            assert!(
+                deleted
+                    .iter()
+                    .any(|m| m["profile_id"] == gone.user.as_str()),
+                "{deleted:?}"
+            );
+            assert!(
+                !deleted
+                    .iter()
+                    .any(|m| m["profile_id"] == stays.user.as_str()),
+                "{deleted:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no profile.deleted on {updates}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The other person is whole.
+    assert_eq!(members().await, 1, "the deleted person left the segment");
     assert_eq!(
         count("SELECT count(*) FROM events WHERE payload::text LIKE '%stays-%'").await,
         26

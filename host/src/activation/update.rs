@@ -19,6 +19,35 @@ pub const PROFILE_UPDATED: &str = "profile.updated";
 pub const SEGMENT_ENTERED: &str = "segment.entered";
 /// The `type` of a message that a commit took a profile out of a segment.
 pub const SEGMENT_EXITED: &str = "segment.exited";
+/// The `type` of a message that a privacy request deleted a profile.
+pub const PROFILE_DELETED: &str = "profile.deleted";
+
+/// A profile deleted by a privacy request (contract §3a): whoever kept a
+/// copy of it, or of the messages about it, deletes them. It leaves every
+/// segment with it; no `segment.exited` is sent.
+#[derive(Debug, Serialize)]
+pub struct ProfileDeleted<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub profile_id: &'a str,
+    /// One above the last revision the profile had.
+    pub revision: i64,
+    /// When it was deleted (RFC 3339).
+    pub at: String,
+}
+
+impl<'a> ProfileDeleted<'a> {
+    /// The message of deleting `profile_id`, whose last revision was
+    /// `revision`, at `now_ms`.
+    pub fn encode(profile_id: &'a str, revision: i64, now_ms: i64) -> serde_json::Result<String> {
+        serde_json::to_string(&ProfileDeleted {
+            kind: PROFILE_DELETED,
+            profile_id,
+            revision: revision + 1,
+            at: format_millis(now_ms),
+        })
+    }
+}
 
 /// One message, as published.
 #[derive(Debug, Serialize)]

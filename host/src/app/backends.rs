@@ -161,6 +161,11 @@ async fn services(config: &Config, role: Role, metrics: &Arc<Metrics>) -> anyhow
         bail!("services mode needs `kafka.brokers` and `database.url`");
     };
     let mut store = PgStore::connect(url, config.database.max_connections)?;
+    if config.activation.profile_updates {
+        // Every role's writes (a privacy request's too) go to the outbox;
+        // the enrich role's relay publishes them.
+        store.write_outbox();
+    }
     let updates =
         (role.enrich() && config.activation.profile_updates).then(|| store.publish_updates());
     if config.database.migrate {

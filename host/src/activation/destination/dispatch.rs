@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog::{Destination, DestinationStore, Tally};
 use super::deliver::{Outcome, Sender};
-use crate::activation::update::PROFILE_UPDATED;
+use crate::activation::update::{PROFILE_DELETED, PROFILE_UPDATED};
 use crate::kafka::{LogContext, client_config};
 use crate::model::event::format_millis;
 use crate::model::profile::now_ms;
@@ -313,6 +313,10 @@ impl Worker {
             tracing::warn!(destination = %self.destination.name, "a profile-updates message does not parse; skipped");
             return false;
         };
+        if head.kind == PROFILE_DELETED {
+            // Whoever holds copies of a profile must hear it is gone.
+            return true;
+        }
         let target = &self.destination.target;
         if !target.events.iter().any(|kind| *kind == head.kind) {
             return false;

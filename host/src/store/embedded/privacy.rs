@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde_json::Value;
 
-use super::{ARCHIVE, EmbeddedStore, Inner, MERGES, META, PROFILES, read_chain};
+use super::{ARCHIVE, EmbeddedStore, Inner, MERGES, META, PROFILES, read_chain, segments, updates};
+use crate::activation::update::ProfileDeleted;
 use crate::model::event::format_millis;
 use crate::model::identity::{self, Identifier};
 use crate::model::profile::Profile;
@@ -86,14 +87,33 @@ impl Inner {
         }
         let (profiles, keys) = person(&txn, &request.keys)?;
         let found = profiles.len();
+        let mut newest_update = None;
         let done = match request.kind {
             RequestKind::Suppress => Done::Suppressed(suppress(&txn, &keys, id)?),
             RequestKind::Unsuppress => Done::Unsuppressed(unsuppress(&txn, &keys)?),
-            RequestKind::Delete => Done::Deleted {
-                suppressed: suppress(&txn, &keys, id)?,
-                store: "embedded",
-                removed: delete(&txn, &keys)?,
-            },
+            RequestKind::Delete => {
+                let suppressed = suppress(&txn, &keys, id)?;
+                let (removed, rows) = delete(&txn, &keys)?;
+                if self.updates.is_on() {
+                    // The log keeps nothing of the person but that they
+                    // were deleted.
+                    updates::forget(&txn, &keys)?;
+                    let messages = rows
+                        .iter()
+                        .map(|row| {
+                            let message =
+                                ProfileDeleted::encode(&row.user_id, row.revision, now_ms)?;
+                            Ok((row.user_id.clone(), message))
+                        })
+                        .collect::<serde_json::Result<Vec<_>>>()?;
+                    newest_update = updates::append(&txn, &messages, updates::KEEP)?;
+                }
+                Done::Deleted {
+                    suppressed,
+                    store: "embedded",
+                    removed,
+                }
+            }
             RequestKind::Export => export(&txn, profiles, &keys)?,
         };
         let result = outcome(found, keys.len(), done);
@@ -103,6 +123,7 @@ impl Inner {
         txn.open_table(REQUESTS)?
             .insert(row, serde_json::to_string(&request)?.as_str())?;
         txn.commit()?;
+        self.updates.written(newest_update);
         // No cache to clear: the embedded store is the only copy.
         Ok(Some(Applied {
             result,
@@ -219,8 +240,14 @@ fn unsuppress(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result
     Ok(gone.len() as u64)
 }
 
-fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Removed> {
+/// Deletes the person's rows, memberships, merges and archived events;
+/// returns what it removed and the rows deleted.
+fn delete(
+    txn: &WriteTransaction,
+    keys: &BTreeSet<String>,
+) -> anyhow::Result<(Removed, Vec<Profile>)> {
     let (mut profiles, mut pointers) = (0, 0);
+    let mut rows = Vec::new();
     {
         let mut table = txn.open_table(PROFILES)?;
         for key in keys {
@@ -230,8 +257,12 @@ fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Rem
                     Some(_) => pointers += 1,
                     None => profiles += 1,
                 }
+                rows.push(row);
             }
         }
+    }
+    for row in &rows {
+        segments::forget(txn, row)?;
     }
     let merges = {
         let mut table = txn.open_table(MERGES)?;
@@ -263,12 +294,13 @@ fn delete(txn: &WriteTransaction, keys: &BTreeSet<String>) -> anyhow::Result<Rem
         }
         gone.len()
     };
-    Ok(Removed {
+    let removed = Removed {
         profiles,
         pointers,
         merges: merges as u64,
         archived_events: events as u64,
-    })
+    };
+    Ok((removed, rows))
 }
 
 /// The fields of an archive row an export and a delete read.

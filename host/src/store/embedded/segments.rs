@@ -114,6 +114,20 @@ impl<'t> Memberships<'t> {
     }
 }
 
+/// Takes a deleted profile out of every segment it was in and out of the
+/// schedule.
+pub(super) fn forget(txn: &redb::WriteTransaction, profile: &Profile) -> anyhow::Result<()> {
+    let mut members = txn.open_table(SEGMENT_MEMBERS)?;
+    for &id in &profile.segments {
+        members.remove((id, profile.user_id.as_str()))?;
+    }
+    if let Some(due) = profile.segments_due_ms {
+        txn.open_table(DUE)?
+            .remove((due, profile.user_id.as_str()))?;
+    }
+    Ok(())
+}
+
 /// Removes every member of segment `id`.
 fn drop_members(txn: &redb::WriteTransaction, id: u32) -> anyhow::Result<()> {
     let mut members = txn.open_table(SEGMENT_MEMBERS)?;

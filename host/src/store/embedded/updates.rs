@@ -125,6 +125,17 @@ pub(super) fn append(
     Ok(Some(newest))
 }
 
+/// Drops every message of the profiles `keys` from the log (a privacy
+/// `delete`): a scan of the log, which holds at most [`KEEP`] messages.
+pub(super) fn forget(
+    txn: &WriteTransaction,
+    keys: &std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    let mut table = txn.open_table(UPDATES)?;
+    table.retain(|_, (profile_id, _)| !keys.contains(profile_id))?;
+    Ok(())
+}
+
 impl Inner {
     fn read_updates(&self, after: u64, limit: usize) -> anyhow::Result<UpdatePage> {
         let txn = self.db.begin_read()?;

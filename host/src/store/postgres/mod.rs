@@ -104,10 +104,11 @@ impl PgStore {
         self.updates.get_or_insert_default().clone()
     }
 
-    /// Makes a tool's writes (backfill, reconcile repair, rebuild,
+    /// Makes this store's writes put their `profile-updates` messages in
+    /// the outbox, which the enrich role's relay publishes, in a process
+    /// that runs no relay: a tool's (backfill, reconcile repair, rebuild,
     /// re-drive: [`PgStore::write_recomputed`], [`PgStore::write_redriven`])
-    /// put their `profile-updates` messages in the outbox, which the enrich
-    /// role's relay publishes; the tool's process runs no relay.
+    /// or a role's that carries out privacy requests.
     pub fn write_outbox(&mut self) {
         self.outbox = true;
     }
@@ -1020,7 +1021,7 @@ async fn write_updates(
 
 /// Writes one `profile-updates` outbox row of `messages`, each keyed by the
 /// profile id at the same index; `None` when there are none.
-async fn write_outbox(
+pub(super) async fn write_outbox(
     tx: &mut Transaction<'_, Postgres>,
     ids: Vec<&str>,
     messages: Vec<String>,

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 
-use super::PgStore;
+use super::{PgStore, write_outbox};
+use crate::activation::update::ProfileDeleted;
 use crate::model::event::format_millis;
 use crate::model::identity::Identifier;
 use crate::model::profile::Profile;
@@ -178,12 +179,21 @@ impl PrivacyStore for PgStore {
         let (profiles, keys) = person(&mut tx, &request.keys).await?;
         let found = profiles.len();
         let mut cache_keys = Vec::new();
+        let mut outbox = None;
         let done = match request.kind {
             RequestKind::Suppress => Done::Suppressed(suppress(&mut tx, &keys, id, now_ms).await?),
             RequestKind::Unsuppress => Done::Unsuppressed(unsuppress(&mut tx, &keys).await?),
             RequestKind::Delete => {
                 let suppressed = suppress(&mut tx, &keys, id, now_ms).await?;
-                let removed = delete(&mut tx, &keys).await?;
+                let (removed, deleted) = delete(&mut tx, &keys, now_ms).await?;
+                if self.outbox {
+                    let (ids, messages): (Vec<&str>, Vec<String>) = deleted
+                        .messages
+                        .iter()
+                        .map(|(id, message)| (id.as_str(), message.clone()))
+                        .unzip();
+                    outbox = write_outbox(&mut tx, ids, messages).await?;
+                }
                 cache_keys = keys.iter().cloned().collect();
                 Done::Deleted {
                     suppressed,
@@ -234,6 +244,9 @@ impl PrivacyStore for PgStore {
         tx.commit()
             .await
             .with_context(|| format!("committing privacy request {id}"))?;
+        if let (Some(handoff), Some((row, messages))) = (&self.updates, outbox) {
+            handoff.put(row, messages);
+        }
         Ok(Some(Applied { result, cache_keys }))
     }
 
@@ -373,15 +386,53 @@ async fn unsuppress(
 async fn delete(
     tx: &mut Transaction<'_, Postgres>,
     keys: &BTreeSet<String>,
-) -> StoreResult<Removed> {
+    now_ms: i64,
+) -> StoreResult<(Removed, Deleted)> {
     let keys: Vec<&String> = keys.iter().collect();
-    let rows: Vec<bool> = sqlx::query_scalar(
-        "DELETE FROM profiles WHERE user_id = ANY($1) RETURNING merged_into IS NULL",
+    let rows = sqlx::query(
+        "DELETE FROM profiles WHERE user_id = ANY($1) \
+         RETURNING user_id, revision, merged_into IS NULL AS canonical, \
+                   coalesce(profile->'segments', '[]')::text AS segments",
     )
     .bind(&keys)
     .fetch_all(&mut **tx)
     .await
     .context("deleting a person's profile rows")?;
+    let mut deleted = Deleted::default();
+    let mut canonical = 0;
+    let (mut member_segments, mut members) = (Vec::new(), Vec::new());
+    for row in &rows {
+        let user: String = row.try_get("user_id").context("a deleted row's key")?;
+        let revision: i64 = row
+            .try_get("revision")
+            .context("a deleted row's revision")?;
+        if row.try_get("canonical").context("a deleted row's kind")? {
+            canonical += 1;
+        }
+        let segments: String = row
+            .try_get("segments")
+            .context("a deleted row's segments")?;
+        let ids: Vec<i32> = serde_json::from_str(&segments)
+            .with_context(|| format!("the segments of profile {user} are unreadable"))?;
+        for id in ids {
+            member_segments.push(id);
+            members.push(user.clone());
+        }
+        let message = ProfileDeleted::encode(&user, revision, now_ms)
+            .context("encoding a profile.deleted message")?;
+        deleted.messages.push((user, message));
+    }
+    // The person leaves every segment's member list with the rows.
+    sqlx::query(
+        "DELETE FROM segment_members m \
+         USING UNNEST($1::integer[], $2::text[]) AS x(segment_id, user_id) \
+         WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id",
+    )
+    .bind(&member_segments)
+    .bind(&members)
+    .execute(&mut **tx)
+    .await
+    .context("deleting a person's segment memberships")?;
     let merges =
         sqlx::query("DELETE FROM profile_merges WHERE survivor = ANY($1) OR merged = ANY($1)")
             .bind(&keys)
@@ -395,13 +446,22 @@ async fn delete(
         .await
         .context("deleting a person's archived events")?
         .rows_affected();
-    let profiles = rows.iter().filter(|&&profile| profile).count() as u64;
-    Ok(Removed {
-        profiles,
-        pointers: rows.len() as u64 - profiles,
-        merges,
-        archived_events: events,
-    })
+    let profiles = canonical as u64;
+    Ok((
+        Removed {
+            profiles,
+            pointers: rows.len() as u64 - profiles,
+            merges,
+            archived_events: events,
+        },
+        deleted,
+    ))
+}
+
+/// The `profile.deleted` messages of a deletion: (profile id, JSON).
+#[derive(Debug, Default)]
+struct Deleted {
+    messages: Vec<(String, String)>,
 }
 
 /// Everything stored about the person.

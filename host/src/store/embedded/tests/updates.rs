@@ -210,3 +210,63 @@ async fn memberships_time_and_backfills_change_are_written_too() {
     );
     assert_eq!(backfilled[1].2["segment"], "loud");
 }
+
+#[tokio::test]
+async fn a_deletion_leaves_nothing_of_the_person_but_that_they_were_deleted() {
+    use crate::model::identity::Identifier;
+    use crate::privacy::{PrivacyStore, RequestKind};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EmbeddedStore::open(dir.path()).expect("opens");
+    store.publish_updates();
+    let fans = define(&store, "fans", "views >= 1", false).await;
+    let batch = changes(&[
+        ("u-1", "views", change(Op::Increment(1), "e1", 10)),
+        ("u-2", "views", change(Op::Increment(2), "e2", 20)),
+    ]);
+    commit(&store, "enrich", &batch, None, 2).await;
+    let members = store.members(fans, None, 10).await.expect("members");
+    assert_eq!(members, ["u-1", "u-2"]);
+
+    let request = store
+        .submit(
+            RequestKind::Delete,
+            &[Identifier::new("user_id", "u-1")],
+            &["u-1".to_owned()],
+            "test",
+            5_000,
+        )
+        .await
+        .expect("submitted");
+    store
+        .apply(request.id, 5_000)
+        .await
+        .expect("applied")
+        .expect("pending until now");
+
+    // Out of the segment, with no exit announced...
+    assert_eq!(
+        store.members(fans, None, 10).await.expect("members"),
+        ["u-2"]
+    );
+    assert_eq!(store.member_count(fans).await.expect("count"), 1);
+    // ...and the log holds only that u-1 was deleted, after u-2's messages.
+    let log = messages(&page(&store, 0).await);
+    let about_u1: Vec<&Json> = log
+        .iter()
+        .filter(|(_, id, _)| id == "u-1")
+        .map(|(_, _, json)| json)
+        .collect();
+    assert_eq!(
+        about_u1,
+        [
+            &json!({"type": "profile.deleted", "profile_id": "u-1", "revision": 2,
+                 "at": "1970-01-01T00:00:05.000Z"})
+        ]
+    );
+    assert_eq!(
+        log.iter().filter(|(_, id, _)| id == "u-2").count(),
+        2,
+        "u-2's profile.updated and segment.entered stay"
+    );
+}
