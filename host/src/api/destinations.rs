@@ -179,7 +179,7 @@ pub(super) struct PageQuery {
         (status = 400, description = "The name or the definition is invalid", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "The body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "This process runs no profile-updates stream (embedded mode, or `activation.profile_updates` off)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "This process has no destinations (`destinations-unavailable`): the embedded mode, or `activation.profile_updates` off", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -282,8 +282,7 @@ fn check(asked: NewDestination, allow_private: bool) -> Result<Target, String> {
         (status = 204, description = "Deleted, with its dead letters; deliveries stop within a second"),
         (status = 400, description = "The name is not a destination name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No destination has this name", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "This process runs no profile-updates stream", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No destination has this name, or this process has none (`destinations-unavailable`: the embedded mode, or the stream off)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -316,7 +315,7 @@ pub(super) async fn delete(
     responses(
         (status = 200, description = "Every destination, by name", body = DestinationList),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "This process runs no profile-updates stream", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "This process has no destinations (`destinations-unavailable`): the embedded mode, or `activation.profile_updates` off", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -341,8 +340,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Destinati
         (status = 200, description = "The destination: what it receives, its state and counters", body = DestinationBody),
         (status = 400, description = "The name is not a destination name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No destination has this name", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "This process runs no profile-updates stream", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No destination has this name, or this process has none (`destinations-unavailable`: the embedded mode, or the stream off)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -369,8 +367,7 @@ pub(super) async fn get_one(
         (status = 200, description = "One page of dead letters, oldest first", body = DeadLetterPage),
         (status = 400, description = "The name or the query is invalid", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No destination has this name", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "This process runs no profile-updates stream", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No destination has this name, or this process has none (`destinations-unavailable`: the embedded mode, or the stream off)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -423,8 +420,7 @@ pub(super) async fn dead_letters(
         (status = 200, description = "Sent (once, signed anew, same `webhook-id`) and acknowledged; the dead letter is gone", body = Resent),
         (status = 400, description = "The name or the id is invalid", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such destination or dead letter", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "This process runs no profile-updates stream", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such destination or dead letter, or this process has no destinations (`destinations-unavailable`)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The receiver did not acknowledge it; the dead letter is kept", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),

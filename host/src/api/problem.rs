@@ -300,7 +300,9 @@ impl Problem {
     }
 
     pub fn destinations_unavailable() -> Self {
-        let status = StatusCode::NOT_IMPLEMENTED;
+        // Not found rather than 501: in this process there are no
+        // destinations to find.
+        let status = StatusCode::NOT_FOUND;
         Self::new(
             status,
             types::DESTINATIONS_UNAVAILABLE,

@@ -24,7 +24,7 @@ use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, Problem};
 use crate::activation::feed::{StoredUpdate, UpdateFeed};
@@ -54,6 +54,24 @@ pub enum UpdateStream {
     Off,
 }
 
+/// One server-sent event of the stream, as a client's parser reads it.
+#[derive(Debug, ToSchema)]
+#[expect(
+    dead_code,
+    reason = "never built: the document's shape of what the stream writes"
+)]
+pub(super) struct ProfileUpdateEvent {
+    /// The message's sequence number (absent on a `gap` event).
+    #[schema(nullable = false)]
+    id: Option<String>,
+    /// `profile.updated`, `segment.entered`, `segment.exited`,
+    /// `profile.deleted`, or `gap`.
+    event: String,
+    /// The message's JSON, as on the `profile-updates` topic; for `gap`,
+    /// `{"oldest": N}`.
+    data: String,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -80,10 +98,10 @@ pub(super) struct StreamQuery {
             description = "The `id` of the last event read: the stream resumes after it"),
     ),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String,
+        (status = 200, content_type = "text/event-stream", body = ProfileUpdateEvent,
             description = "Server-sent events, one per message: `id` the message's sequence \
                 number, `event` its `type` (`profile.updated`, `segment.entered`, \
-                `segment.exited`), `data` its JSON as on the `profile-updates` topic. First, \
+                `segment.exited`, `profile.deleted`), `data` its JSON as on the `profile-updates` topic. First, \
                 when the messages right after the position asked for are no longer kept, an \
                 event `gap` with data `{\"oldest\": N}`: the stream goes on from message N. \
                 A comment every 15 s while idle."),
