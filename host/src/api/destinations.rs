@@ -199,7 +199,7 @@ pub(super) async fn put(
              \"events\": [\"segment.entered\"]}}): {error}"
         ))
     })?;
-    let target = check(asked, destinations.allow_private)
+    let target = check(asked, destinations.sender.allows_private())
         .map_err(|why| Problem::invalid_destination(&why))?;
     let put = destinations
         .store

@@ -265,7 +265,6 @@ async fn services(config: &Config, role: Role, metrics: &Arc<Metrics>) -> anyhow
                 activation.allow_private_networks,
             )
             .context("building the webhook client")?,
-            allow_private: activation.allow_private_networks,
         })
     } else {
         None

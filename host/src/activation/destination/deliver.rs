@@ -55,6 +55,12 @@ impl Sender {
         })
     }
 
+    /// Whether it may reach loopback and private addresses
+    /// (`activation.allow_private_networks`).
+    pub fn allows_private(&self) -> bool {
+        self.allow_private
+    }
+
     /// Posts `body`, signed with `secrets` under `id` and the current
     /// time; returns what came of it and how long the receiver took.
     pub async fn send(

@@ -104,6 +104,10 @@ impl Dispatcher {
         destinations: Vec<Destination>,
         stop: &CancellationToken,
     ) {
+        let stored: std::collections::HashSet<String> = destinations
+            .iter()
+            .map(|destination| destination.name.clone())
+            .collect();
         let mut wanted: HashMap<String, Destination> = destinations
             .into_iter()
             .filter(|destination| destination.disabled.is_none())
@@ -115,7 +119,11 @@ impl Dispatcher {
             });
             if !keep {
                 worker.stop.cancel();
-                if !wanted.contains_key(name) {
+                if !stored.contains(name) {
+                    // Deleted: its series go with it.
+                    self.metrics.destinations.forget(name);
+                } else if !wanted.contains_key(name) {
+                    // Disabled: nothing is behind any more.
                     self.metrics.destinations.lag(name, Duration::ZERO);
                 }
             }

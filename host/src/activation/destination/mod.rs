@@ -26,8 +26,6 @@ pub use deliver::{Outcome, Sender};
 pub struct Destinations {
     pub store: DestinationStore,
     pub sender: Sender,
-    /// `activation.allow_private_networks`: checked when one is put.
-    pub allow_private: bool,
 }
 
 /// Reads a retry schedule: delays separated by commas, each a number and

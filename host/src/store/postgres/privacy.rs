@@ -188,7 +188,6 @@ impl PrivacyStore for PgStore {
                 let (removed, deleted) = delete(&mut tx, &keys, now_ms).await?;
                 if self.outbox {
                     let (ids, messages): (Vec<&str>, Vec<String>) = deleted
-                        .messages
                         .iter()
                         .map(|(id, message)| (id.as_str(), message.clone()))
                         .unzip();
@@ -387,7 +386,7 @@ async fn delete(
     tx: &mut Transaction<'_, Postgres>,
     keys: &BTreeSet<String>,
     now_ms: i64,
-) -> StoreResult<(Removed, Deleted)> {
+) -> StoreResult<(Removed, Vec<(String, String)>)> {
     let keys: Vec<&String> = keys.iter().collect();
     let rows = sqlx::query(
         "DELETE FROM profiles WHERE user_id = ANY($1) \
@@ -398,7 +397,8 @@ async fn delete(
     .fetch_all(&mut **tx)
     .await
     .context("deleting a person's profile rows")?;
-    let mut deleted = Deleted::default();
+    // One `profile.deleted` message per row: (profile id, JSON).
+    let mut deleted = Vec::with_capacity(rows.len());
     let mut canonical = 0;
     let (mut member_segments, mut members) = (Vec::new(), Vec::new());
     for row in &rows {
@@ -420,7 +420,7 @@ async fn delete(
         }
         let message = ProfileDeleted::encode(&user, revision, now_ms)
             .context("encoding a profile.deleted message")?;
-        deleted.messages.push((user, message));
+        deleted.push((user, message));
     }
     // The person leaves every segment's member list with the rows.
     sqlx::query(
@@ -456,12 +456,6 @@ async fn delete(
         },
         deleted,
     ))
-}
-
-/// The `profile.deleted` messages of a deletion: (profile id, JSON).
-#[derive(Debug, Default)]
-struct Deleted {
-    messages: Vec<(String, String)>,
 }
 
 /// Everything stored about the person.
