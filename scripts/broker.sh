@@ -44,8 +44,12 @@ install() {
   flock 9
   if ! command -v nisshi >/dev/null 2>&1; then
     # nisshi needs rustc >= 1.96, newer than the project's stable toolchain.
-    echo "nisshi is not installed: installing nisshi $nisshi_version (about 10 minutes)" >&2
-    cargo +nightly install nisshi --version "$nisshi_version" --locked
+    # Only the object-store engine (which holds memory://): the default
+    # features add SQLite (C sources), libSQL and PostgreSQL engines, which
+    # the in-memory broker never uses and which cost minutes to build.
+    echo "nisshi is not installed: installing nisshi $nisshi_version (several minutes)" >&2
+    cargo +nightly install nisshi --version "$nisshi_version" --locked \
+      --no-default-features --features dynostore
   fi
   flock -u 9
 }

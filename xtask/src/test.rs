@@ -1,15 +1,19 @@
 //! `cargo xtask test`: everything CI checks, in the order a developer wants
-//! to hear about failures: plugins build, services up, the monitoring files,
-//! formatting, lints, tests, the README's run command (with schemathesis
-//! against the API document it serves), benches compile.
+//! to hear about failures: plugins build, the monitoring files, formatting,
+//! lints, the tests compile, services up, tests, the README's run command
+//! (with schemathesis against the API document it serves), benches compile.
+//! Each step prints the seconds since the start when it ends.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-/// Each step is a cargo command run from the workspace root.
-const STEPS: &[&[&str]] = &[
+/// Checks that need no services, each a cargo command run from the
+/// workspace root, before the services start: the broker builds (on a fresh
+/// machine) while these compile.
+const CHECKS: &[&[&str]] = &[
     &["fmt", "--all", "--", "--check"],
     &[
         "clippy",
@@ -22,43 +26,54 @@ const STEPS: &[&[&str]] = &[
     // Release, like the benches: tests compile real components with
     // Cranelift, which is many times faster optimised, and the benches then
     // reuse the same build.
-    &["test", "--workspace", "--release"],
+    &["test", "--workspace", "--release", "--no-run"],
 ];
+
+/// With the services up.
+const TESTS: &[&str] = &["test", "--workspace", "--release"];
 
 /// After the smoke step.
 const LAST: &[&str] = &["bench", "--workspace", "--no-run"];
 
 pub fn run(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let at = || format!("{:.0} s", started.elapsed().as_secs_f64());
     crate::plugins::build_all(root)?;
-    // The integration tests talk to a real PostgreSQL, Redis and Kafka-protocol
-    // broker; this starts whichever is not running (and installs the broker).
-    println!("xtask: scripts/services.sh");
-    let status = Command::new("bash")
-        .arg(root.join("scripts/services.sh"))
-        .current_dir(root)
-        .status()
-        .context("cannot run scripts/services.sh")?;
-    if !status.success() {
-        bail!("scripts/services.sh failed ({status}): the test services are not available");
-    }
+    println!("xtask: plugins built at {}", at());
     // The Prometheus configuration, alert rules (with their unit tests) and
     // the Grafana dashboard that docker-compose.yml runs.
-    println!("xtask: scripts/check-deploy.sh");
-    let status = Command::new("bash")
-        .arg(root.join("scripts/check-deploy.sh"))
-        .current_dir(root)
-        .status()
-        .context("cannot run scripts/check-deploy.sh")?;
-    if !status.success() {
-        bail!("scripts/check-deploy.sh failed ({status})");
-    }
+    script(root, "scripts/check-deploy.sh")?;
     let wasip2 = add_wasip2_target(root);
-    for step in STEPS {
+    for step in CHECKS {
         cargo(root, step, wasip2)?;
+        println!("xtask: cargo {} done at {}", step[0], at());
     }
+    // The integration tests talk to a real PostgreSQL, Redis and Kafka-protocol
+    // broker; this starts whichever is not running (and installs the broker).
+    script(root, "scripts/services.sh")?;
+    println!("xtask: services up at {}", at());
+    cargo(root, TESTS, wasip2)?;
+    println!("xtask: tests done at {}", at());
     println!("xtask: smoke: the README's run command");
     crate::smoke::run(root)?;
-    cargo(root, LAST, false)
+    println!("xtask: smoke done at {}", at());
+    cargo(root, LAST, false)?;
+    println!("xtask: all passed in {}", at());
+    Ok(())
+}
+
+/// Runs a bash script of the repository; its failure fails the run.
+fn script(root: &Path, path: &str) -> Result<()> {
+    println!("xtask: {path}");
+    let status = Command::new("bash")
+        .arg(root.join(path))
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot run {path}"))?;
+    if !status.success() {
+        bail!("{path} failed ({status})");
+    }
+    Ok(())
 }
 
 /// Adds rustup's `wasm32-wasip2` target, Rust's own route to a component,
