@@ -581,45 +581,56 @@ fn evaluate_segments<'p, 'c: 'p>(
 /// and the memberships it changed.
 type Updated<'p> = (&'p Profile, &'p [&'p String], &'p MembershipChanges);
 
-/// Stores the memberships a commit changed in `segment_members`, in one
-/// statement.
+/// Stores the memberships a commit changed in `segment_members`: one
+/// statement for those left, one for those entered, each skipped when
+/// there are none. Rows go in key order, so that consecutive ones land on
+/// the same index pages (a batch of new profiles enters tens of thousands
+/// of memberships; in random order each insert searches the index from
+/// afar).
 async fn write_members(
     tx: &mut Transaction<'_, Postgres>,
     updated: &[Updated<'_>],
 ) -> StoreResult<()> {
-    let (mut entered, mut entered_by) = (Vec::new(), Vec::new());
-    let (mut exited, mut exited_by) = (Vec::new(), Vec::new());
+    let (mut entered, mut exited) = (Vec::new(), Vec::new());
     for (profile, _, changed) in updated {
-        for &id in &changed.entered {
-            entered.push(id as i32);
-            entered_by.push(profile.user_id.as_str());
-        }
-        for &id in &changed.exited {
-            exited.push(id as i32);
-            exited_by.push(profile.user_id.as_str());
-        }
+        let user = profile.user_id.as_str();
+        entered.extend(changed.entered.iter().map(|&id| (id as i32, user)));
+        exited.extend(changed.exited.iter().map(|&id| (id as i32, user)));
     }
-    if entered.is_empty() && exited.is_empty() {
-        return Ok(());
+    if !exited.is_empty() {
+        let (ids, users) = key_order(exited);
+        sqlx::query(
+            "DELETE FROM segment_members m \
+             USING UNNEST($1::integer[], $2::text[]) AS x(segment_id, user_id) \
+             WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .execute(&mut **tx)
+        .await
+        .context("removing the segment memberships the batch's profiles left")?;
     }
-    sqlx::query(
-        "WITH exited AS ( \
-             DELETE FROM segment_members m \
-             USING UNNEST($3::integer[], $4::text[]) AS x(segment_id, user_id) \
-             WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id \
-         ) \
-         INSERT INTO segment_members (segment_id, user_id) \
-         SELECT * FROM UNNEST($1::integer[], $2::text[]) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&entered)
-    .bind(&entered_by)
-    .bind(&exited)
-    .bind(&exited_by)
-    .execute(&mut **tx)
-    .await
-    .context("writing the batch's segment memberships")?;
+    if !entered.is_empty() {
+        let (ids, users) = key_order(entered);
+        sqlx::query(
+            "INSERT INTO segment_members (segment_id, user_id) \
+             SELECT * FROM UNNEST($1::integer[], $2::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .execute(&mut **tx)
+        .await
+        .context("writing the segment memberships the batch's profiles entered")?;
+    }
     Ok(())
+}
+
+/// `segment_members` keys sorted as its primary key orders them (user ids
+/// compare bytewise: the column's collation is "C"), as two arrays to bind.
+fn key_order(mut keys: Vec<(i32, &str)>) -> (Vec<i32>, Vec<&str>) {
+    keys.sort_unstable();
+    keys.into_iter().unzip()
 }
 
 /// Locks the rows of `changes`' keys and of `links`' identifiers, in key
