@@ -598,17 +598,9 @@ async fn write_members(
         exited.extend(changed.exited.iter().map(|&id| (id as i32, user)));
     }
     if !exited.is_empty() {
-        let (ids, users) = key_order(exited);
-        sqlx::query(
-            "DELETE FROM segment_members m \
-             USING UNNEST($1::integer[], $2::text[]) AS x(segment_id, user_id) \
-             WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id",
-        )
-        .bind(&ids)
-        .bind(&users)
-        .execute(&mut **tx)
-        .await
-        .context("removing the segment memberships the batch's profiles left")?;
+        remove_members(tx, exited)
+            .await
+            .context("removing the segment memberships the batch's profiles left")?;
     }
     if !entered.is_empty() {
         let (ids, users) = key_order(entered);
@@ -623,6 +615,24 @@ async fn write_members(
         .await
         .context("writing the segment memberships the batch's profiles entered")?;
     }
+    Ok(())
+}
+
+/// Deletes these `segment_members` rows (segment id, user id), in key order.
+pub(super) async fn remove_members(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: Vec<(i32, &str)>,
+) -> Result<(), sqlx::Error> {
+    let (ids, users) = key_order(keys);
+    sqlx::query(
+        "DELETE FROM segment_members m \
+         USING UNNEST($1::integer[], $2::text[]) AS x(segment_id, user_id) \
+         WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

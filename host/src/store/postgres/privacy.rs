@@ -400,7 +400,7 @@ async fn delete(
     // One `profile.deleted` message per row: (profile id, JSON).
     let mut deleted = Vec::with_capacity(rows.len());
     let mut canonical = 0;
-    let (mut member_segments, mut members) = (Vec::new(), Vec::new());
+    let mut members: Vec<(i32, String)> = Vec::new();
     for row in &rows {
         let user: String = row.try_get("user_id").context("a deleted row's key")?;
         let revision: i64 = row
@@ -414,25 +414,19 @@ async fn delete(
             .context("a deleted row's segments")?;
         let ids: Vec<i32> = serde_json::from_str(&segments)
             .with_context(|| format!("the segments of profile {user} are unreadable"))?;
-        for id in ids {
-            member_segments.push(id);
-            members.push(user.clone());
-        }
+        members.extend(ids.into_iter().map(|id| (id, user.clone())));
         let message = ProfileDeleted::encode(&user, revision, now_ms)
             .context("encoding a profile.deleted message")?;
         deleted.push((user, message));
     }
     // The person leaves every segment's member list with the rows.
-    sqlx::query(
-        "DELETE FROM segment_members m \
-         USING UNNEST($1::integer[], $2::text[]) AS x(segment_id, user_id) \
-         WHERE m.segment_id = x.segment_id AND m.user_id = x.user_id",
-    )
-    .bind(&member_segments)
-    .bind(&members)
-    .execute(&mut **tx)
-    .await
-    .context("deleting a person's segment memberships")?;
+    let keys_of_members = members
+        .iter()
+        .map(|(id, user)| (*id, user.as_str()))
+        .collect();
+    super::remove_members(tx, keys_of_members)
+        .await
+        .context("deleting a person's segment memberships")?;
     let merges =
         sqlx::query("DELETE FROM profile_merges WHERE survivor = ANY($1) OR merged = ANY($1)")
             .bind(&keys)
