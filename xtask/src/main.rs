@@ -44,12 +44,12 @@ COMMANDS:
     test             What CI runs: build the plugins, then cargo fmt --check,
                      cargo clippy -D warnings, cargo test --workspace, the
                      README's run command started, queried and stopped (with
-                     schemathesis against the API document it serves), and
-                     cargo bench --no-run.
+                     schemathesis against the API document it serves); the
+                     benches are compiled with the tests.
     smoke            The smoke step of `test` alone: the README's run command
                      started, queried and stopped, then schemathesis against
-                     the API document it serves, without and with an admin
-                     token (python3 needed; schemathesis is installed with pip
+                     the API document it serves, with an admin token (every
+                     route) (python3 needed; schemathesis is installed with pip
                      under target/schemathesis).
     inspect FILE...  List the imports and exports of components or core modules.
     help, --help     Show this help.

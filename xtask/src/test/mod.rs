@@ -1,10 +1,12 @@
 //! `cargo xtask test`: everything CI checks, in the order a developer wants
 //! to hear about failures: plugins build, the monitoring files, formatting,
-//! lints, the tests compile, services up, tests, the README's run command
-//! (with schemathesis against the API document it serves), benches compile.
+//! lints, the tests and benches compile, services up, tests, the README's
+//! run command (with schemathesis against the API document it serves).
 //! Each step prints the seconds since the start when it ends.
 
-use std::path::Path;
+mod binaries;
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -23,17 +25,18 @@ const CHECKS: &[&[&str]] = &[
         "-D",
         "warnings",
     ],
-    // Release, like the benches: tests compile real components with
-    // Cranelift, which is many times faster optimised, and the benches then
-    // reuse the same build.
-    &["test", "--workspace", "--release", "--no-run"],
+    // Release: tests compile real components with Cranelift, which is many
+    // times faster optimised. `--all-targets` compiles the criterion benches
+    // in the same build; `cargo bench` would build the workspace once more
+    // under its own profile (minutes on 2 cores) only to prove they compile.
+    &[
+        "test",
+        "--workspace",
+        "--release",
+        "--all-targets",
+        "--no-run",
+    ],
 ];
-
-/// With the services up.
-const TESTS: &[&str] = &["test", "--workspace", "--release"];
-
-/// After the smoke step.
-const LAST: &[&str] = &["bench", "--workspace", "--no-run"];
 
 pub fn run(root: &Path) -> Result<()> {
     let started = Instant::now();
@@ -52,12 +55,11 @@ pub fn run(root: &Path) -> Result<()> {
     // broker; this starts whichever is not running (and installs the broker).
     script(root, "scripts/services.sh")?;
     println!("xtask: services up at {}", at());
-    cargo(root, TESTS, wasip2)?;
+    let envs: &[(&str, &str)] = if wasip2 { &[(WASIP2_ENV, "1")] } else { &[] };
+    binaries::run(root, &cargo_program(), envs)?;
     println!("xtask: tests done at {}", at());
     println!("xtask: smoke: the README's run command");
     crate::smoke::run(root)?;
-    println!("xtask: smoke done at {}", at());
-    cargo(root, LAST, false)?;
     println!("xtask: all passed in {}", at());
     Ok(())
 }
@@ -104,10 +106,14 @@ const WASIP2: &str = "wasm32-wasip2";
 /// Set for the tests when [`WASIP2`] is installed.
 const WASIP2_ENV: &str = "PULSEHUB_TEST_WASIP2";
 
+/// The cargo that runs xtask, or the one on the PATH.
+fn cargo_program() -> PathBuf {
+    std::env::var_os("CARGO").map_or_else(|| "cargo".into(), PathBuf::from)
+}
+
 fn cargo(root: &Path, args: &[&str], wasip2: bool) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("xtask: cargo {}", args.join(" "));
-    let mut command = Command::new(&cargo);
+    let mut command = Command::new(cargo_program());
     if wasip2 {
         command.env(WASIP2_ENV, "1");
     }
