@@ -433,6 +433,48 @@ async fn a_time_relative_segment_is_left_when_the_clock_passes_in_postgresql() {
     assert_eq!(count("late", "segment.exited"), 1, "{seen:?}");
 }
 
+/// A membership row a segment's backfill stored before the commit that
+/// makes the profile enter: the commit still applies (its insert meets the
+/// row, and is done again without failing on it), and the members are
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_entering_a_member_the_backfill_stored_first_applies() {
+    let db = StoreDb::new().await;
+    let store: PgStore = db.store.clone();
+    let segments = Segments {
+        store: Arc::new(store.clone()),
+        live: store.segments(),
+    };
+    let t0 = 1_795_000_000_000;
+    segments
+        .store
+        .put_definition(
+            "active-week",
+            &json!("last_active_at > now - duration('7d')"),
+            false,
+            t0,
+        )
+        .await
+        .expect("the segment is stored");
+    segments.refresh().await.expect("the definitions load");
+    let definitions = segments.store.definitions().await.expect("definitions");
+    let id = definitions.first().expect("the segment").id;
+    sqlx::query("INSERT INTO segment_members (segment_id, user_id) VALUES ($1, 'ahead')")
+        .bind(i32::try_from(id).expect("an integer id"))
+        .execute(store.pool())
+        .await
+        .expect("the backfill's row");
+
+    active(&store, "ahead", t0, 0, t0).await;
+    active(&store, "after", t0, 1, t0).await;
+    assert_eq!(
+        stored_members(&segments, "active-week").await,
+        ["after", "ahead"]
+    );
+    let ahead = store.profile("ahead").await.expect("read").expect("ahead");
+    assert_eq!(ahead.segments.len(), 1, "{ahead:?}");
+}
+
 #[tokio::test]
 async fn a_time_relative_segment_is_left_when_the_clock_passes_in_the_embedded_store() {
     let dir = tempfile::tempdir().expect("a temporary directory");

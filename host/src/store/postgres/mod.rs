@@ -603,19 +603,46 @@ async fn write_members(
             .context("removing the segment memberships the batch's profiles left")?;
     }
     if !entered.is_empty() {
-        let (ids, users) = key_order(entered);
-        sqlx::query(
-            "INSERT INTO segment_members (segment_id, user_id) \
-             SELECT * FROM UNNEST($1::integer[], $2::text[]) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&users)
-        .execute(&mut **tx)
-        .await
-        .context("writing the segment memberships the batch's profiles entered")?;
+        insert_members(tx, entered)
+            .await
+            .context("writing the segment memberships the batch's profiles entered")?;
     }
     Ok(())
+}
+
+/// Inserts these `segment_members` rows, in key order. A row can exist
+/// already only when a segment's backfill stored it first, which is rare:
+/// the plain insert is tried first, under a savepoint, and only when it
+/// meets an existing row is it rolled back and done again with `ON CONFLICT
+/// DO NOTHING`. That clause makes PostgreSQL insert each row speculatively
+/// and confirm it (an index search and a WAL record more per row), which
+/// cost about 60 % more than the plain insert for 650,000 sorted rows.
+async fn insert_members(
+    tx: &mut Transaction<'_, Postgres>,
+    keys: Vec<(i32, &str)>,
+) -> Result<(), sqlx::Error> {
+    const INSERT: &str = "INSERT INTO segment_members (segment_id, user_id) \
+                          SELECT * FROM UNNEST($1::integer[], $2::text[])";
+    let (ids, users) = key_order(keys);
+    let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+    let plain = sqlx::query(INSERT)
+        .bind(&ids)
+        .bind(&users)
+        .execute(&mut *savepoint)
+        .await;
+    match plain {
+        Ok(_) => savepoint.commit().await,
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            savepoint.rollback().await?;
+            sqlx::query(&format!("{INSERT} ON CONFLICT DO NOTHING"))
+                .bind(&ids)
+                .bind(&users)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes these `segment_members` rows (segment id, user id), in key order.
