@@ -340,11 +340,8 @@ async fn stored_members(segments: &Segments, name: &str) -> Vec<String> {
         .expect("members")
 }
 
-/// "Active in the last 7 days", on a clock the test moves: a profile
-/// leaves once its last activity is 7 days old, with no new event, and
-/// enters again with the next one.
-async fn the_clock_moves_profiles_out(store: &dyn ProfileStore, segments: &Segments) -> i64 {
-    let t0 = 1_795_000_000_000;
+/// Defines "active in the last 7 days" at `t0` and loads it.
+async fn define_active_week(segments: &Segments, t0: i64) {
     segments
         .store
         .put_definition(
@@ -356,6 +353,14 @@ async fn the_clock_moves_profiles_out(store: &dyn ProfileStore, segments: &Segme
         .await
         .expect("the segment is stored");
     segments.refresh().await.expect("the definitions load");
+}
+
+/// "Active in the last 7 days", on a clock the test moves: a profile
+/// leaves once its last activity is 7 days old, with no new event, and
+/// enters again with the next one.
+async fn the_clock_moves_profiles_out(store: &dyn ProfileStore, segments: &Segments) -> i64 {
+    let t0 = 1_795_000_000_000;
+    define_active_week(segments, t0).await;
     active(store, "early", t0, 0, t0 + 3_600_000).await;
     active(store, "late", t0 + 3 * DAY, 1, t0 + 3 * DAY).await;
     assert_eq!(
@@ -446,17 +451,7 @@ async fn a_commit_entering_a_member_the_backfill_stored_first_applies() {
         live: store.segments(),
     };
     let t0 = 1_795_000_000_000;
-    segments
-        .store
-        .put_definition(
-            "active-week",
-            &json!("last_active_at > now - duration('7d')"),
-            false,
-            t0,
-        )
-        .await
-        .expect("the segment is stored");
-    segments.refresh().await.expect("the definitions load");
+    define_active_week(&segments, t0).await;
     let definitions = segments.store.definitions().await.expect("definitions");
     let id = definitions.first().expect("the segment").id;
     sqlx::query("INSERT INTO segment_members (segment_id, user_id) VALUES ($1, 'ahead')")
